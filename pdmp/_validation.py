@@ -1,0 +1,142 @@
+"""Input checks shared by the core and the adapters.
+
+Every check raises with a message that names the offending value and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+
+def check_modality_names(names: Iterable[Any], *, where: str = "modalities") -> tuple[str, ...]:
+    """Return ``names`` as a tuple after checking there are >= 2, all non-empty, no duplicates."""
+    result = tuple(names)
+    for name in result:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"{where}: modality name {name!r} is a {type(name).__name__}; use strings such as 'audio'"
+            )
+        if not name.strip():
+            raise ValueError(f"{where}: empty modality name {name!r}; give every modality a non-empty name")
+    duplicates = sorted(name for name, count in Counter(result).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"{where}: duplicate modality name(s) {duplicates}; every modality needs a distinct name")
+    if len(result) < 2:
+        raise ValueError(
+            f"{where}: got {len(result)} modality ({list(result)}); PDMP needs at least two modalities to rank"
+        )
+    return result
+
+
+def check_known_modality(name: str, known: Sequence[str], *, where: str) -> str:
+    if name not in known:
+        raise ValueError(f"{where}: unknown modality {name!r}; known: {', '.join(known)}")
+    return name
+
+
+def check_same_modalities(given: Iterable[str], expected: Sequence[str], *, where: str) -> None:
+    """Raise if ``given`` is not exactly the set ``expected`` (order does not matter)."""
+    given_set, expected_set = set(given), set(expected)
+    if given_set == expected_set:
+        return
+    unknown = sorted(given_set - expected_set)
+    missing = sorted(expected_set - given_set)
+    parts = []
+    if unknown:
+        parts.append(f"unknown modality(ies) {unknown}")
+    if missing:
+        parts.append(f"missing modality(ies) {missing}")
+    raise ValueError(
+        f"{where}: {' and '.join(parts)}; expected exactly {sorted(expected_set)} "
+        "(the policy's / ranking's modality names)"
+    )
+
+
+def check_positive_finite(value: Any, *, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return number
+
+
+def check_non_negative_int(value: Any, *, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def check_finite_array(values: ArrayLike, *, name: str) -> NDArray[np.float64]:
+    array = np.asarray(values, dtype=np.float64)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} non-finite value(s) (first at index {first}: {array[first]!r}); "
+            "remove NaN/inf before ranking or modulating (check for a diverged model)"
+        )
+    return array
+
+
+def check_labels(labels: ArrayLike, *, num_classes: int | None = None, name: str = "labels") -> NDArray[np.int64]:
+    array = np.asarray(labels)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D class indices, got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise ValueError(f"{name} must hold integer class indices, got dtype {array.dtype}")
+    array = array.astype(np.int64)
+    if array.size and array.min() < 0:
+        raise ValueError(f"{name} contains negative class index {int(array.min())}; use indices 0..C-1")
+    if num_classes is not None and array.size and array.max() >= num_classes:
+        raise ValueError(
+            f"{name} contains class index {int(array.max())} but there are {num_classes} classes "
+            f"(valid: 0..{num_classes - 1}); check the label encoding or the number of classes"
+        )
+    return array
+
+
+def check_same_length(arrays: Mapping[str, Any], *, where: str) -> int:
+    lengths = {key: len(value) for key, value in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"{where}: mismatched lengths {lengths}; every array must hold the same samples")
+    return next(iter(lengths.values()), 0)
+
+
+def check_disjoint_assignment(
+    groups: Mapping[str, Iterable[Hashable]], *, describe: Any = repr, kind: str = "parameter"
+) -> dict[str, list[Hashable]]:
+    """Check that no item is claimed by two modalities and that no modality is empty.
+
+    ``groups`` maps a modality to identities (e.g. ``id(param)``); ``describe`` turns an identity into a
+    readable name for the error message.
+    """
+    owner: dict[Hashable, str] = {}
+    result: dict[str, list[Hashable]] = {}
+    for modality, items in groups.items():
+        unique: list[Hashable] = []
+        for item in items:
+            previous = owner.get(item)
+            if previous is not None and previous != modality:
+                raise ValueError(
+                    f"{kind} {describe(item)} is claimed by modalities {previous!r} and {modality!r}; "
+                    "each parameter may belong to one modality only (leave shared fusion/head parameters out)"
+                )
+            if previous is None:
+                owner[item] = modality
+                unique.append(item)
+        if not unique:
+            raise ValueError(
+                f"modality {modality!r} has no trainable {kind}s; give it its encoder's {kind}s "
+                "(frozen ones do not count)"
+            )
+        result[modality] = unique
+    return result

@@ -1,0 +1,325 @@
+"""Stage 2: per-modality gradient coefficients, as framework-free policies.
+
+A policy answers one question: *what is each modality's coefficient at this step and epoch* (and,
+for OGM-GE, given this batch's per-modality logits). Adapters multiply each modality's encoder
+gradients (``grad`` mode) or learning rate (``lr`` mode) by it; fusion and head parameters are never
+modulated.
+
+Policies round-trip through plain dicts (:meth:`CoefficientPolicy.get_config` and
+:func:`policy_from_config`) so that checkpoints and Keras configs can store them.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from pdmp._validation import (
+    check_known_modality,
+    check_modality_names,
+    check_non_negative_int,
+    check_positive_finite,
+    check_same_modalities,
+)
+from pdmp.diagnostics import modality_scores
+from pdmp.ranking import Ranking
+
+Unit = Literal["epoch", "step"]
+
+#: OGM-GE adds this to a gradient's standard deviation before drawing its noise (reference code).
+OGM_NOISE_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class Modulation:
+    """What an adapter applies to one step's gradients.
+
+    ``coefficients[m]`` multiplies modality m's encoder gradients. When ``noise`` is true (OGM-GE's
+    Gaussian enhancement), the adapter then adds, to each modulated parameter's gradient, noise drawn
+    from ``N(0, std(g) + OGM_NOISE_EPS)`` where ``g`` is that parameter's gradient *before* scaling
+    (as in the reference code), for every modality, including those whose coefficient is 1.
+    """
+
+    coefficients: dict[str, float]
+    noise: bool = False
+
+
+@dataclass
+class Clock:
+    """Step and epoch counters that adapters advance and checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step, "epoch": self.epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step = check_non_negative_int(state.get("step"), name="state['step']")
+        self.epoch = check_non_negative_int(state.get("epoch"), name="state['epoch']")
+
+
+class CoefficientPolicy(ABC):
+    """Interface of every coefficient policy."""
+
+    kind: ClassVar[str]
+    #: True when the policy needs per-modality logits of the current batch (OGM-GE).
+    needs_logits: ClassVar[bool] = False
+
+    def __init__(self, modalities: Sequence[str]) -> None:
+        self.modalities: tuple[str, ...] = check_modality_names(modalities, where=f"{type(self).__name__} modalities")
+
+    @abstractmethod
+    def modulation(self, *, step: int, epoch: int, scores: Mapping[str, float] | None = None) -> Modulation:
+        """Coefficients for this step/epoch. ``scores`` are OGM-GE batch scores (ignored by others)."""
+
+    def coefficients(
+        self,
+        *,
+        step: int = 0,
+        epoch: int = 0,
+        logits: Mapping[str, ArrayLike] | None = None,
+        labels: ArrayLike | None = None,
+    ) -> dict[str, float]:
+        """Coefficient per modality; ``logits``/``labels`` are needed only when :attr:`needs_logits`."""
+        scores = None
+        if self.needs_logits:
+            if logits is None or labels is None:
+                raise ValueError(f"{type(self).__name__} needs this batch's per-modality logits and labels")
+            check_same_modalities(logits.keys(), self.modalities, where=f"{type(self).__name__} logits")
+            scores = modality_scores(logits, labels)
+        return self.modulation(step=step, epoch=epoch, scores=scores).coefficients
+
+    def check_modalities(self, names: Sequence[str], *, where: str) -> None:
+        """Raise if ``names`` are not exactly this policy's modalities."""
+        check_same_modalities(names, self.modalities, where=where)
+
+    @abstractmethod
+    def get_config(self) -> dict[str, Any]:
+        """A JSON-serialisable dict with a ``"type"`` key; :func:`policy_from_config` inverts it."""
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> CoefficientPolicy:
+        options = {key: value for key, value in config.items() if key != "type"}
+        try:
+            return cls(**options)
+        except TypeError as error:
+            raise ValueError(f"invalid {cls.__name__} config {dict(config)}: {error}") from error
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.get_config() == self.get_config()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(repr(sorted(self.get_config().items())))
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "type")
+        return f"{type(self).__name__}({options})"
+
+    def _all(self, value: float) -> dict[str, float]:
+        return {name: value for name in self.modalities}
+
+
+class NoModulation(CoefficientPolicy):
+    """Plain joint training: every coefficient is 1."""
+
+    kind = "NoModulation"
+
+    def modulation(self, *, step: int, epoch: int, scores: Mapping[str, float] | None = None) -> Modulation:
+        return Modulation(self._all(1.0))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": self.kind, "modalities": list(self.modalities)}
+
+
+class PDMP(CoefficientPolicy):
+    """Performance-Dominant Modality Prioritization (Wei et al., arXiv 2604.05773), our reading.
+
+    The dominant modality's encoder gradients are multiplied by ``gamma_p``, every other modality's
+    by ``gamma_r``. Schedule, with ``t`` the epoch or the step (``unit``):
+
+    * ``t < warmup``: every coefficient is 1;
+    * ``warmup <= t``: ``k = 1 + (gamma - 1) * min(1, (t - warmup + 1) / ramp)`` (``ramp=0``: jump
+      straight to ``gamma``);
+    * ``t >= end`` (if ``end`` is set): back to 1.
+
+    ``gamma_p`` / ``gamma_r`` act as learning-rate multipliers under SGD: the defaults (10, 0.5) assume
+    the field's base setting, SGD with lr 1e-3, momentum 0.9.
+
+    ``gamma_r > gamma_p`` would prioritise the weaker modalities, inverting the method; it is refused
+    unless ``allow_inverse=True``. (Prioritising a chosen weaker modality is done by naming it as
+    ``dominant``.)
+    """
+
+    kind = "PDMP"
+
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        dominant: str,
+        gamma_p: float = 10.0,
+        gamma_r: float = 0.5,
+        *,
+        warmup: int = 0,
+        unit: Unit = "epoch",
+        ramp: int = 0,
+        end: int | None = None,
+        allow_inverse: bool = False,
+    ) -> None:
+        super().__init__(modalities)
+        self.dominant = check_known_modality(dominant, self.modalities, where="PDMP dominant")
+        self.gamma_p = check_positive_finite(gamma_p, name="gamma_p")
+        self.gamma_r = check_positive_finite(gamma_r, name="gamma_r")
+        if self.gamma_r > self.gamma_p and not allow_inverse:
+            raise ValueError(
+                f"gamma_r={gamma_r} > gamma_p={gamma_p} would slow the dominant modality relative to the others, "
+                "inverting PDMP; swap them, or pass allow_inverse=True if that is intended"
+            )
+        self.allow_inverse = bool(allow_inverse)
+        if unit not in ("epoch", "step"):
+            raise ValueError(f"unit must be 'epoch' or 'step', got {unit!r}")
+        self.unit: Unit = unit
+        self.warmup = check_non_negative_int(warmup, name="warmup")
+        self.ramp = check_non_negative_int(ramp, name="ramp")
+        self.end = None if end is None else check_non_negative_int(end, name="end")
+        if self.end is not None and self.end <= self.warmup:
+            raise ValueError(f"end={end} must be greater than warmup={warmup}, or None for no end")
+
+    @classmethod
+    def from_ranking(cls, ranking: Ranking, **options: Any) -> PDMP:
+        """Prioritise the ranking's dominant modality."""
+        return cls(ranking.order, ranking.dominant, **options)
+
+    def progress(self, *, step: int, epoch: int) -> float:
+        """0 during warm-up and after ``end``, rising to 1 over ``ramp``."""
+        t = epoch if self.unit == "epoch" else step
+        if t < self.warmup or (self.end is not None and t >= self.end):
+            return 0.0
+        if self.ramp == 0:
+            return 1.0
+        return min(1.0, (t - self.warmup + 1) / self.ramp)
+
+    def modulation(self, *, step: int, epoch: int, scores: Mapping[str, float] | None = None) -> Modulation:
+        progress = self.progress(step=step, epoch=epoch)
+        return Modulation(
+            {
+                name: 1.0 + ((self.gamma_p if name == self.dominant else self.gamma_r) - 1.0) * progress
+                for name in self.modalities
+            }
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "modalities": list(self.modalities),
+            "dominant": self.dominant,
+            "gamma_p": self.gamma_p,
+            "gamma_r": self.gamma_r,
+            "warmup": self.warmup,
+            "unit": self.unit,
+            "ramp": self.ramp,
+            "end": self.end,
+            "allow_inverse": self.allow_inverse,
+        }
+
+
+class OGMGE(CoefficientPolicy):
+    """On-the-fly Gradient Modulation with Generalization Enhancement (Peng et al., CVPR 2022).
+
+    From the batch scores ``s_u = sum_i softmax(out_u)[i, y_i]`` (see
+    :func:`pdmp.diagnostics.modality_scores`), each modality's ratio against the others is
+    ``rho_u = s_u / mean(s_others)`` (for two modalities exactly the paper's ``s_v / s_a``). A modality
+    with ``rho_u > 1`` gets ``k_u = 1 - tanh(alpha * rho_u)``; the others get 1. Active for
+    ``start_epoch <= epoch <= end_epoch`` (inclusive, as in the reference code); outside, all 1 and
+    no noise.
+
+    Differences from the reference code, documented: with more than two modalities each is compared
+    with the mean of the others; at an exact tie (``rho = 1``) both get 1 (the reference code gives
+    the second modality ``1 - tanh(alpha)``); ``conv_kernels_only=False`` (default) modulates all of a
+    modality's parameters, ``True`` reproduces the reference, which touches only 4-D conv kernels.
+    """
+
+    kind = "OGMGE"
+    needs_logits = True
+
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        alpha: float = 0.8,
+        *,
+        start_epoch: int = 0,
+        end_epoch: int = 50,
+        noise: bool = True,
+        conv_kernels_only: bool = False,
+    ) -> None:
+        super().__init__(modalities)
+        self.alpha = check_positive_finite(alpha, name="alpha")
+        self.start_epoch = check_non_negative_int(start_epoch, name="start_epoch")
+        self.end_epoch = check_non_negative_int(end_epoch, name="end_epoch")
+        if self.end_epoch < self.start_epoch:
+            raise ValueError(f"end_epoch={end_epoch} must be >= start_epoch={start_epoch}")
+        self.noise = bool(noise)
+        self.conv_kernels_only = bool(conv_kernels_only)
+
+    def active(self, epoch: int) -> bool:
+        return self.start_epoch <= epoch <= self.end_epoch
+
+    def ratios(self, scores: Mapping[str, float]) -> dict[str, float]:
+        """``rho_u = s_u / mean(s_others)``; scores must be finite and >= 0."""
+        check_same_modalities(scores.keys(), self.modalities, where="OGMGE scores")
+        values = {}
+        for name in self.modalities:
+            value = float(scores[name])
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"OGM-GE score of {name!r} is {scores[name]!r}; scores are sums of probabilities >= 0")
+            # A score of exactly 0 happens only when softmax underflows; the floor keeps ratios finite.
+            values[name] = max(value, np.finfo(np.float64).tiny)
+        total = sum(values.values())
+        others = len(values) - 1
+        return {name: values[name] / ((total - values[name]) / others) for name in self.modalities}
+
+    def modulation(self, *, step: int, epoch: int, scores: Mapping[str, float] | None = None) -> Modulation:
+        if not self.active(epoch):
+            return Modulation(self._all(1.0))
+        if scores is None:
+            raise ValueError("OGMGE needs this batch's per-modality scores (pdmp.diagnostics.modality_scores)")
+        return Modulation(
+            {name: _one_minus_tanh(self.alpha * rho) if rho > 1 else 1.0 for name, rho in self.ratios(scores).items()},
+            noise=self.noise,
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "modalities": list(self.modalities),
+            "alpha": self.alpha,
+            "start_epoch": self.start_epoch,
+            "end_epoch": self.end_epoch,
+            "noise": self.noise,
+            "conv_kernels_only": self.conv_kernels_only,
+        }
+
+
+def _one_minus_tanh(x: float) -> float:
+    """``1 - tanh(x)`` for x > 0 without cancellation, floored at the smallest normal float so it stays > 0."""
+    value = 2.0 / (1.0 + math.exp(2.0 * x)) if x < 350 else 0.0
+    return max(value, float(np.finfo(np.float64).tiny))
+
+
+POLICIES: dict[str, type[CoefficientPolicy]] = {cls.kind: cls for cls in (NoModulation, PDMP, OGMGE)}
+
+
+def policy_from_config(config: Mapping[str, Any]) -> CoefficientPolicy:
+    """Rebuild a policy from :meth:`CoefficientPolicy.get_config`'s dict."""
+    if not isinstance(config, Mapping) or "type" not in config:
+        raise ValueError(f"a policy config must be a dict with a 'type' key, got {config!r}")
+    kind = config["type"]
+    if kind not in POLICIES:
+        raise ValueError(f"unknown policy type {kind!r}; known: {', '.join(sorted(POLICIES))}")
+    return POLICIES[kind].from_config(config)
