@@ -19,9 +19,7 @@ def check_modality_names(names: Iterable[Any], *, where: str = "modalities") -> 
     result = tuple(names)
     for name in result:
         if not isinstance(name, str):
-            raise TypeError(
-                f"{where}: modality name {name!r} is a {type(name).__name__}; use strings such as 'audio'"
-            )
+            raise TypeError(f"{where}: modality name {name!r} is a {type(name).__name__}; use strings such as 'audio'")
         if not name.strip():
             raise ValueError(f"{where}: empty modality name {name!r}; give every modality a non-empty name")
     duplicates = sorted(name for name, count in Counter(result).items() if count > 1)
@@ -90,9 +88,11 @@ def check_labels(labels: ArrayLike, *, num_classes: int | None = None, name: str
     array = np.asarray(labels)
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-D class indices, got shape {array.shape}")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-            raise ValueError(f"{name} must hold integer class indices, got dtype {array.dtype}")
+    integral = np.issubdtype(array.dtype, np.integer) or (
+        np.all(np.isfinite(array)) and np.all(array == np.round(array))
+    )
+    if array.size and not integral:
+        raise ValueError(f"{name} must hold integer class indices, got dtype {array.dtype}")
     array = array.astype(np.int64)
     if array.size and array.min() < 0:
         raise ValueError(f"{name} contains negative class index {int(array.min())}; use indices 0..C-1")

@@ -20,9 +20,7 @@ def to_class_predictions(predictions: ArrayLike, *, name: str = "predictions") -
         return np.asarray(np.argmax(check_finite_array(array, name=name), axis=1), dtype=np.int64)
     if array.ndim == 1:
         return check_labels(array, name=name)
-    raise ValueError(
-        f"{name} must be 1-D class indices or 2-D (samples, classes) scores, got shape {array.shape}"
-    )
+    raise ValueError(f"{name} must be 1-D class indices or 2-D (samples, classes) scores, got shape {array.shape}")
 
 
 def accuracy(labels: ArrayLike, predictions: ArrayLike) -> float:

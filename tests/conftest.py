@@ -1,0 +1,30 @@
+"""Marks each test module with the backend it needs, by file name, so nox can select per venv.
+
+``test_torch_*`` and ``test_data_*`` (datasets build spectrograms with torchaudio) need torch,
+``test_keras_*`` needs Keras on TensorFlow, ``test_parity_*`` needs both; ``test_core_*`` needs
+numpy only and runs in the framework-free ``tests-core`` session.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+MARKS_BY_PREFIX = {
+    "test_torch_": ("torch",),
+    "test_data_": ("torch",),
+    "test_keras_": ("keras",),
+    "test_parity_": ("parity", "torch", "keras"),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for prefix, marks in MARKS_BY_PREFIX.items():
+            if item.path.name.startswith(prefix):
+                for mark in marks:
+                    item.add_marker(getattr(pytest.mark, mark))
