@@ -101,6 +101,23 @@ class CoefficientPolicy(ABC):
         """Raise if ``names`` are not exactly this policy's modalities."""
         check_same_modalities(names, self.modalities, where=where)
 
+    def modulates(self, shape: Sequence[int]) -> bool:
+        """Whether a modality parameter of this shape is modulated at all (by default, every one).
+
+        Adapters ask this once per parameter when they bind the policy, so a policy can restrict
+        itself (OGM-GE's reference code touches only 4-D conv kernels) without framework code.
+        """
+        return True
+
+    @property
+    def adds_noise(self) -> bool:
+        """True when some step's :class:`Modulation` may have ``noise`` set (OGM-GE's enhancement).
+
+        Noise is defined on gradients, so adapters that modulate learning rates instead refuse such a
+        policy up front rather than at the first noisy step.
+        """
+        return False
+
     @abstractmethod
     def get_config(self) -> dict[str, Any]:
         """A JSON-serialisable dict with a ``"type"`` key; :func:`policy_from_config` inverts it."""
@@ -274,6 +291,14 @@ class OGMGE(CoefficientPolicy):
 
     def active(self, epoch: int) -> bool:
         return self.start_epoch <= epoch <= self.end_epoch
+
+    def modulates(self, shape: Sequence[int]) -> bool:
+        """All parameters, or with ``conv_kernels_only`` only 4-D conv kernels (the reference code)."""
+        return not self.conv_kernels_only or len(tuple(shape)) == 4
+
+    @property
+    def adds_noise(self) -> bool:
+        return self.noise
 
     def ratios(self, scores: Mapping[str, float]) -> dict[str, float]:
         """``rho_u = s_u / mean(s_others)``; scores must be finite and >= 0."""

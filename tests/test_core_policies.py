@@ -192,3 +192,14 @@ def test_ogmge_coefficients_in_unit_interval_and_one_for_the_weaker(values, alph
     assert all(0 < k <= 1 for k in got.values())
     weakest = min(names, key=lambda n: scores[n])
     assert got[weakest] == 1.0
+
+
+def test_parameter_selection_and_noise_flag_for_adapters() -> None:
+    # Every policy modulates every parameter unless it says otherwise; OGM-GE's reference mode
+    # keeps only 4-D conv kernels. Adapters read these instead of policy-specific attributes.
+    assert PDMP(["a", "v"], "a").modulates((3, 4)) and not PDMP(["a", "v"], "a").adds_noise
+    assert NoModulation(["a", "v"]).modulates((7,))
+    reference = OGMGE(["a", "v"], conv_kernels_only=True)
+    assert reference.modulates((8, 3, 3, 3)) and not reference.modulates((8, 3)) and not reference.modulates((8,))
+    assert OGMGE(["a", "v"]).modulates((8,)) and OGMGE(["a", "v"]).adds_noise
+    assert not OGMGE(["a", "v"], noise=False).adds_noise
