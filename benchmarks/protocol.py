@@ -1,0 +1,136 @@
+"""Backend-neutral parts of the benchmark: methods, seeds, statistics, tables. NumPy only.
+
+A *method* names how the multimodal model is trained; it turns a ranking into a core policy, so the
+torch and Keras runners train exactly the same set of methods.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pdmp import OGMGE, PDMP, CoefficientPolicy, NoModulation, Ranking
+
+
+@dataclass(frozen=True)
+class Method:
+    """One training method of the comparison.
+
+    ``kind``: ``joint`` (no modulation), ``pdmp``, ``symmetric`` (every encoder scaled by the same
+    ``gamma_p``: isolates the asymmetry), ``inverse`` (PDMP prioritising the *weakest* modality: tests
+    the paper's central claim), ``ogmge``. ``lr_scale`` multiplies the base learning rate (the
+    tuned-learning-rate joint control).
+    """
+
+    name: str
+    kind: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    lr_scale: float = 1.0
+
+    def policy(self, ranking: Ranking, epochs: int) -> CoefficientPolicy:
+        options = dict(self.options)
+        if self.kind == "joint":
+            return NoModulation(ranking.order)
+        if self.kind == "pdmp":
+            return PDMP.from_ranking(ranking, **options)
+        if self.kind == "symmetric":
+            gamma = options.pop("gamma_p")
+            return PDMP(ranking.order, ranking.dominant, gamma_p=gamma, gamma_r=gamma, **options)
+        if self.kind == "inverse":
+            return PDMP(ranking.order, ranking.weakest, **options)
+        if self.kind == "ogmge":
+            options.setdefault("end_epoch", epochs)
+            return OGMGE(ranking.order, **options)
+        raise ValueError(f"unknown method kind {self.kind!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "options": dict(self.options), "lr_scale": self.lr_scale}
+
+
+#: Fixed defaults (base: SGD, momentum 0.9, the preset's learning rate, cosine decay).
+DEFAULT_PDMP = {"gamma_p": 10.0, "gamma_r": 0.5, "warmup": 1}
+DEFAULT_OGMGE = {"alpha": 0.8}
+
+
+def main_methods() -> list[Method]:
+    """The main job's methods: baselines, PDMP at its default, and the symmetric-scaling control."""
+    return [
+        Method("joint", "joint"),
+        Method("ogm_ge", "ogmge", DEFAULT_OGMGE),
+        Method("pdmp", "pdmp", DEFAULT_PDMP),
+        Method("symmetric", "symmetric", {"gamma_p": DEFAULT_PDMP["gamma_p"], "warmup": 1}),
+    ]
+
+
+def tuning_grids() -> dict[str, list[Method]]:
+    """Candidate settings chosen on validation (equal budget: 4 candidates per tuned method)."""
+    return {
+        "pdmp": [
+            Method(f"pdmp[gp={gp},gr={gr},w={w}]", "pdmp", {"gamma_p": gp, "gamma_r": gr, "warmup": w})
+            for gp, gr, w in ((5.0, 1.0, 1), (10.0, 0.5, 1), (10.0, 1.0, 0), (15.0, 0.5, 2))
+        ],
+        "ogm_ge": [Method(f"ogm_ge[alpha={a}]", "ogmge", {"alpha": a}) for a in (0.1, 0.3, 0.5, 0.8)],
+        "joint_lr": [Method(f"joint[lr*{s}]", "joint", lr_scale=s) for s in (0.5, 2.0, 5.0, 10.0)],
+    }
+
+
+def extra_controls() -> list[Method]:
+    return [Method("inverse", "inverse", DEFAULT_PDMP)]
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], *, n_bootstrap: int = 10000, seed: int = 0) -> dict:
+    """Mean of ``a - b`` over paired seeds with a bootstrap 95% interval (resampling seeds).
+
+    With few seeds the interval is coarse; a difference whose interval contains 0 is reported as
+    "no significant difference".
+    """
+    diffs = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if diffs.size == 0:
+        raise ValueError("no paired runs to compare")
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, diffs.size, size=(n_bootstrap, diffs.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    significant = not (low <= 0 <= high)
+    return {
+        "mean": float(diffs.mean()),
+        "ci95": [float(low), float(high)],
+        "n": int(diffs.size),
+        "verdict": ("better" if diffs.mean() > 0 else "worse") if significant else "no significant difference",
+    }
+
+
+def mean_std(values: Sequence[float]) -> str:
+    array = np.asarray(values, dtype=float) * 100
+    if array.size == 1:
+        return f"{array[0]:.2f}"
+    return f"{array.mean():.2f} ± {array.std(ddof=1):.2f}"
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware, recorded in every run's JSON."""
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "numpy": np.__version__,
+    }
+    for module in ("torch", "torchaudio", "tensorflow", "keras"):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            info[module] = getattr(loaded, "__version__", "?")
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -1,0 +1,142 @@
+"""Aggregate run JSONs into the markdown table and the PNG plots."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.protocol import mean_std, paired_difference
+
+SETTING_KEYS = ("dataset", "backend", "encoder", "fusion")
+
+
+def load_runs(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(path.read_text()) for path in sorted(folder.glob("runs/*.json"))]
+
+
+def _setting(run: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(run[key]) for key in SETTING_KEYS)
+
+
+def _by_seed(runs: Iterable[dict[str, Any]], method: str, key: str) -> dict[int, float]:
+    return {run["seed"]: run[key]["test"]["acc"] for run in runs if run["method"]["name"] == method}
+
+
+def summary_table(runs: Sequence[dict[str, Any]], reference: str = "pdmp") -> str:
+    """One section per setting: a row per method, then PDMP minus each baseline, paired by seed."""
+    lines: list[str] = []
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[_setting(run)].append(run)
+    for setting, group in sorted(groups.items()):
+        lines += [f"### {' / '.join(setting)}", ""]
+        ranking = next((run.get("ranking") for run in group if run.get("ranking")), None)
+        if ranking:
+            scores = ", ".join(f"{name} {ranking['scores'][name] * 100:.1f}" for name in ranking["order"])
+            lines += [
+                f"Ranking (validation accuracy of unimodal models): {scores}; dominant: **{ranking['order'][0]}**",
+                "",
+            ]
+        lines += [
+            "| method | seeds | test acc (final) | test acc (best val) | test macro-F1 (final) |"
+            " weak-modality share | weak-modality decomposed acc |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        methods = list(dict.fromkeys(run["method"]["name"] for run in group))
+        for method in methods:
+            chosen = [run for run in group if run["method"]["name"] == method]
+            final = [run["final"]["test"]["acc"] for run in chosen]
+            best = [run["best_val"]["test"]["acc"] for run in chosen]
+            f1 = [run["final"]["test"]["f1"] for run in chosen]
+            share, decomposed = "—", "—"
+            if ranking and "dependency" in chosen[0]["final"]["test"]:
+                weak = ranking["order"][-1]
+                share = mean_std([run["final"]["test"]["dependency"][weak] for run in chosen])
+                decomposed = mean_std([run["final"]["test"]["decomposed_acc"][weak] for run in chosen])
+            lines.append(
+                f"| {method} | {len(chosen)} | {mean_std(final)} | {mean_std(best)} | {mean_std(f1)} |"
+                f" {share} | {decomposed} |"
+            )
+        reference_runs = _by_seed(group, reference, "final")
+        if reference_runs:
+            lines += [
+                "",
+                f"Paired differences, {reference} minus baseline (test acc, final epoch, points; 95% CI):",
+                "",
+            ]
+            for method in methods:
+                if method == reference or method.startswith("unimodal"):
+                    continue
+                other = _by_seed(group, method, "final")
+                seeds = sorted(set(reference_runs) & set(other))
+                if not seeds:
+                    continue
+                diff = paired_difference([reference_runs[s] for s in seeds], [other[s] for s in seeds])
+                low, high = (100 * v for v in diff["ci95"])
+                lines.append(
+                    f"- vs {method}: {100 * diff['mean']:+.2f} [{low:+.2f}, {high:+.2f}] (n={diff['n']}): "
+                    f"**{diff['verdict']}**"
+                )
+            best_unimodal = (
+                max(
+                    (np.mean(list(_by_seed(group, m, "final").values())), m)
+                    for m in methods
+                    if m.startswith("unimodal")
+                )
+                if any(m.startswith("unimodal") for m in methods)
+                else None
+            )
+            if best_unimodal:
+                joint = _by_seed(group, "joint", "final")
+                if joint:
+                    gap = 100 * (np.mean(list(joint.values())) - best_unimodal[0])
+                    lines.append(f"- joint minus best unimodal ({best_unimodal[1]}): {gap:+.2f} points")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_runs(runs: Sequence[dict[str, Any]], folder: Path) -> list[Path]:
+    """Per setting: validation accuracy per method, weak-modality share, and coefficients, over epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[_setting(run)].append(run)
+    for setting, group in sorted(groups.items()):
+        figure, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+        ranking = next((run.get("ranking") for run in group if run.get("ranking")), None)
+        for method in dict.fromkeys(run["method"]["name"] for run in group):
+            chosen = [run for run in group if run["method"]["name"] == method]
+            curves = np.array([[epoch["val"]["acc"] for epoch in run["history"]] for run in chosen])
+            line = axes[0].plot(curves.mean(axis=0) * 100, label=method)[0]
+            if ranking and chosen[0]["history"][0]["val"].get("dependency"):
+                weak = ranking["order"][-1]
+                share = np.array([[e["val"]["dependency"][weak] for e in run["history"]] for run in chosen])
+                axes[1].plot(share.mean(axis=0), color=line.get_color(), label=method)
+            if chosen[0]["history"][0].get("coefficients"):
+                for name, style in zip(chosen[0]["history"][0]["coefficients"], ("-", "--", ":"), strict=False):
+                    values = [e["coefficients"][name] for e in chosen[0]["history"]]
+                    axes[2].plot(values, style, color=line.get_color(), label=f"{method}: {name}")
+        axes[0].set(title="validation accuracy (mean over seeds)", xlabel="epoch", ylabel="%")
+        weak_name = ranking["order"][-1] if ranking else "?"
+        axes[1].set(title=f"share of weak modality ({weak_name}) inside the fused model", xlabel="epoch")
+        axes[2].set(title="coefficients (seed 0, mean per epoch)", xlabel="epoch", yscale="log")
+        for axis in axes:
+            if axis.lines:
+                axis.legend(fontsize=7)
+        figure.suptitle(" / ".join(setting))
+        figure.tight_layout()
+        path = folder / f"{'_'.join(setting)}.png"
+        figure.savefig(path, dpi=90)
+        plt.close(figure)
+        written.append(path)
+    return written

@@ -1,0 +1,318 @@
+"""The benchmark: rank modalities, train every method on every setting, write JSON, table and plots.
+
+    python -m benchmarks.run --preset main      # the README's main job (nox -s bench)
+    python -m benchmarks.run --preset full      # nox -s bench-full
+    python -m benchmarks.run --preset gpu       # larger encoders on CUDA (nox -s bench-gpu)
+    python -m benchmarks.run --preset smoke     # seconds; used by the tests
+
+Protocol (identical for every method of a setting): the same seeds, hence the same initial weights and
+the same data order; SGD with momentum 0.9, weight decay 1e-4 and cosine decay; metrics every epoch;
+hyperparameters chosen on validation only; the test split is only read for reporting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from benchmarks.protocol import Method, environment, extra_controls, main_methods, tuning_grids
+from benchmarks.report import load_runs, plot_runs, summary_table
+from pdmp import RankingWarning, rank_modalities
+
+
+@dataclass(frozen=True)
+class Setting:
+    dataset: str  # "av_digits:<regime>" or "mfeat"
+    encoder: str = "cnn"
+    fusion: str = "concat"
+    backend: str = "torch"
+
+
+@dataclass(frozen=True)
+class Preset:
+    settings: tuple[Setting, ...]
+    seeds: tuple[int, ...]
+    epochs: int
+    width: int = 32
+    lr: float = 0.01
+    batch_size: int = 64
+    tune: bool = False  # choose PDMP / OGM-GE / joint-lr settings on validation (seed 0)
+    controls: bool = False  # inverse PDMP
+    cheap_ranking: bool = False
+    device: str = "cpu"
+    subset: float | None = None  # fraction of each split (smoke tests only)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+AV = ("av_digits:image_dominant", "av_digits:audio_dominant", "av_digits:under_optimization")
+
+
+def _full_settings() -> tuple[Setting, ...]:
+    settings = [Setting(d, e, "concat", b) for d in (*AV, "mfeat") for e in ("cnn", "transformer") for b in ("torch",)]
+    settings += [Setting(d, "cnn", f, "torch") for d in AV[:2] for f in ("sum", "film", "gated")]
+    settings += [Setting(d, "cnn", "concat", "keras") for d in AV]
+    return tuple(settings)
+
+
+PRESETS: dict[str, Preset] = {
+    "main": Preset(settings=tuple(Setting(d) for d in AV), seeds=(0, 1, 2), epochs=8, cheap_ranking=True),
+    "full": Preset(
+        settings=_full_settings(), seeds=(0, 1, 2, 3, 4), epochs=12, tune=True, controls=True, cheap_ranking=True
+    ),
+    "gpu": Preset(
+        settings=tuple(Setting(d, e) for d in AV for e in ("cnn", "transformer")),
+        seeds=(0, 1, 2),
+        epochs=30,
+        width=128,
+        tune=True,
+        controls=True,
+        device="cuda",
+    ),
+    "smoke": Preset(settings=(Setting("av_digits:image_dominant"),), seeds=(0, 1), epochs=2, width=8, subset=0.08),
+}
+
+
+def load_dataset(name: str, seed: int, subset: float | None) -> Any:
+    from pdmp import datasets
+
+    if name == "mfeat":
+        data = datasets.load_mfeat(seed=seed)
+    else:
+        _, regime = name.split(":")
+        data = datasets.load_av_digits(regime, seed=seed)
+    return data.subset(subset, seed=seed) if subset else data
+
+
+class Runner:
+    """Trains runs for one backend, writing one JSON per run into ``out/runs``."""
+
+    def __init__(self, preset: Preset, out: Path, progress: bool) -> None:
+        self.preset, self.out, self.progress = preset, out, progress
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+
+    def train(
+        self,
+        setting: Setting,
+        data: Any,
+        modalities: tuple[str, ...],
+        seed: int,
+        method: Method | None,
+        ranking: Any,
+        bar: Any,
+    ) -> dict[str, Any]:
+        if setting.backend == "torch":
+            from benchmarks import train_torch as backend
+        else:
+            from benchmarks import train_keras as backend  # type: ignore[no-redef]
+        config = backend.TrainConfig(
+            epochs=self.preset.epochs,
+            lr=self.preset.lr,
+            batch_size=self.preset.batch_size,
+            encoder=setting.encoder,
+            fusion=setting.fusion,
+            width=self.preset.width,
+            device=self.preset.device,
+        )
+        policy = method.policy(ranking, config.epochs) if method is not None else None
+        result = backend.train_run(
+            data, modalities, config, seed, policy=policy, lr_scale=method.lr_scale if method else 1.0, progress=bar
+        )
+        name = method.name if method else f"unimodal:{modalities[0]}"
+        record = {
+            "dataset": setting.dataset,
+            "backend": setting.backend,
+            "encoder": setting.encoder,
+            "fusion": setting.fusion,
+            "seed": seed,
+            "modalities": list(modalities),
+            "method": method.to_dict() if method else {"name": name, "kind": "unimodal"},
+            "policy": policy.get_config() if policy else None,
+            "config": config.to_dict(),
+            "ranking": ranking.to_dict() if ranking is not None else None,
+            "data": getattr(data, "metadata", {}),
+            "environment": environment(),
+            **{k: v for k, v in result.items() if k != "val_predicted"},
+        }
+        safe = f"{setting.dataset}_{setting.backend}_{setting.encoder}_{setting.fusion}_{name}_s{seed}"
+        path = self.out / "runs" / f"{safe.replace(':', '-').replace('/', '-')}.json"
+        path.write_text(json.dumps(record, indent=1, default=_jsonable))
+        record["val_predicted"] = result["val_predicted"]
+        return record
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def run_setting(runner: Runner, setting: Setting, bar: Any) -> None:
+    preset = runner.preset
+    data = load_dataset(setting.dataset, 0, preset.subset)
+    modalities = tuple(data.modalities)
+    # Stage 1: unimodal models (also the unimodal baseline rows); rank on validation of the first seed.
+    unimodal: dict[int, dict[str, dict[str, Any]]] = {}
+    for seed in preset.seeds:
+        for name in modalities:
+            bar.set_description(f"{setting.dataset} {setting.encoder}/{setting.fusion} unimodal {name} s{seed}")
+            unimodal.setdefault(seed, {})[name] = runner.train(setting, data, (name,), seed, None, None, bar)
+            bar.update()
+    first = unimodal[preset.seeds[0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RankingWarning)
+        ranking = rank_modalities(
+            {name: run["val_predicted"] for name, run in first.items()},
+            data.val.labels,
+            n_bootstrap=1000,
+            seed=0,
+            budget={"epochs": preset.epochs, "subset": 1.0, "encoder": setting.encoder, "seed": preset.seeds[0]},
+        )
+    ranking.save(runner.out / f"ranking_{setting.dataset.replace(':', '-')}_{setting.encoder}.json")
+    # Stage 2: multimodal methods; tuned ones are chosen on validation with the first seed.
+    methods = main_methods() + (extra_controls() if preset.controls else [])
+    if preset.tune:
+        for family, candidates in tuning_grids().items():
+            scores = []
+            for candidate in candidates:
+                bar.set_description(f"{setting.dataset} tune {candidate.name}")
+                run = runner.train(setting, data, modalities, preset.seeds[0], candidate, ranking, bar)
+                scores.append((run["best_val"]["val"]["acc"], candidate))
+                bar.update()
+            best = max(scores, key=lambda pair: pair[0])[1]
+            methods.append(replace(best, name=f"{family}_tuned"))
+    for seed in preset.seeds:
+        for method in methods:
+            bar.set_description(f"{setting.dataset} {setting.encoder}/{setting.fusion} {method.name} s{seed}")
+            runner.train(setting, data, modalities, seed, method, ranking, bar)
+            bar.update()
+
+
+def cheap_ranking(preset: Preset, out: Path, progress: bool) -> dict[str, Any]:
+    """Agreement of rankings from subsets / short budgets with the full ranking, and their cost."""
+    from benchmarks.train_torch import cheap_rank
+
+    results = {}
+    for dataset in AV[:2]:
+        data = load_dataset(dataset, 0, preset.subset)
+        full = None
+        rows = []
+        for fraction, epochs in (
+            (1.0, preset.epochs),
+            (1.0, 2),
+            (0.25, 2),
+            (0.1, 2),
+            (0.25, preset.epochs),
+            (0.1, preset.epochs),
+        ):
+            start = time.perf_counter()
+            ranking = cheap_rank(
+                data,
+                fraction=fraction,
+                epochs=epochs,
+                width=preset.width,
+                lr=preset.lr,
+                batch_size=preset.batch_size,
+                progress=progress,
+            )
+            seconds = time.perf_counter() - start
+            full = full or ranking
+            rows.append(
+                {
+                    "subset": fraction,
+                    "epochs": epochs,
+                    "order": list(ranking.order),
+                    "scores": ranking.scores,
+                    "agrees_with_full": ranking.order == full.order,
+                    "seconds": seconds,
+                }
+            )
+        results[dataset] = rows
+    (out / "cheap_ranking.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def cheap_ranking_table(results: dict[str, Any]) -> str:
+    lines = [
+        "| dataset | subset | epochs | order | scores (val acc) | agrees with full | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dataset, rows in results.items():
+        for row in rows:
+            scores = ", ".join(f"{k} {v * 100:.1f}" for k, v in row["scores"].items())
+            lines.append(
+                f"| {dataset} | {row['subset']} | {row['epochs']} | {' > '.join(row['order'])} | {scores} |"
+                f" {'yes' if row['agrees_with_full'] else '**no**'} | {row['seconds']:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="main")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: results/<preset>)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
+    parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    parser.add_argument("--only", default=None, help="run only settings whose dataset contains this text")
+    parser.add_argument("--device", default=None, help="override the device (cpu, cuda)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    overrides: dict[str, Any] = {}
+    if args.seeds:
+        overrides["seeds"] = tuple(args.seeds)
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    if args.device:
+        overrides["device"] = args.device
+    if args.only:
+        overrides["settings"] = tuple(s for s in preset.settings if args.only in s.dataset)
+    preset = replace(preset, **overrides)
+    out = args.out or Path("results") / args.preset
+    out.mkdir(parents=True, exist_ok=True)
+    if preset.device == "cpu":
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 2)))
+    runner = Runner(preset, out, progress=not args.no_progress)
+    per_setting = len(preset.seeds) * (
+        2 + len(main_methods()) + (len(extra_controls()) if preset.controls else 0) + (1 if preset.tune else 0) * 3
+    ) + (12 if preset.tune else 0)
+    start = time.perf_counter()
+    with tqdm(total=per_setting * len(preset.settings), disable=args.no_progress, unit="run", file=sys.stdout) as bar:
+        for setting in preset.settings:
+            run_setting(runner, setting, bar)
+    sections = [
+        f"# Benchmark results: preset `{args.preset}`",
+        "",
+        f"Command: `python -m benchmarks.run --preset {args.preset}`; seeds {list(preset.seeds)}, "
+        f"{preset.epochs} epochs, SGD lr {preset.lr} (momentum 0.9, wd 1e-4, cosine), batch "
+        f"{preset.batch_size}, encoder width {preset.width}.",
+        "",
+        summary_table(load_runs(out)),
+    ]
+    if preset.cheap_ranking:
+        sections += ["## Cheap ranking", "", cheap_ranking_table(cheap_ranking(preset, out, not args.no_progress))]
+    elapsed = time.perf_counter() - start
+    sections += [
+        "",
+        f"Total wall time: {elapsed / 60:.1f} min on {environment()['processor']} ({os.cpu_count()} cores).",
+    ]
+    text = "\n".join(sections) + "\n"
+    (out / "summary.md").write_text(text)
+    plots = plot_runs(load_runs(out), out)
+    print(text)
+    print(f"wrote {out / 'summary.md'}, {len(plots)} plots and {len(list((out / 'runs').glob('*.json')))} run files")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
