@@ -1,0 +1,16 @@
+"""PyTorch adapter of pdmp: binds the NumPy core's policies and ranking to torch.
+
+* :class:`Modulator`: per-modality gradient (``mode="grad"``) or learning-rate (``mode="lr"``)
+  modulation through autograd / optimizer hooks; works with AMP, DDP, ``torch.compile`` and gradient
+  accumulation.
+* :func:`concat_head_logits`, :func:`sum_head_logits`: per-modality logits for OGM-GE.
+* :func:`rank_unimodal`: stage 1, unimodal training on a budget, returning the core's ``Ranking``.
+
+Every decision about coefficients or rankings is made by :mod:`pdmp` (NumPy); nothing here computes one.
+"""
+
+from .heads import concat_head_logits, sum_head_logits
+from .modulator import Mode, Modulator
+from .ranking import rank_unimodal
+
+__all__ = ["Mode", "Modulator", "concat_head_logits", "rank_unimodal", "sum_head_logits"]

@@ -1,0 +1,191 @@
+"""Stage 1 in torch: train one unimodal model per modality on a budget, evaluate, rank (in the core).
+
+The budget (epochs, fraction of the training set) is what makes ranking cheap; it is recorded in the
+returned :class:`~pdmp.Ranking` (and so in its file) so a ranking says how it was obtained.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pdmp._validation import check_modality_names, check_non_negative_int, check_same_modalities
+from pdmp.metrics import Metric, resolve_metric
+from pdmp.ranking import Ranking, rank_modalities
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+OPTIMIZERS: dict[str, Callable[[Any, float], torch.optim.Optimizer]] = {
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "adamw": lambda params, lr: torch.optim.AdamW(params, lr=lr),
+}
+
+
+def rank_unimodal(
+    factories: Mapping[str, Callable[[], nn.Module]],
+    train: Mapping[str, tuple[Any, Any]],
+    val: Mapping[str, tuple[Any, Any]],
+    *,
+    epochs: int,
+    subset: float = 1.0,
+    lr: float,
+    optimizer: str | OptimizerFactory = "sgd",
+    batch_size: int = 64,
+    seed: int = 0,
+    metric: str | Metric = "accuracy",
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    n_bootstrap: int = 0,
+    warn_margin: float = 0.01,
+) -> Ranking:
+    """Train each modality's unimodal model (encoder + own head) on a budget and rank the modalities.
+
+    Args:
+        factories: per modality, a callable returning a fresh model that maps that modality's input
+            to class logits.
+        train, val: per modality, ``(X, y)`` as tensors or arrays. Validation sets are normally paired
+            (same samples, same labels); then the core can bootstrap over them.
+        epochs: passes over the training subset.
+        subset: fraction of each training set used (the same seeded sample indices for every modality
+            of equal size, so paired data stays paired).
+        lr: learning rate.
+        optimizer: ``"sgd"`` (momentum 0.9), ``"adam"``, ``"adamw"``, or ``f(params, lr)`` / ``f(params)``
+            returning a torch optimizer.
+        batch_size, seed: mini-batch size; seed of the subset, shuffling and model initialisation (the
+            caller's global RNG state is left untouched).
+        metric: ``"accuracy"``, ``"macro_f1"`` or ``f(labels, predicted_classes)``.
+        device: where to train.
+        progress: show a tqdm bar per modality.
+        n_bootstrap, warn_margin: passed to :func:`pdmp.rank_modalities`.
+    """
+    names = check_modality_names(factories.keys(), where="rank_unimodal factories")
+    check_same_modalities(train.keys(), names, where="rank_unimodal train")
+    check_same_modalities(val.keys(), names, where="rank_unimodal val")
+    epochs = check_non_negative_int(epochs, name="epochs")
+    if epochs < 1:
+        raise ValueError("epochs must be >= 1; a unimodal model has to be trained before it can be ranked")
+    if not (isinstance(subset, (int, float)) and 0.0 < subset <= 1.0):
+        raise ValueError(f"subset must be a fraction in (0, 1], got {subset!r}")
+    batch_size = check_non_negative_int(batch_size, name="batch_size")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    make_optimizer, optimizer_name = _optimizer_factory(optimizer)
+    metric_name, metric_fn = resolve_metric(metric)
+    device = torch.device(device)
+
+    logits: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    train_samples: dict[str, int] = {}
+    for index, name in enumerate(names):
+        x_train, y_train = _as_tensors(train[name], where=f"train[{name!r}]")
+        x_val, y_val = _as_tensors(val[name], where=f"val[{name!r}]")
+        generator = torch.Generator().manual_seed(seed)
+        n_subset = max(1, round(subset * len(y_train)))
+        chosen = torch.randperm(len(y_train), generator=generator)[:n_subset]
+        x_train, y_train = x_train[chosen], y_train[chosen]
+        train_samples[name] = n_subset
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = factories[name]().to(device)
+        opt = make_optimizer(model.parameters(), lr)
+        batches = math.ceil(n_subset / batch_size)
+        bar = tqdm(
+            total=epochs * batches,
+            desc=f"rank {name} ({index + 1}/{len(names)})",
+            unit="batch",
+            disable=not progress,
+            leave=True,
+        )
+        model.train()
+        with bar:
+            for _ in range(epochs):
+                order = torch.randperm(n_subset, generator=generator)
+                for start in range(0, n_subset, batch_size):
+                    batch = order[start : start + batch_size]
+                    loss = nn.functional.cross_entropy(
+                        model(x_train[batch].to(device)), y_train[batch].to(device, torch.long)
+                    )
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        model.eval()
+        with torch.no_grad():
+            starts = range(0, len(y_val), batch_size)
+            outputs = [model(x_val[s : s + batch_size].to(device)).float().cpu() for s in starts]
+        logits[name] = torch.cat(outputs).numpy().astype(np.float64)
+        labels[name] = y_val.numpy().astype(np.int64)
+
+    budget = {
+        "backend": "torch",
+        "epochs": epochs,
+        "subset": float(subset),
+        "train_samples": train_samples,
+        "batch_size": batch_size,
+        "lr": float(lr),
+        "optimizer": optimizer_name,
+        "seed": seed,
+    }
+    first = labels[names[0]]
+    paired = all(labels[name].shape == first.shape and np.array_equal(labels[name], first) for name in names)
+    if paired:
+        return rank_modalities(
+            logits,
+            first,
+            metric=metric,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            warn_margin=warn_margin,
+            budget=budget,
+        )
+    if n_bootstrap:
+        raise ValueError(
+            "n_bootstrap needs paired validation sets (same samples and labels for every modality); "
+            "pass paired val data or n_bootstrap=0"
+        )
+    scores = {name: float(metric_fn(labels[name], logits[name].argmax(axis=1))) for name in names}
+    return rank_modalities(scores=scores, metric=metric_name, warn_margin=warn_margin, budget=budget)
+
+
+def _optimizer_factory(optimizer: str | OptimizerFactory) -> tuple[Callable[[Any, float], torch.optim.Optimizer], str]:
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}, or pass a callable")
+        return OPTIMIZERS[optimizer], optimizer
+    if not callable(optimizer):
+        raise TypeError(f"optimizer must be a name or a callable returning a torch optimizer, got {optimizer!r}")
+    name = getattr(optimizer, "__name__", type(optimizer).__name__)
+    try:
+        takes_lr = len(inspect.signature(optimizer).parameters) >= 2
+    except (TypeError, ValueError):
+        takes_lr = True
+    if takes_lr:
+        return optimizer, name
+    return (lambda params, lr: optimizer(params)), name
+
+
+def _as_tensors(data: Any, *, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(f"{where} must be a pair (X, y), got {type(data).__name__}")
+    x = torch.as_tensor(data[0])
+    if x.dtype == torch.float64:
+        x = x.float()  # models are float32; NumPy defaults to float64
+    y = torch.as_tensor(np.asarray(data[1]) if not isinstance(data[1], torch.Tensor) else data[1])
+    if y.ndim != 1 or len(y) != len(x):
+        raise ValueError(f"{where}: y must be 1-D, one label per row of X; got X {tuple(x.shape)}, y {tuple(y.shape)}")
+    if len(y) == 0:
+        raise ValueError(f"{where} is empty; give at least one sample")
+    return x, y.long()
+
+
+__all__ = ["rank_unimodal"]
