@@ -250,10 +250,9 @@ def test_load_state_dict_refuses_a_different_policy_or_mode() -> None:
         Modulator(groups(make_model()), pdmp(warmup=3)).load_state_dict(state)
     Modulator(groups(make_model()), pdmp(warmup=3)).load_state_dict(state, strict=False)
     model = make_model()
+    lr_mod = Modulator(groups(model), pdmp(), mode="lr", optimizer=torch.optim.SGD(model.parameters(), lr=1))
     with pytest.raises(ValueError, match="mode='grad'"):
-        Modulator(
-            groups(model), pdmp(), mode="lr", optimizer=torch.optim.SGD(model.parameters(), lr=1)
-        ).load_state_dict(state)
+        lr_mod.load_state_dict(state)
     other = Modulator({"audio": make_model().audio, "video": make_model().image}, PDMP(["audio", "video"], "audio"))
     with pytest.raises(ValueError, match=r"unknown modality\(ies\) \['image'\]"):
         other.load_state_dict(state, strict=False)
