@@ -1,0 +1,31 @@
+"""PDMP for Keras 3 on TensorFlow: a ``fit()``-compatible model that modulates per-modality gradients.
+
+Names mirror :mod:`pdmp.backends.torch`; the coefficient math is the core's (:mod:`pdmp.policies`).
+
+* :class:`ModulatedModel` wraps a built model; its ``train_step`` scales each modality's gradients
+  (``mode="grad"``) or learning rate (``mode="lr"``) by the policy's coefficient.
+* :func:`concat_head_logits`, :func:`sum_head_logits`, :class:`ConcatHead`, :class:`SumHeads`:
+  per-modality logits for OGM-GE.
+* :func:`rank_unimodal`: stage 1, train one Keras model per modality and rank them.
+
+Importing this module with ``KERAS_BACKEND`` other than ``tensorflow`` raises ImportError (see
+:data:`SUPPORTED_BACKENDS`).
+"""
+
+from pdmp.backends.keras._backend import SUPPORTED_BACKENDS, check_backend
+
+check_backend()
+
+from pdmp.backends.keras.heads import ConcatHead, SumHeads, concat_head_logits, sum_head_logits  # noqa: E402
+from pdmp.backends.keras.model import ModulatedModel  # noqa: E402
+from pdmp.backends.keras.ranking import rank_unimodal  # noqa: E402
+
+__all__ = [
+    "SUPPORTED_BACKENDS",
+    "ConcatHead",
+    "ModulatedModel",
+    "SumHeads",
+    "concat_head_logits",
+    "rank_unimodal",
+    "sum_head_logits",
+]

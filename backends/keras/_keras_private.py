@@ -1,0 +1,23 @@
+"""The few Keras internals the stock TensorFlow ``train_step`` relies on, reached in one place.
+
+``ModulatedModel.train_step`` must behave like Keras's own so that the ``loss`` shown by ``fit()`` and
+user overrides of ``compute_loss`` keep working; that step uses ``Trainer._compute_loss`` (which
+tolerates ``compute_loss`` overrides without a ``training`` argument), ``Trainer._loss_tracker`` and
+``unscale_loss_for_distribution``. If a Keras release moves them, only this file changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras.src.losses.loss import unscale_loss_for_distribution
+
+
+def compute_loss_like_keras(model: keras.Model, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> tf.Tensor:
+    """The loss exactly as Keras's TF ``train_step`` computes it, also updating the ``loss`` metric."""
+    loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+    batch = tf.shape(next(i for i in keras.tree.flatten(x) if i is not None))[0]
+    model._loss_tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=batch)
+    return loss

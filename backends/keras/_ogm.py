@@ -1,0 +1,42 @@
+"""OGM-GE's coefficient formula in TensorFlow ops, so it can run inside a traced/XLA train step.
+
+This mirrors :class:`pdmp.policies.OGMGE` and :func:`pdmp.diagnostics.modality_scores` term for term
+(``tests/test_keras_ogm.py`` checks it against them); the core stays the reference. Two unavoidable
+differences: the arithmetic is float32 (the core uses float64), and the floor that keeps ratios
+finite when a score underflows to 0 is float32's smallest normal number rather than float64's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+_TINY = float(np.finfo(np.float32).tiny)
+
+
+def batch_scores(logits: Sequence[tf.Tensor], labels: tf.Tensor) -> tf.Tensor:
+    """``s_u = sum_i softmax(out_u)[i, y_i]`` for each modality, stacked into shape ``(M,)``.
+
+    ``labels`` may be class indices (any shape that flattens to the batch) or one-hot rows.
+    """
+    first = tf.convert_to_tensor(logits[0])
+    if labels.shape.rank is not None and labels.shape.rank == first.shape.rank and labels.shape[-1] != 1:
+        labels = tf.argmax(labels, axis=-1)  # one-hot / probability targets
+    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+    scores = []
+    for out in logits:
+        probabilities = tf.nn.softmax(tf.cast(tf.stop_gradient(out), tf.float32), axis=-1)
+        scores.append(tf.reduce_sum(tf.gather(probabilities, labels, axis=-1, batch_dims=1)))
+    return tf.stack(scores)
+
+
+def coefficients(scores: tf.Tensor, alpha: float) -> tf.Tensor:
+    """``k_u = 1 - tanh(alpha * rho_u)`` where ``rho_u = s_u / mean(s_others) > 1``, else 1."""
+    values = tf.maximum(tf.cast(scores, tf.float32), _TINY)
+    count = tf.cast(tf.size(values), tf.float32)
+    rho = values / ((tf.reduce_sum(values) - values) / (count - 1.0))
+    # 1 - tanh(x) = 2 / (1 + exp(2x)): no cancellation; exp overflows to inf -> 0 -> floored.
+    slowed = tf.maximum(2.0 / (1.0 + tf.exp(2.0 * alpha * rho)), _TINY)
+    return tf.where(rho > 1.0, slowed, tf.ones_like(rho))

@@ -1,0 +1,57 @@
+"""``lr`` mode's one workaround: per-variable learning rates for a stock Keras optimizer.
+
+Keras 3 optimizers have no parameter groups, but every one of them updates a variable through
+``update_step(gradient, variable, learning_rate)``, and the TensorFlow backend calls it once per
+variable (per device under ``tf.distribute``) with the current learning rate. Wrapping that method
+on the optimizer instance to pass ``k_m * learning_rate`` for modality m's variables is exactly a
+per-modality learning-rate multiplier for any optimizer (Adam, AdamW, RMSprop, SGD with momentum,
+...), without copying optimizer state. A ``LossScaleOptimizer`` delegates to its inner optimizer,
+which is the one wrapped.
+
+What it does not scale: Keras applies decoupled ``weight_decay`` separately, with the base learning
+rate, so decay is not multiplied (torch parameter groups would multiply it). Keras's SGD folds the
+learning rate into its momentum buffer (``m = mu * m - lr * g``), so a change of ``k`` affects new
+gradients only, where torch's SGD rescales the whole buffer; both agree while ``k`` is constant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+Lookup = Callable[[Any], "tf.Tensor | None"]
+
+_MARK = "_pdmp_lr_lookup"
+
+
+def variable_keys(variable: keras.Variable) -> list[int]:
+    """Identities under which the TF optimizer may hand ``variable`` to ``update_step``."""
+    backing = getattr(variable, "value", variable)
+    keys = [id(variable), id(backing)]
+    keys.extend(id(component) for component in getattr(backing, "values", ()))  # tf.distribute replicas
+    return keys
+
+
+def install(optimizer: keras.optimizers.Optimizer, lookup: Lookup) -> None:
+    """Make ``optimizer`` multiply its learning rate by ``lookup(variable)`` when that is not None.
+
+    Idempotent for the same lookup; a second model binding the same optimizer replaces the lookup.
+    """
+    target = getattr(optimizer, "inner_optimizer", optimizer)
+    if getattr(target, _MARK, None) is lookup:
+        return
+    original = type(target).update_step
+
+    def update_step(gradient: Any, variable: Any, learning_rate: Any) -> Any:
+        multiplier = lookup(variable)
+        if multiplier is not None:
+            rate = tf.convert_to_tensor(learning_rate)
+            learning_rate = rate * tf.cast(multiplier, rate.dtype)
+        return original(target, gradient, variable, learning_rate)
+
+    # object.__setattr__: keep Keras's attribute tracking away from a plain function.
+    object.__setattr__(target, "update_step", update_step)
+    object.__setattr__(target, _MARK, lookup)
