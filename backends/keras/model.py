@@ -114,13 +114,12 @@ class ModulatedModel(keras.Model):
         self.policy = policy
         self.mode: Mode = mode
         self.seed = check_non_negative_int(seed, name="seed")
-        self.modality_names: tuple[str, ...] = policy.modalities
         groups = _resolve_modalities(model, modalities)
         if getattr(policy, "conv_kernels_only", False):
             groups = _conv_kernels(groups)
-        self._groups = _Hidden({name: groups[name] for name in self.modality_names})
+        self._groups = _Hidden({name: groups[name] for name in self.modalities})
         index = {}
-        for position, name in enumerate(self.modality_names):
+        for position, name in enumerate(self.modalities):
             for variable in groups[name]:
                 for key in _optimizer_lr.variable_keys(variable):
                     index[key] = position
@@ -128,7 +127,7 @@ class ModulatedModel(keras.Model):
         spec = _check_logits_spec(policy, modality_logits, model)
         self._logits = _Hidden(spec)
         self._tap_model = _Hidden(_tap_model(model, spec) if hasattr(spec, "taps") else None)
-        count = len(self.modality_names)
+        count = len(self.modalities)
         self.pdmp_coefficients = self.add_weight(
             shape=(count,), initializer="ones", dtype="float32", trainable=False, aggregation="mean",
             name="pdmp_coefficients",
@@ -180,12 +179,12 @@ class ModulatedModel(keras.Model):
         """OGM-GE: set the coefficients from this batch's per-modality logits (in the graph).
 
         Scores are summed over replicas before use, so every replica computes the same coefficients.
-        Returns the coefficients, in :attr:`modality_names` order.
+        Returns the coefficients, in :attr:`modalities` order.
         """
         if not isinstance(self.policy, OGMGE):
             raise TypeError(f"observe() is for OGM-GE; policy {type(self.policy).__name__} needs no logits")
         self.policy.check_modalities(list(modality_logits), where="ModulatedModel.observe logits")
-        scores = _ogm.batch_scores([modality_logits[name] for name in self.modality_names], labels)
+        scores = _ogm.batch_scores([modality_logits[name] for name in self.modalities], labels)
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
             scores = context.all_reduce(tf.distribute.ReduceOp.SUM, scores)
@@ -203,7 +202,7 @@ class ModulatedModel(keras.Model):
         Use it in a custom training loop between ``tape.gradient`` and ``apply_gradients``. Gradients
         may be loss-scaled (mixed precision): scaling commutes with it, and OGM-GE's noise is drawn
         from the unscaled gradient's standard deviation and scaled back. ``coefficients`` (in
-        :attr:`modality_names` order) default to the model's coefficient variables.
+        :attr:`modalities` order) default to the model's coefficient variables.
         """
         if coefficients is None:
             coefficients = tf.convert_to_tensor(self.pdmp_coefficients)
@@ -274,7 +273,7 @@ class ModulatedModel(keras.Model):
             raise NotImplementedError(f"{type(self.policy).__name__} needs logits and has no Keras implementation")
         else:
             modulation = self.policy.modulation(step=self._clock.step, epoch=self._clock.epoch)
-            values = (*(modulation.coefficients[name] for name in self.modality_names), float(modulation.noise))
+            values = (*(modulation.coefficients[name] for name in self.modalities), float(modulation.noise))
         if values == self._written:
             return
         if len(values) > 1:
@@ -288,10 +287,24 @@ class ModulatedModel(keras.Model):
         self._clock.epoch = int(self.pdmp_epoch.numpy())
 
     @property
+    def modalities(self) -> tuple[str, ...]:
+        """The policy's modality names, in the order of the coefficient variables."""
+        return self.policy.modalities
+
+    @property
+    def step_count(self) -> int:
+        """Training steps taken (``train_step`` calls), as stored in the model."""
+        return int(self.pdmp_step.numpy())
+
+    @property
+    def epoch(self) -> int:
+        return int(self.pdmp_epoch.numpy())
+
+    @property
     def coefficients(self) -> dict[str, float]:
         """Current coefficient of each modality (for OGM-GE: the last batch's)."""
         values = np.asarray(self.pdmp_coefficients.numpy(), dtype=np.float64)
-        return {name: float(value) for name, value in zip(self.modality_names, values, strict=True)}
+        return {name: float(value) for name, value in zip(self.modalities, values, strict=True)}
 
     @property
     def modality_variables(self) -> dict[str, tuple[keras.Variable, ...]]:
@@ -306,23 +319,31 @@ class ModulatedModel(keras.Model):
             "mode": self.mode,
             "clock": self._clock.state_dict(),
             "coefficients": self.coefficients,
-            "scores": dict(zip(self.modality_names, (float(s) for s in self.pdmp_scores.numpy()), strict=True)),
+            "seed": self.seed,
+            "scores": dict(zip(self.modalities, (float(s) for s in self.pdmp_scores.numpy()), strict=True)),
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; the policy in ``state`` must equal this model's."""
+    def load_state_dict(self, state: Mapping[str, Any], *, strict: bool = True) -> None:
+        """Restore :meth:`state_dict`. With ``strict`` the saved policy must equal this model's."""
         stored = policy_from_config(state["policy"])
-        if stored != self.policy:
+        stored.check_modalities(self.modalities, where="ModulatedModel.load_state_dict")
+        if state.get("mode", self.mode) != self.mode:
+            raise ValueError(f"state was saved in mode={state['mode']!r} but this model uses {self.mode!r}")
+        if strict and stored != self.policy:
             raise ValueError(
                 f"state was saved with policy {stored!r} but this model uses {self.policy!r}; "
-                "build the model with the same policy, or drop 'policy' from the state on purpose"
+                "build the model with the saved policy, or pass strict=False to keep the new one"
             )
+        seed = check_non_negative_int(state.get("seed", self.seed), name="state['seed']")
+        if seed != self.seed:
+            self.seed = seed
+            self.train_function = None  # the seed is a trace-time constant: retrace
         self._clock.load_state_dict(state["clock"])
         self.pdmp_step.assign(self._clock.step)
         self.pdmp_epoch.assign(self._clock.epoch)
         coefficients = state.get("coefficients", {})
         self.policy.check_modalities(list(coefficients), where="state['coefficients']")
-        self.pdmp_coefficients.assign(np.asarray([coefficients[n] for n in self.modality_names], dtype=np.float32))
+        self.pdmp_coefficients.assign(np.asarray([coefficients[n] for n in self.modalities], dtype=np.float32))
         self._written = None
         if not self.policy.needs_logits:
             self.update_coefficients()

@@ -1,7 +1,8 @@
-"""Stage 1 for Keras: train one small model per modality, evaluate on held-out data, rank.
+"""Stage 1 for Keras: train one small model per modality on a budget, evaluate held out, rank.
 
-Mirrors :func:`pdmp.backends.torch.rank_unimodal`: the training loop is Keras's own ``fit()`` (so its
-progress bar is the progress output), the ranking is the core's :func:`pdmp.rank_modalities`.
+Mirrors :func:`pdmp.backends.torch.rank_unimodal` (same arguments, same budget record); the training
+loop is Keras's own ``fit()``, so its progress bar is the progress output, and the ranking is the
+core's :func:`pdmp.rank_modalities`.
 """
 
 from __future__ import annotations
@@ -12,94 +13,135 @@ from typing import Any
 
 import keras
 import numpy as np
-from numpy.typing import ArrayLike
 
-from pdmp._validation import check_labels, check_modality_names, check_same_modalities
-from pdmp.metrics import Metric
+from pdmp._validation import check_labels, check_modality_names, check_non_negative_int, check_same_modalities
+from pdmp.metrics import Metric, resolve_metric
 from pdmp.ranking import Ranking, rank_modalities
 
-Data = tuple[Mapping[str, ArrayLike], ArrayLike]
+OptimizerFactory = Callable[[float], keras.optimizers.Optimizer]
+
+OPTIMIZERS: dict[str, OptimizerFactory] = {
+    "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9),
+    "adam": lambda lr: keras.optimizers.Adam(lr),
+    "adamw": lambda lr: keras.optimizers.AdamW(lr),
+}
 
 
 def rank_unimodal(
     factories: Mapping[str, Callable[[], keras.Model]],
-    train: Data,
-    val: Data,
+    train: Mapping[str, tuple[Any, Any]],
+    val: Mapping[str, tuple[Any, Any]],
     *,
-    epochs: int = 5,
+    epochs: int,
     subset: float = 1.0,
-    lr: float = 1e-3,
+    lr: float,
+    optimizer: str | OptimizerFactory = "sgd",
     batch_size: int = 64,
     seed: int = 0,
     metric: str | Metric = "accuracy",
     progress: bool = True,
+    n_bootstrap: int = 0,
+    warn_margin: float = 0.01,
 ) -> Ranking:
-    """Rank modalities by the held-out score of a unimodal model trained on each.
+    """Train each modality's unimodal Keras model (encoder + own head) on a budget and rank the modalities.
 
     Args:
-        factories: per modality, a function returning a fresh model that maps that modality's input
-            to class logits. If the model comes back uncompiled it is compiled with
-            ``Adam(lr)`` and sparse categorical cross-entropy on logits; compile it in the factory to
-            choose otherwise (``lr`` is then unused).
-        train, val: ``(inputs, labels)`` where ``inputs`` maps every modality to an array of samples
-            (the same samples, in the same order, across modalities) and ``labels`` are class indices.
-        epochs: training epochs per unimodal model (the ranking's budget; the paper reports that a
-            short budget usually suffices).
-        subset: fraction of the training samples to use, drawn once with ``seed`` and shared by all
-            modalities, so every model sees the same samples.
-        seed: seeds the subset and ``keras.utils.set_random_seed`` before each model is built (this
-            also seeds Python's, NumPy's and TensorFlow's global generators).
-        metric: passed to :func:`pdmp.rank_modalities`.
-        progress: show Keras's progress bars (``verbose=1``) and the modality being trained.
-
-    Returns:
-        The core's :class:`pdmp.Ranking`, with the budget recorded in ``ranking.budget``.
+        factories: per modality, a callable returning a fresh, uncompiled model that maps that
+            modality's input to class logits. It is compiled here with ``optimizer`` and sparse
+            categorical cross-entropy on logits.
+        train, val: per modality, ``(X, y)`` arrays. Validation sets are normally paired (same samples,
+            same labels); then the core can bootstrap over them.
+        epochs: passes over the training subset.
+        subset: fraction of each training set used (the same seeded sample indices for every modality
+            of equal size, so paired data stays paired).
+        lr: learning rate.
+        optimizer: ``"sgd"`` (momentum 0.9), ``"adam"``, ``"adamw"``, or ``f(lr)`` returning a Keras optimizer.
+        batch_size, seed: mini-batch size; seed of the subset, shuffling and model initialisation
+            (``keras.utils.set_random_seed``, which also seeds Python's, NumPy's and TF's global RNGs).
+        metric: ``"accuracy"``, ``"macro_f1"`` or ``f(labels, predicted_classes)``.
+        progress: show Keras's progress bar while each model trains and predicts.
+        n_bootstrap, warn_margin: passed to :func:`pdmp.rank_modalities`.
     """
     names = check_modality_names(factories.keys(), where="rank_unimodal factories")
-    if not 0.0 < float(subset) <= 1.0:
-        raise ValueError(f"subset must be a fraction in (0, 1], got {subset!r}; use 1.0 for all training samples")
-    if int(epochs) < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs!r}")
-    train_x, train_y = _unpack(train, names, where="train")
-    val_x, val_y = _unpack(val, names, where="val")
-    count = len(train_y)
-    size = max(1, math.ceil(float(subset) * count))
-    chosen = np.sort(np.random.default_rng(seed).permutation(count)[:size])
+    check_same_modalities(train.keys(), names, where="rank_unimodal train")
+    check_same_modalities(val.keys(), names, where="rank_unimodal val")
+    epochs = check_non_negative_int(epochs, name="epochs")
+    if epochs < 1:
+        raise ValueError("epochs must be >= 1; a unimodal model has to be trained before it can be ranked")
+    if not (isinstance(subset, (int, float)) and 0.0 < subset <= 1.0):
+        raise ValueError(f"subset must be a fraction in (0, 1], got {subset!r}")
+    batch_size = check_non_negative_int(batch_size, name="batch_size")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    make_optimizer, optimizer_name = _optimizer_factory(optimizer)
+    metric_name, metric_fn = resolve_metric(metric)
     verbose = 1 if progress else 0
-    predictions: dict[str, np.ndarray] = {}
-    for name in names:
+
+    logits: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    train_samples: dict[str, int] = {}
+    for index, name in enumerate(names):
+        x_train, y_train = _as_arrays(train[name], where=f"train[{name!r}]")
+        x_val, y_val = _as_arrays(val[name], where=f"val[{name!r}]")
+        n_subset = max(1, round(subset * len(y_train)))
+        chosen = np.random.default_rng(seed).permutation(len(y_train))[:n_subset]
+        train_samples[name] = n_subset
         keras.utils.set_random_seed(seed)
         model = factories[name]()
         if not isinstance(model, keras.Model):
             raise TypeError(f"factories[{name!r}]() returned {type(model).__name__}; it must return a keras.Model")
-        if not model.compiled:
-            model.compile(
-                optimizer=keras.optimizers.Adam(lr),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"],
-            )
-        if progress:
-            print(f"pdmp: training the unimodal {name!r} model ({size} samples, {epochs} epoch(s))")
-        model.fit(train_x[name][chosen], train_y[chosen], epochs=int(epochs), batch_size=batch_size, verbose=verbose)
-        predictions[name] = np.asarray(model.predict(val_x[name], batch_size=batch_size, verbose=verbose))
-    budget = {"epochs": int(epochs), "subset": float(subset), "lr": float(lr), "batch_size": int(batch_size)}
-    return rank_modalities(predictions, val_y, metric=metric, seed=seed, budget={**budget, "framework": "keras"})
-
-
-def _unpack(data: Any, names: tuple[str, ...], *, where: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    if not isinstance(data, tuple) or len(data) != 2 or not isinstance(data[0], Mapping):
-        raise TypeError(
-            f"{where} must be a tuple (inputs, labels) with inputs a dict {{modality: array}}, "
-            f"got {type(data).__name__}"
+        model.compile(
+            optimizer=make_optimizer(float(lr)),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
         )
-    inputs, labels = data
-    check_same_modalities(inputs.keys(), names, where=f"rank_unimodal {where} inputs")
-    y = check_labels(labels, name=f"{where} labels")
-    arrays = {name: np.asarray(inputs[name]) for name in names}
-    for name, array in arrays.items():
-        if len(array) != len(y):
-            raise ValueError(
-                f"{where}: inputs[{name!r}] has {len(array)} samples but labels has {len(y)}; "
-                "give every modality the same samples"
-            )
-    return arrays, y
+        if progress:
+            print(f"rank {name} ({index + 1}/{len(names)}): {n_subset} samples, {epochs} epoch(s)")
+        model.fit(x_train[chosen], y_train[chosen], epochs=epochs, batch_size=batch_size, verbose=verbose)
+        logits[name] = np.asarray(model.predict(x_val, batch_size=batch_size, verbose=verbose), dtype=np.float64)
+        labels[name] = y_val
+
+    budget = {
+        "backend": "keras",
+        "epochs": epochs,
+        "subset": float(subset),
+        "train_samples": train_samples,
+        "batch_size": batch_size,
+        "lr": float(lr),
+        "optimizer": optimizer_name,
+        "seed": seed,
+    }
+    first = labels[names[0]]
+    paired = all(labels[name].shape == first.shape and np.array_equal(labels[name], first) for name in names)
+    if paired:
+        return rank_modalities(
+            logits, first, metric=metric, n_bootstrap=n_bootstrap, seed=seed, warn_margin=warn_margin, budget=budget
+        )
+    if n_bootstrap:
+        raise ValueError(
+            "n_bootstrap needs paired validation sets (same samples and labels for every modality); "
+            "pass paired val data or n_bootstrap=0"
+        )
+    scores = {name: float(metric_fn(labels[name], logits[name].argmax(axis=1))) for name in names}
+    return rank_modalities(scores=scores, metric=metric_name, warn_margin=warn_margin, budget=budget)
+
+
+def _optimizer_factory(optimizer: str | OptimizerFactory) -> tuple[OptimizerFactory, str]:
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}, or pass f(lr)")
+        return OPTIMIZERS[optimizer], optimizer
+    if not callable(optimizer):
+        raise TypeError(f"optimizer must be a name or f(lr) returning a Keras optimizer, got {optimizer!r}")
+    return optimizer, getattr(optimizer, "__name__", type(optimizer).__name__)
+
+
+def _as_arrays(data: Any, *, where: str) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"{where} must be a pair (X, y), got {type(data).__name__}")
+    x, y = np.asarray(data[0]), check_labels(data[1], name=f"{where} labels")
+    if len(x) != len(y):
+        raise ValueError(f"{where}: X has {len(x)} samples but y has {len(y)}; pass the labels of the same samples")
+    return x, y
