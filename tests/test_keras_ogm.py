@@ -239,7 +239,7 @@ def test_ogm_noise_reaches_both_encoders_with_the_gradients_scale_and_spares_the
 
 def test_conv_kernels_only_needs_conv_kernels() -> None:
     spec = ConcatHead("head", {"audio": "audio_enc", "visual": "visual_enc"})
-    with pytest.raises(ValueError, match=r"have no 4-D conv kernels; use conv_kernels_only=False"):
+    with pytest.raises(ValueError, match=r"modulates none of modality\(ies\) \['audio', 'visual'\]'s variables"):
         ModulatedModel(build(), ENCODERS, OGMGE(NAMES, conv_kernels_only=True), modality_logits=spec)
 
 
@@ -248,6 +248,8 @@ def test_bad_logits_specs_name_the_fix() -> None:
         ModulatedModel(build(), ENCODERS, OGMGE(NAMES), modality_logits=ConcatHead("fusion", dict(ENCODERS)))
     with pytest.raises(ValueError, match=r"unknown modality\(ies\) \['sound'\]"):
         ModulatedModel(build(), ENCODERS, OGMGE(NAMES), modality_logits=SumHeads({"sound": "a", "visual": "b"}))
+    with pytest.raises(ValueError, match="adds noise to gradients, which mode='lr' does not modulate"):
+        ModulatedModel(build(), ENCODERS, OGMGE(NAMES), mode="lr", modality_logits=ConcatHead("head", dict(ENCODERS)))
     with pytest.raises(TypeError, match="must be ConcatHead, SumHeads or a function"):
         ModulatedModel(build(), ENCODERS, OGMGE(NAMES), modality_logits="head")
 

@@ -115,8 +115,12 @@ class ModulatedModel(keras.Model):
         self.mode: Mode = mode
         self.seed = check_non_negative_int(seed, name="seed")
         groups = _resolve_modalities(model, modalities)
-        if getattr(policy, "conv_kernels_only", False):
-            groups = _conv_kernels(groups)
+        if mode == "lr" and policy.adds_noise:
+            raise ValueError(
+                f"{policy!r} adds noise to gradients, which mode='lr' does not modulate; use mode='grad', or "
+                "turn the noise off (OGMGE(..., noise=False)) to scale learning rates"
+            )
+        groups = _restrict(policy, groups)
         self._groups = _Hidden({name: groups[name] for name in self.modalities})
         index = {}
         for position, name in enumerate(self.modalities):
@@ -206,7 +210,7 @@ class ModulatedModel(keras.Model):
         """
         if coefficients is None:
             coefficients = tf.convert_to_tensor(self.pdmp_coefficients)
-        noisy = bool(getattr(self.policy, "noise", False))
+        noisy = self.policy.adds_noise
         if noisy:
             loss_scale = tf.cast(self.optimizer.scale_loss(tf.constant(1.0)), tf.float32)
             gate = tf.convert_to_tensor(self.pdmp_noise_gate)
@@ -494,14 +498,17 @@ def _variables_of(
     )
 
 
-def _conv_kernels(groups: Mapping[str, tuple[keras.Variable, ...]]) -> dict[str, tuple[keras.Variable, ...]]:
-    """OGM-GE reference behaviour: only 4-D (conv kernel) variables are modulated."""
-    result = {name: tuple(v for v in variables if len(v.shape) == 4) for name, variables in groups.items()}
+def _restrict(policy: CoefficientPolicy, groups: Mapping[str, tuple[keras.Variable, ...]]) -> dict[str, tuple]:
+    """Keep the variables the policy modulates (OGM-GE's reference: only 4-D conv kernels)."""
+    result = {
+        name: tuple(v for v in variables if policy.modulates(tuple(v.shape))) for name, variables in groups.items()
+    }
     empty = [name for name, variables in result.items() if not variables]
     if empty:
         raise ValueError(
-            f"OGMGE(conv_kernels_only=True) but modality(ies) {empty} have no 4-D conv kernels; "
-            "use conv_kernels_only=False for non-convolutional encoders"
+            f"{policy!r} modulates none of modality(ies) {empty}'s variables (shapes "
+            f"{[tuple(v.shape) for v in groups[empty[0]]]}); with OGMGE(conv_kernels_only=True) the encoders need "
+            "4-D conv kernels, otherwise use conv_kernels_only=False"
         )
     return result
 
