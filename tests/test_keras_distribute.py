@@ -60,7 +60,8 @@ def weights(model):
 
 
 report = {"replicas": strategy.num_replicas_in_sync}
-for mode, optimizer in (("grad", lambda: keras.optimizers.SGD(0.1, momentum=0.9)), ("lr", lambda: keras.optimizers.Adam(0.01))):
+OPTIMIZERS = {"grad": lambda: keras.optimizers.SGD(0.1, momentum=0.9), "lr": lambda: keras.optimizers.Adam(0.01)}
+for mode, optimizer in OPTIMIZERS.items():
     policy = PDMP(NAMES, "audio", gamma_p=4.0, gamma_r=0.5, warmup=1)
     with strategy.scope():
         mirrored = make(policy, optimizer, mode=mode)
