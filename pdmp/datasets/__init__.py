@@ -1,0 +1,50 @@
+"""Multimodal datasets behind one framework-neutral interface.
+
+Every dataset is a :class:`MultimodalDataset`: ``name``, ``modalities``, ``class_names``, and ``train`` /
+``val`` / ``test`` :class:`Split` objects holding NumPy arrays per modality (float32; images
+``(N, C, H, W)``, spectrograms ``(N, 1, n_mels, T)``, vectors ``(N, D)``) and int64 labels, plus a
+``metadata`` dict recording how it was made. Adapters: :func:`torch_dataset` / :func:`torch_loader`
+and :func:`tf_dataset` (frameworks are imported only when these are called).
+
+- :func:`load_av_digits`: MNIST images + eSpeak NG spoken digits, in named regimes (built-in).
+- :func:`load_mfeat`: UCI Multiple Features, three views pix/fou/mor by default (built-in).
+- :func:`load_cremad`, :func:`load_ave`, :func:`load_kinetics_sounds`: the paper's datasets from a
+  local folder (see :mod:`pdmp.datasets.folders` for the layout).
+"""
+
+from pdmp.datasets._base import MultimodalDataset, Split, stratified_split
+from pdmp.datasets._cache import cache_dir
+from pdmp.datasets._espeak import EspeakUnavailableError
+from pdmp.datasets.adapters import tf_dataset, torch_dataset, torch_loader
+from pdmp.datasets.av_digits import AV_DIGITS_REGIMES, AVDigitsConfig, load_av_digits
+from pdmp.datasets.folders import (
+    CREMAD_CLASSES,
+    DatasetFolderError,
+    DatasetFolderWarning,
+    load_ave,
+    load_cremad,
+    load_kinetics_sounds,
+)
+from pdmp.datasets.mfeat import MFEAT_VIEWS, load_mfeat
+
+__all__ = [
+    "AV_DIGITS_REGIMES",
+    "CREMAD_CLASSES",
+    "MFEAT_VIEWS",
+    "AVDigitsConfig",
+    "DatasetFolderError",
+    "DatasetFolderWarning",
+    "EspeakUnavailableError",
+    "MultimodalDataset",
+    "Split",
+    "cache_dir",
+    "load_av_digits",
+    "load_ave",
+    "load_cremad",
+    "load_kinetics_sounds",
+    "load_mfeat",
+    "stratified_split",
+    "tf_dataset",
+    "torch_dataset",
+    "torch_loader",
+]
