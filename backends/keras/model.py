@@ -376,12 +376,14 @@ class ModulatedModel(keras.Model):
             logits_config = spec.get_config()
         else:
             logits_config = {"type": "function", "function": keras.saving.serialize_keras_object(spec)}
-        paths = _unique_paths(self.inner_model)
+        # Variables are stored as positions in ``model.weights``: that order is rebuilt exactly from the
+        # model's config on load, whereas variable paths of nested models are not stable across loads.
+        position = {id(v): i for i, v in enumerate(self.inner_model.weights)}
         return {
             "name": self.name,
             "trainable": self.trainable,
             "model": keras.saving.serialize_keras_object(self.inner_model),
-            "modalities": {name: [paths[id(v)] for v in variables] for name, variables in self._groups.value.items()},
+            "modalities": {name: [position[id(v)] for v in group] for name, group in self._groups.value.items()},
             "policy": self.policy.get_config(),
             "mode": self.mode,
             "modality_logits": logits_config,
@@ -401,7 +403,9 @@ class ModulatedModel(keras.Model):
                 spec = layer_logits_from_config(logits_config)
         policy = policy_from_config(options.pop("policy"))
         options.pop("dtype", None)
-        return cls(model, options.pop("modalities"), policy, modality_logits=spec, **options)
+        weights = model.weights
+        modalities = {name: [weights[int(i)] for i in indices] for name, indices in options.pop("modalities").items()}
+        return cls(model, modalities, policy, modality_logits=spec, **options)
 
 
 class _ScheduleCallback(keras.callbacks.Callback):
@@ -431,19 +435,6 @@ class _ScheduleCallback(keras.callbacks.Callback):
 
 def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return list(model._flatten_layers(include_self=False, recursive=True))
-
-
-def _unique_paths(model: keras.Model) -> dict[int, str]:
-    """``id(variable) -> variable.path``, refusing paths that two variables share (ambiguous on reload)."""
-    seen: dict[str, int] = {}
-    for variable in model.weights:
-        if variable.path in seen and seen[variable.path] != id(variable):
-            raise ValueError(
-                f"two variables of model {model.name!r} share the path {variable.path!r}, so a saved ModulatedModel "
-                "could not tell them apart; give the layers distinct names"
-            )
-        seen[variable.path] = id(variable)
-    return {key: path for path, key in seen.items()}
 
 
 def _resolve_modalities(model: keras.Model, modalities: Mapping[str, Any]) -> dict[str, tuple[keras.Variable, ...]]:
