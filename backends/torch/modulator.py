@@ -187,9 +187,12 @@ class Modulator:
     def observe(self, logits: Mapping[str, torch.Tensor], labels: torch.Tensor | Any) -> None:
         """Give OGM-GE this batch's per-modality logits; call after the forward pass, before backward.
 
-        A no-op for policies that do not need logits. Under torch.distributed the scores (sums over
-        the batch) are all-reduced, so every rank computes the same coefficients from the global
-        batch; call it on every rank for every batch.
+        A no-op for policies that do not need logits. The scores are computed by the core (NumPy), so
+        the logits are copied to the CPU: one device sync per batch, which OGM-GE needs anyway to turn
+        scores into coefficients. Under torch.distributed the scores (sums over the batch) are
+        all-reduced, so every rank computes the same coefficients from the global batch; call it on
+        every rank for every batch. With gradient accumulation call it for every micro-batch: each
+        backward pass is scaled by the coefficients of its own micro-batch.
         """
         if not self.policy.needs_logits:
             return

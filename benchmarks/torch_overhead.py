@@ -1,0 +1,183 @@
+"""Step-time overhead of the torch Modulator (not a test): ratio with / without it, on CPU.
+
+Two-modality models, concat fusion: a ResNet-style CNN per modality, and a small transformer per
+modality. Variants ``plain`` (no modulator), ``grad`` and ``lr`` (PDMP with active gammas) are measured
+*interleaved*: every round times a few steps of each variant in a shuffled order, so drift in machine
+load hits all variants alike. The reported ratio is the median over rounds of (variant / plain), for
+wall time and for this process's CPU time (less sensitive to other processes on a shared machine).
+
+    python -m benchmarks.torch_overhead --rounds 20 --out torch_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pdmp import PDMP
+from pdmp.backends.torch import Modulator
+
+VARIANTS = ("plain", "grad", "lr")
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, channels_in: int, channels_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels_out)
+        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or channels_in != channels_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(channels_in, channels_out, 1, stride, bias=False), nn.BatchNorm2d(channels_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def resnet_encoder(channels: int, width: int = 32) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(channels, width, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        BasicBlock(width, width, 1),
+        BasicBlock(width, 2 * width, 2),
+        BasicBlock(2 * width, 4 * width, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+
+
+class TokenEncoder(nn.Module):
+    def __init__(self, features: int, width: int = 64, layers: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Linear(features, width)
+        layer = nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.embed(x)).mean(dim=1)
+
+
+class Fused(nn.Module):
+    def __init__(self, audio: nn.Module, image: nn.Module, width: int, classes: int = 10) -> None:
+        super().__init__()
+        self.audio, self.image = audio, image
+        self.head = nn.Linear(2 * width, classes)
+
+    def forward(self, a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.audio(a), self.image(v)], dim=1))
+
+
+def cnn(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    model = Fused(resnet_encoder(1), resnet_encoder(3), 128)
+    return model, (torch.randn(batch, 1, 32, 32), torch.randn(batch, 3, 32, 32))
+
+
+def transformer(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    model = Fused(TokenEncoder(40), TokenEncoder(48), 64)
+    return model, (torch.randn(batch, 32, 40), torch.randn(batch, 24, 48))
+
+
+def make_step(variant: str, template: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], None]:
+    model = copy.deepcopy(template)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    mod = None
+    if variant != "plain":
+        policy = PDMP(["audio", "image"], "audio", gamma_p=10.0, gamma_r=0.5)
+        mod = Modulator({"audio": model.audio, "image": model.image}, policy, mode=variant, optimizer=optimizer)  # type: ignore[arg-type]
+    labels = torch.randint(0, 10, (inputs[0].shape[0],), generator=torch.Generator().manual_seed(0))
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(*inputs), labels).backward()
+        optimizer.step()
+        if mod is not None:
+            mod.step()
+
+    return step
+
+
+def measure(
+    name: str, build: Callable[[int], Any], *, batch: int, rounds: int, steps: int, seed: int
+) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    template, inputs = build(batch)
+    runners = {variant: make_step(variant, template, inputs) for variant in VARIANTS}
+    for runner in runners.values():  # warm-up: allocator, kernels, first-step optimizer state
+        for _ in range(2):
+            runner()
+    order = list(VARIANTS)
+    shuffler = random.Random(seed)
+    wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(rounds):
+        shuffler.shuffle(order)
+        for variant in order:
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                runners[variant]()
+            wall[variant].append((time.perf_counter() - start_wall) / steps)
+            cpu[variant].append((time.process_time() - start_cpu) / steps)
+    result: dict[str, Any] = {
+        "model": name,
+        "parameters": sum(p.numel() for p in template.parameters()),
+        "parameter_tensors": sum(1 for _ in template.parameters()),
+        "batch": batch,
+        "step_ms_median": {v: 1e3 * statistics.median(wall[v]) for v in VARIANTS},
+    }
+    for clock, times in (("wall", wall), ("cpu", cpu)):
+        result[f"ratio_{clock}"] = {
+            v: statistics.median(t / p for t, p in zip(times[v], times["plain"], strict=True)) for v in VARIANTS[1:]
+        }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=3, help="steps per variant per round")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("torch_overhead.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = [
+        measure(name, build, batch=args.batch, rounds=args.rounds, steps=args.steps, seed=args.seed)
+        for name, build in (("resnet-cnn", cnn), ("transformer", transformer))
+    ]
+    for r in results:
+        ms = ", ".join(f"{v} {t:.1f} ms" for v, t in r["step_ms_median"].items())
+        ratios = ", ".join(f"{v} wall x{r['ratio_wall'][v]:.4f} cpu x{r['ratio_cpu'][v]:.4f}" for v in VARIANTS[1:])
+        print(f"{r['model']:12s} ({r['parameter_tensors']} tensors, batch {r['batch']}): {ms}; {ratios}")
+    report = {
+        "benchmark": "torch_overhead",
+        "target": "ratio <= 1.03",
+        "torch": torch.__version__,
+        "machine": platform.platform(),
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "results": results,
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
