@@ -208,7 +208,7 @@ def run_with_checkpoint(policy_factory, steps: int, save_at: int | None, mode: s
             torch.save({"m": model.state_dict(), "o": optimizer.state_dict(), "mod": mod.state_dict()}, buffer)
             mod.remove()
             buffer.seek(0)
-            checkpoint = torch.load(buffer, weights_only=False)
+            checkpoint = torch.load(buffer)  # weights_only: the state is plain data
             model, optimizer, mod = build()
             model.load_state_dict(checkpoint["m"])
             optimizer.load_state_dict(checkpoint["o"])
