@@ -89,4 +89,30 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The main job: build the data, rank, train, print the table, write plots (see README)."""
     python = _frameworks_python(session)
-    session.run(python, "-m", "benchmarks.run", *session.posargs, external=True, env=FRAMEWORK_ENV)
+    session.run(python, "-m", "benchmarks.run", "--preset", "main", *session.posargs, external=True, env=FRAMEWORK_ENV)
+
+
+@nox.session(name="bench-full", venv_backend="none")
+def bench_full(session: nox.Session) -> None:
+    """Everything: both backends, CNN and transformer, all fusions, tuning on validation, controls, 5 seeds."""
+    python = _frameworks_python(session)
+    session.run(python, "-m", "benchmarks.run", "--preset", "full", *session.posargs, external=True, env=FRAMEWORK_ENV)
+
+
+@nox.session(name="bench-gpu", venv_backend="none")
+def bench_gpu(session: nox.Session) -> None:
+    """Torch benchmark on a CUDA machine that has torch/torchaudio preinstalled and no internet.
+
+    Runs with the Python that runs nox (no venv, nothing downloaded); the data cache must be built
+    beforehand (``python -m benchmarks.run --build-data-only``) and copied along, or PDMP_CACHE_DIR
+    set to it. Pass ``-- --device cpu --epochs 1 ...`` to check it end to end without a GPU.
+    """
+    session.run(
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        "--preset",
+        "gpu",
+        *session.posargs,
+        env={**FRAMEWORK_ENV, "PYTHONPATH": str(ROOT)},
+    )
