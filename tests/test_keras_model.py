@@ -139,11 +139,15 @@ def test_step_schedule_follows_the_core_policy_batch_by_batch() -> None:
 # -- lr mode -------------------------------------------------------------------------------------------
 
 
-def test_lr_mode_equals_grad_mode_under_plain_sgd() -> None:
+@pytest.mark.parametrize(
+    "options", [{}, {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}], ids=["plain", "momentum-wd"]
+)
+def test_lr_mode_equals_grad_mode_under_keras_sgd(options: dict) -> None:
+    """Keras's SGD uses lr * g only as a product and decays weights decoupled: the modes agree, even mid-ramp."""
     x, y = data()
-    policy = PDMP(NAMES, "visual", gamma_p=6.0, gamma_r=0.25)
-    by_grad = compile_(wrap(policy), keras.optimizers.SGD(0.05))
-    by_lr = compile_(wrap(policy, mode="lr"), keras.optimizers.SGD(0.05))
+    policy = PDMP(NAMES, "visual", gamma_p=6.0, gamma_r=0.25, unit="step", warmup=1, ramp=3)
+    by_grad = compile_(wrap(policy), keras.optimizers.SGD(0.05, **options))
+    by_lr = compile_(wrap(policy, mode="lr"), keras.optimizers.SGD(0.05, **options))
     for model in (by_grad, by_lr):
         model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
     for path, value in weights(by_grad).items():

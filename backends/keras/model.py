@@ -67,17 +67,24 @@ class ModulatedModel(keras.Model):
             that modality. Leave fusion/head variables out: they are never modulated.
         policy: a :class:`pdmp.CoefficientPolicy` (``PDMP``, ``OGMGE``, ``NoModulation``) over exactly
             these modality names.
-        mode: ``"grad"`` multiplies gradients by ``k`` (under plain SGD, the same as ``k * lr``; under
-            Adam nearly a no-op, since Adam normalises the gradient's scale); ``"lr"`` multiplies the
-            learning rate the optimizer uses for those variables by ``k``, which prioritises under any
-            optimizer (see :mod:`pdmp.backends.keras._optimizer_lr` for what is and is not scaled).
+        mode: ``"grad"`` multiplies gradients by ``k``; ``"lr"`` multiplies the learning rate the
+            optimizer uses for those variables by ``k``, which prioritises under any optimizer (see
+            :mod:`pdmp.backends.keras._optimizer_lr` for what is and is not scaled). What equals what:
+            under Keras's ``SGD`` the two modes give identical updates, with or without momentum,
+            Nesterov or ``weight_decay`` (Keras's SGD uses ``lr * g`` only as a product and its weight
+            decay is decoupled, so neither sees the difference), even while ``k`` changes. Under
+            Adam/AdamW/RMSprop ``grad`` mode is nearly a no-op (they normalise the gradient's scale;
+            only epsilon notices) and ``lr`` mode is exactly ``k * lr`` for those variables. Gradient
+            clipping (``clipnorm``/``global_clipnorm``) sees the scaled gradients in ``grad`` mode.
         modality_logits: OGM-GE only: :class:`~pdmp.backends.keras.ConcatHead` /
             :class:`~pdmp.backends.keras.SumHeads` (layer names of a functional model; the logits come
             from the training forward pass itself), or ``fn(model, x, training) -> {modality: logits}``
             (runs an extra forward; register it with ``keras.saving.register_keras_serializable`` to
             save the model).
         seed: seed of OGM-GE's gradient noise. Noise is drawn statelessly from (seed, step, variable),
-            so it is reproducible and identical on every replica.
+            so it is reproducible and identical on every replica. Under ``tf.distribute`` it is added to
+            each replica's gradient before the optimizer sums them, with that replica's gradient's
+            standard deviation (the single-device reference adds it once, after reduction).
     """
 
     def __init__(
