@@ -140,11 +140,33 @@ def measure(
         "batch": batch,
         "step_ms_median": {v: 1e3 * statistics.median(wall[v]) for v in VARIANTS},
     }
+    result["hook_ms"] = 1e3 * hook_cost(template)
+    result["hook_fraction_of_plain_step"] = result["hook_ms"] / result["step_ms_median"]["plain"]
     for clock, times in (("wall", wall), ("cpu", cpu)):
         result[f"ratio_{clock}"] = {
             v: statistics.median(t / p for t, p in zip(times[v], times["plain"], strict=True)) for v in VARIANTS[1:]
         }
     return result
+
+
+def hook_cost(template: nn.Module, repeats: int = 30) -> float:
+    """Seconds per step spent in grad-mode hooks, timed alone (best of ``repeats``).
+
+    A lower bound on grad mode's overhead that machine load barely disturbs: on a shared machine the
+    interleaved ratios above carry a few percent of noise (``lr`` mode does no per-tensor work at all,
+    so its ratio shows the noise level).
+    """
+    model = copy.deepcopy(template)
+    mod = Modulator({"audio": model.audio, "image": model.image}, PDMP(["audio", "image"], "audio"))
+    calls = [(name, torch.randn_like(p)) for name, params in mod.params.items() for p in params]
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for name, grad in calls:
+            mod._hook(name, grad)
+        best = min(best, time.perf_counter() - start)
+    mod.remove()
+    return best
 
 
 def main() -> None:
@@ -165,6 +187,8 @@ def main() -> None:
         ms = ", ".join(f"{v} {t:.1f} ms" for v, t in r["step_ms_median"].items())
         ratios = ", ".join(f"{v} wall x{r['ratio_wall'][v]:.4f} cpu x{r['ratio_cpu'][v]:.4f}" for v in VARIANTS[1:])
         print(f"{r['model']:12s} ({r['parameter_tensors']} tensors, batch {r['batch']}): {ms}; {ratios}")
+        hook = f"{r['hook_ms']:.3f} ms/step = {r['hook_fraction_of_plain_step']:.2%} of a plain step"
+        print(f"{'':12s} grad-mode hook work alone (without autograd's dispatch to Python): {hook}")
     report = {
         "benchmark": "torch_overhead",
         "target": "ratio <= 1.03",

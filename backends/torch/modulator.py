@@ -13,7 +13,10 @@ Two modes:
   gradient's own scale, so a constant gradient multiplier does almost nothing) and whenever weight
   decay should be scaled with the step.
 
-Under plain SGD without weight decay the two give identical updates.
+Under plain SGD without weight decay the two give identical updates. Cost: ``"lr"`` does a few dict
+operations per optimizer step; ``"grad"`` adds one Python hook call and one multiply per parameter
+tensor per backward pass (roughly 5-10 us each on CPU): negligible for a ResNet-sized step, a few
+percent for a very small, fast step (use ``"lr"`` there if the optimizer allows).
 
 Design (why):
 
