@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from benchmarks.protocol import Method, environment, extra_controls, main_methods, tuning_grids
@@ -89,7 +90,18 @@ def load_dataset(name: str, seed: int, subset: float | None) -> Any:
     else:
         _, regime = name.split(":")
         data = datasets.load_av_digits(regime, seed=seed)
-    return data.subset(subset, seed=seed) if subset else data
+    if not subset:
+        return data
+    # Smoke runs: a seeded random fraction of each split (splits are stored grouped by class).
+    rng = np.random.default_rng(seed)
+    splits = {name: getattr(data, name) for name in ("train", "val", "test")}
+    return replace(
+        data,
+        **{
+            name: split.subset(np.sort(rng.permutation(len(split))[: max(20, int(len(split) * subset))]))
+            for name, split in splits.items()
+        },
+    )
 
 
 class Runner:
