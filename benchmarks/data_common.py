@@ -65,6 +65,8 @@ class Result:
     val_acc: float
     test_acc: float
     final_train_acc: float
+    final_val_acc: float
+    final_test_acc: float
     train_acc_curve: list[float]
     val_acc_curve: list[float]
     seconds: float
@@ -130,7 +132,20 @@ def train(
         va_curve.append(va)
         if va > best[0]:
             best = (va, ep, _accuracy(net, xt, yt))
-    return Result(modalities, lr, best[1], best[0], best[2], tr_curve[-1], tr_curve, va_curve, time.perf_counter() - t0)
+    final_test = _accuracy(net, xt, yt)
+    return Result(
+        modalities,
+        lr,
+        best[1],
+        best[0],
+        best[2],
+        tr_curve[-1],
+        va_curve[-1],
+        final_test,
+        tr_curve,
+        va_curve,
+        time.perf_counter() - t0,
+    )
 
 
 def tuned(

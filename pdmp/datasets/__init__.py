@@ -16,7 +16,7 @@ from pdmp.datasets._base import MultimodalDataset, Split, stratified_split
 from pdmp.datasets._cache import cache_dir
 from pdmp.datasets._espeak import EspeakUnavailableError
 from pdmp.datasets.adapters import tf_dataset, torch_dataset, torch_loader
-from pdmp.datasets.av_digits import AV_DIGITS_REGIMES, AVDigitsConfig, load_av_digits
+from pdmp.datasets.av_digits import AV_DIGITS_REGIMES, UNDER_OPTIMIZATION_ENCODERS, AVDigitsConfig, load_av_digits
 from pdmp.datasets.folders import (
     CREMAD_CLASSES,
     DatasetFolderError,
@@ -31,6 +31,7 @@ __all__ = [
     "AV_DIGITS_REGIMES",
     "CREMAD_CLASSES",
     "MFEAT_VIEWS",
+    "UNDER_OPTIMIZATION_ENCODERS",
     "AVDigitsConfig",
     "DatasetFolderError",
     "DatasetFolderWarning",
