@@ -11,8 +11,12 @@ import os
 
 import pytest
 
+from pdmp.backends._coexistence import load_triton_before_tensorflow
+
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Test modules import tensorflow directly; torch's triton must load first (see the module).
+load_triton_before_tensorflow()
 
 MARKS_BY_PREFIX = {
     "test_torch_": ("torch",),

@@ -12,7 +12,11 @@ Importing this module with ``KERAS_BACKEND`` other than ``tensorflow`` raises Im
 :data:`SUPPORTED_BACKENDS`).
 """
 
-from pdmp.backends.keras._backend import SUPPORTED_BACKENDS, check_backend
+from pdmp.backends._coexistence import load_triton_before_tensorflow
+
+load_triton_before_tensorflow()  # before keras loads tensorflow: see the module
+
+from pdmp.backends.keras._backend import SUPPORTED_BACKENDS, check_backend  # noqa: E402
 
 check_backend()
 
