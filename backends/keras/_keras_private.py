@@ -13,6 +13,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 from keras.src.losses.loss import unscale_loss_for_distribution
+from keras.src.ops.operation import Operation
 
 
 def compute_loss_like_keras(model: keras.Model, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> tf.Tensor:
@@ -21,3 +22,13 @@ def compute_loss_like_keras(model: keras.Model, x: Any, y: Any, y_pred: Any, sam
     batch = tf.shape(next(i for i in keras.tree.flatten(x) if i is not None))[0]
     model._loss_tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=batch)
     return loss
+
+
+def output_in_caller(layer: keras.layers.Layer) -> Any:
+    """The tensor ``layer`` produced where the enclosing functional model called it.
+
+    ``layer.output`` gives that for plain layers, but a nested functional model overrides ``output``
+    with its *own* inner output, which is not connected to the enclosing model's inputs; the generic
+    ``Operation.output`` reads the call node instead (first call, like ``output``).
+    """
+    return Operation.output.fget(layer)  # type: ignore[attr-defined]

@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from pdmp._validation import check_disjoint_assignment, check_non_negative_int
 from pdmp.backends.keras import _ogm, _optimizer_lr
-from pdmp.backends.keras._keras_private import compute_loss_like_keras
+from pdmp.backends.keras._keras_private import compute_loss_like_keras, output_in_caller
 from pdmp.backends.keras.heads import ConcatHead, LayerLogits, layer_logits_from_config
 from pdmp.policies import OGM_NOISE_EPS, OGMGE, Clock, CoefficientPolicy, policy_from_config
 
@@ -546,5 +546,5 @@ def _tap_model(model: keras.Model, spec: LayerLogits) -> keras.Model:
             f"{type(spec).__name__}: model {model.name!r} has no top-level layer(s) {missing}; "
             f"its layers: {', '.join(sorted(names))}"
         )
-    tapped = {name: model.get_layer(layer).output for name, layer in spec.taps().items()}
+    tapped = {name: output_in_caller(model.get_layer(layer)) for name, layer in spec.taps().items()}
     return keras.Model(inputs, (output, tapped))
