@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import platform
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from pdmp import OGMGE, PDMP, CoefficientPolicy, NoModulation, Ranking
+from pdmp import OGMGE, PDMP, CoefficientPolicy, NoModulation, Ranking, accuracy, dependency, macro_f1
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,25 @@ class Method:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "options": dict(self.options), "lr_scale": self.lr_scale}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One run's training setup, shared by the torch and Keras runners."""
+
+    epochs: int = 8
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    encoder: str = "cnn"
+    fusion: str = "concat"
+    width: int = 32
+    depth: int = 2
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 #: Fixed defaults (base: SGD, momentum 0.9, the preset's learning rate, cosine decay).
@@ -134,3 +154,26 @@ def environment() -> dict[str, Any]:
 
 def finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def split_metrics(labels: np.ndarray, fused: np.ndarray, per_modality: Mapping[str, np.ndarray] | None) -> dict:
+    """Accuracy and macro-F1 of fused logits; with per-modality logits, each modality's share
+    (dependency) and the fused head's accuracy from that modality's decomposed logits alone."""
+    result: dict[str, Any] = {"acc": accuracy(labels, fused), "f1": macro_f1(labels, fused)}
+    if per_modality:
+        result["dependency"] = dependency(per_modality, labels).share
+        result["decomposed_acc"] = {name: accuracy(labels, logits) for name, logits in per_modality.items()}
+    return result
+
+
+def summarise(history: list[dict[str, Any]], started: float, val_predicted: np.ndarray) -> dict[str, Any]:
+    """The run's final epoch and its best-validation epoch (ties: earliest), as both runners report them."""
+    best = max(range(len(history)), key=lambda e: (history[e]["val"]["acc"], -e))
+    return {
+        "history": history,
+        "final": {"epoch": len(history) - 1, "val": history[-1]["val"], "test": history[-1]["test"]},
+        "best_val": {"epoch": best, "val": history[best]["val"], "test": history[best]["test"]},
+        "wall_time_s": time.perf_counter() - started,
+        # Final-epoch validation predictions: the ranking stage ranks unimodal runs by these.
+        "val_predicted": val_predicted,
+    }

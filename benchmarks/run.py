@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks.protocol import Method, environment, extra_controls, main_methods, tuning_grids
+from benchmarks.protocol import Method, TrainConfig, environment, extra_controls, main_methods, tuning_grids
 from benchmarks.report import load_runs, plot_runs, summary_table
 from pdmp import RankingWarning, rank_modalities
 
@@ -125,7 +125,7 @@ class Runner:
             from benchmarks import train_torch as backend
         else:
             from benchmarks import train_keras as backend  # type: ignore[no-redef]
-        config = backend.TrainConfig(
+        config = TrainConfig(
             epochs=self.preset.epochs,
             lr=self.preset.lr,
             batch_size=self.preset.batch_size,

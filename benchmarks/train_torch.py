@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,25 +11,9 @@ import torch
 from torch import nn
 
 from benchmarks.models_torch import FusionNet, UnimodalNet, make_encoder
-from pdmp import CoefficientPolicy, accuracy, dependency, macro_f1
+from benchmarks.protocol import TrainConfig, split_metrics, summarise
+from pdmp import CoefficientPolicy
 from pdmp.backends.torch import Modulator
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 8
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    encoder: str = "cnn"
-    fusion: str = "concat"
-    width: int = 32
-    depth: int = 2
-    device: str = "cpu"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def _tensors(split: Any, modalities: Sequence[str], device: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -44,13 +27,13 @@ def _batches(count: int, batch_size: int, generator: torch.Generator | None) -> 
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor, batch_size: int = 512
-) -> dict[str, Any]:
-    """Accuracy, macro-F1; for a fused model also per-modality dependency and decomposed accuracy."""
+def logits_of(
+    model: nn.Module, inputs: Mapping[str, torch.Tensor], count: int, batch_size: int = 512
+) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+    """Fused logits and, for a fused model, per-modality decomposed logits, as NumPy arrays."""
     model.eval()
     fused, parts = [], {}
-    for index in _batches(labels.shape[0], batch_size, None):
+    for index in _batches(count, batch_size, None):
         if isinstance(model, FusionNet):
             logits, per_modality = model({name: x[index] for name, x in inputs.items()})
             for name, value in per_modality.items():
@@ -59,30 +42,14 @@ def evaluate(
             (x,) = inputs.values()
             logits = model(x[index])
         fused.append(logits.float().cpu())
-    y = labels.cpu().numpy()
-    predicted = torch.cat(fused).numpy()
-    result: dict[str, Any] = {"acc": accuracy(y, predicted), "f1": macro_f1(y, predicted)}
-    if parts:
-        decomposed = {name: torch.cat(values).numpy() for name, values in parts.items()}
-        result["dependency"] = dependency(decomposed, y).share
-        result["decomposed_acc"] = {name: accuracy(y, logits) for name, logits in decomposed.items()}
     model.train()
-    return result
+    decomposed = {name: torch.cat(values).numpy() for name, values in parts.items()} or None
+    return torch.cat(fused).numpy(), decomposed
 
 
-@torch.no_grad()
-def predict(model: nn.Module, inputs: Mapping[str, torch.Tensor], count: int, batch_size: int = 512) -> np.ndarray:
-    model.eval()
-    out = []
-    for index in _batches(count, batch_size, None):
-        if isinstance(model, FusionNet):
-            logits, _ = model({name: x[index] for name, x in inputs.items()})
-        else:
-            (x,) = inputs.values()
-            logits = model(x[index])
-        out.append(logits.argmax(1).cpu())
-    model.train()
-    return torch.cat(out).numpy()
+def evaluate(model: nn.Module, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> dict[str, Any]:
+    fused, per_modality = logits_of(model, inputs, labels.shape[0])
+    return split_metrics(labels.cpu().numpy(), fused, per_modality)
 
 
 def build_model(dataset: Any, modalities: Sequence[str], config: TrainConfig, seed: int) -> FusionNet | UnimodalNet:
@@ -171,15 +138,7 @@ def train_run(
             progress.set_postfix(epoch=epoch, val=f"{record['val']['acc']:.3f}", refresh=False)
     if modulator is not None:
         modulator.remove()
-    best = max(range(len(history)), key=lambda e: (history[e]["val"]["acc"], -e))
-    return {
-        "history": history,
-        "final": {"epoch": len(history) - 1, "val": history[-1]["val"], "test": history[-1]["test"]},
-        "best_val": {"epoch": best, "val": history[best]["val"], "test": history[best]["test"]},
-        "wall_time_s": time.perf_counter() - start,
-        # Final-epoch validation predictions: the ranking stage ranks unimodal runs by these.
-        "val_predicted": predict(model, val_x, val_y.shape[0]),
-    }
+    return summarise(history, start, logits_of(model, val_x, val_y.shape[0])[0].argmax(1))
 
 
 def cheap_rank(
