@@ -76,3 +76,15 @@ def test_tf_dataset():
     last = ds.train.to_tf(batch_size=16, channels_last=True)
     x, _ = next(iter(last))
     assert tuple(x["image"].shape) == (10, 4, 4, 1) and x["image"].dtype == tf.float32
+
+
+def test_importing_datasets_imports_no_framework():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pdmp, pdmp.datasets; "
+        "bad = [m for m in ('torch', 'torchaudio', 'tensorflow', 'keras', 'PIL') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

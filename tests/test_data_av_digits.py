@@ -64,14 +64,14 @@ def test_shapes_dtypes_and_split_sizes(tmp_path):
         assert np.bincount(sp.labels, minlength=10).min() == np.bincount(sp.labels, minlength=10).max()
 
 
-def test_speakers_and_voice_variants_disjoint_between_splits(tmp_path):
+def test_speakers_disjoint_and_training_voices_never_heard_later(tmp_path):
     ds = load_av_digits(TINY, cache_dir=tmp_path, progress=False)
     spk = ds.metadata["speakers"]
     assert [len(spk[s]) for s in ("train", "val", "test")] == [8, 4, 4]
+    keys = spk["train"] + spk["val"] + spk["test"]
+    assert len(set(keys)) == len(keys)  # no speaker in two splits
     variants = {s: {k.split("|")[0].split("+", 1)[1] for k in spk[s]} for s in spk}
-    assert not variants["train"] & variants["val"]
-    assert not variants["train"] & variants["test"]
-    assert not variants["val"] & variants["test"]
+    assert not variants["train"] & (variants["val"] | variants["test"])  # no training timbre held out
     for s in ("train", "val", "test"):
         ids = ds.split(s).extras["speaker"]
         assert ids.min() >= 0 and ids.max() < len(spk[s])
