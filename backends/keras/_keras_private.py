@@ -31,4 +31,5 @@ def output_in_caller(layer: keras.layers.Layer) -> Any:
     with its *own* inner output, which is not connected to the enclosing model's inputs; the generic
     ``Operation.output`` reads the call node instead (first call, like ``output``).
     """
-    return Operation.output.fget(layer)  # type: ignore[attr-defined]
+    generic_output: property = Operation.__dict__["output"]
+    return generic_output.fget(layer)  # type: ignore[misc]

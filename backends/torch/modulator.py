@@ -46,7 +46,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ from pdmp.policies import OGM_NOISE_EPS, Clock, CoefficientPolicy, Modulation, p
 from ._distributed import all_reduce_sum, is_distributed
 
 Mode = Literal["grad", "lr"]
-ParameterSource = nn.Module | nn.Parameter | Iterable[nn.Parameter]
+ParameterSource: TypeAlias = "nn.Module | nn.Parameter | Iterable[nn.Parameter]"
 
 STATE_FORMAT = "pdmp.backends.torch.Modulator"
 STATE_VERSION = 1
