@@ -40,3 +40,14 @@ def coefficients(scores: tf.Tensor, alpha: float) -> tf.Tensor:
     # 1 - tanh(x) = 2 / (1 + exp(2x)): no cancellation; exp overflows to inf -> 0 -> floored.
     slowed = tf.maximum(2.0 / (1.0 + tf.exp(2.0 * alpha * rho)), _TINY)
     return tf.where(rho > 1.0, slowed, tf.ones_like(rho))
+
+
+def sample_std(values: tf.Tensor) -> tf.Tensor:
+    """The Bessel-corrected standard deviation (``ddof=1``), 0 for a single element.
+
+    OGM-GE's noise scale is ``std(g)`` as the reference code takes it, ``torch.Tensor.std()``, which is
+    the sample standard deviation; ``tf.math.reduce_std`` is the population one (smaller by
+    ``sqrt((n - 1) / n)``, 29% for a 2-element bias). Matches :mod:`pdmp.backends.torch`.
+    """
+    count = tf.cast(tf.size(values), values.dtype)
+    return tf.math.reduce_std(values) * tf.sqrt(count / tf.maximum(count - 1.0, 1.0))

@@ -243,7 +243,7 @@ class ModulatedModel(keras.Model):
             if noisy:
                 raw = tf.cast(gradient, tf.float32) / loss_scale
                 seed = tf.stack([tf.cast(self.seed, tf.int64), tf.convert_to_tensor(self.pdmp_step) * 4096 + position])
-                noise = tf.random.stateless_normal(tf.shape(raw), seed=seed) * (tf.math.reduce_std(raw) + OGM_NOISE_EPS)
+                noise = tf.random.stateless_normal(tf.shape(raw), seed=seed) * (_ogm.sample_std(raw) + OGM_NOISE_EPS)
                 scaled = scaled + tf.cast(gate * noise * loss_scale, scaled.dtype)
             result[position] = scaled
         return result
