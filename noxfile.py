@@ -17,7 +17,7 @@ from pathlib import Path
 import nox
 
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["lint", "tests-core", "tests-torch", "tests-keras", "parity"]
+nox.options.sessions = ["lint", "tests-core", "tests-torch", "tests-keras", "parity", "tests-bench"]
 
 ROOT = Path(__file__).parent
 FRAMEWORKS_VENV = ROOT / ".nox" / "frameworks"
@@ -63,18 +63,24 @@ def tests_core(session: nox.Session) -> None:
 
 @nox.session(name="tests-torch", venv_backend="none", tags=["tests"])
 def tests_torch(session: nox.Session) -> None:
-    _pytest(session, _frameworks_python(session), "-m", "torch and not parity", "tests/")
+    _pytest(session, _frameworks_python(session), "-m", "torch and not parity and not bench", "tests/")
 
 
 @nox.session(name="tests-keras", venv_backend="none", tags=["tests"])
 def tests_keras(session: nox.Session) -> None:
-    _pytest(session, _frameworks_python(session), "-m", "keras and not parity", "tests/")
+    _pytest(session, _frameworks_python(session), "-m", "keras and not parity and not bench", "tests/")
 
 
 @nox.session(venv_backend="none", tags=["tests"])
 def parity(session: nox.Session) -> None:
     """Torch and Keras adapters do the same thing (needs both frameworks)."""
     _pytest(session, _frameworks_python(session), "-m", "parity", "tests/")
+
+
+@nox.session(name="tests-bench", venv_backend="none", tags=["tests"])
+def tests_bench(session: nox.Session) -> None:
+    """The benchmark pipeline on a tiny slice of the real data, both backends."""
+    _pytest(session, _frameworks_python(session), "-m", "bench", "tests/")
 
 
 @nox.session(tags=["tests"])

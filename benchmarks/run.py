@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from benchmarks.protocol import Method, TrainConfig, environment, extra_controls, main_methods, tuning_grids
 from benchmarks.report import load_runs, plot_runs, summary_table
@@ -78,7 +77,14 @@ PRESETS: dict[str, Preset] = {
         controls=True,
         device="cuda",
     ),
-    "smoke": Preset(settings=(Setting("av_digits:image_dominant"),), seeds=(0, 1), epochs=2, width=8, subset=0.08),
+    "smoke": Preset(
+        settings=(Setting("av_digits:image_dominant"), Setting("av_digits:image_dominant", backend="keras")),
+        seeds=(0, 1),
+        epochs=2,
+        width=8,
+        subset=0.08,
+        cheap_ranking=True,
+    ),
 }
 
 
@@ -213,7 +219,8 @@ def cheap_ranking(preset: Preset, out: Path, progress: bool) -> dict[str, Any]:
     from benchmarks.train_torch import cheap_rank
 
     results = {}
-    for dataset in AV[:2]:
+    datasets = dict.fromkeys(s.dataset for s in preset.settings if s.dataset in AV[:2] and s.backend == "torch")
+    for dataset in datasets:
         data = load_dataset(dataset, 0, preset.subset)
         full = None
         rows = []
@@ -226,15 +233,17 @@ def cheap_ranking(preset: Preset, out: Path, progress: bool) -> dict[str, Any]:
             (0.1, preset.epochs),
         ):
             start = time.perf_counter()
-            ranking = cheap_rank(
-                data,
-                fraction=fraction,
-                epochs=epochs,
-                width=preset.width,
-                lr=preset.lr,
-                batch_size=preset.batch_size,
-                progress=progress,
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RankingWarning)  # near-ties show in the table
+                ranking = cheap_rank(
+                    data,
+                    fraction=fraction,
+                    epochs=epochs,
+                    width=preset.width,
+                    lr=preset.lr,
+                    batch_size=preset.batch_size,
+                    progress=progress,
+                )
             seconds = time.perf_counter() - start
             full = full or ranking
             rows.append(
@@ -267,6 +276,37 @@ def cheap_ranking_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+class _NoBar:
+    """Stands in for tqdm where it is not installed (a bare GPU machine): prints one line per run."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.description = total, 0, ""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def set_description(self, text: str) -> None:
+        self.description = text
+
+    def set_postfix(self, **values: object) -> None:
+        return None
+
+    def update(self) -> None:
+        self.done += 1
+        print(f"[{self.done}/{self.total}] {self.description}", flush=True)
+
+
+def _progress_bar(total: int, disabled: bool) -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar(total)
+    return tqdm(total=total, disable=disabled, unit="run", file=sys.stdout)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="main")
@@ -275,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--only", default=None, help="run only settings whose dataset contains this text")
     parser.add_argument("--device", default=None, help="override the device (cpu, cuda)")
+    parser.add_argument("--subset", type=float, default=None, help="use this fraction of each split (quick checks)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
@@ -285,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["epochs"] = args.epochs
     if args.device:
         overrides["device"] = args.device
+    if args.subset:
+        overrides["subset"] = args.subset
     if args.only:
         overrides["settings"] = tuple(s for s in preset.settings if args.only in s.dataset)
     preset = replace(preset, **overrides)
@@ -299,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         2 + len(main_methods()) + (len(extra_controls()) if preset.controls else 0) + (1 if preset.tune else 0) * 3
     ) + (12 if preset.tune else 0)
     start = time.perf_counter()
-    with tqdm(total=per_setting * len(preset.settings), disable=args.no_progress, unit="run", file=sys.stdout) as bar:
+    with _progress_bar(per_setting * len(preset.settings), disabled=args.no_progress) as bar:
         for setting in preset.settings:
             run_setting(runner, setting, bar)
     sections = [
@@ -320,7 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(sections) + "\n"
     (out / "summary.md").write_text(text)
-    plots = plot_runs(load_runs(out), out)
+    try:
+        plots = plot_runs(load_runs(out), out)
+    except ImportError as error:  # e.g. a GPU machine without matplotlib: the JSON and table still stand
+        print(f"plots skipped ({error}); install matplotlib to get them")
+        plots = []
     print(text)
     print(f"wrote {out / 'summary.md'}, {len(plots)} plots and {len(list((out / 'runs').glob('*.json')))} run files")
     return 0

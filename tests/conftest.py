@@ -1,7 +1,8 @@
 """Marks each test module with the backend it needs, by file name, so nox can select per venv.
 
 ``test_torch_*`` and ``test_data_*`` (datasets build spectrograms with torchaudio) need torch,
-``test_keras_*`` needs Keras on TensorFlow, ``test_parity_*`` needs both; ``test_core_*`` needs
+``test_keras_*`` needs Keras on TensorFlow, ``test_parity_*`` needs both, ``test_bench_*`` (the benchmark
+pipeline) needs both and the data dependencies; ``test_core_*`` needs
 numpy only and runs in the framework-free ``tests-core`` session.
 """
 
@@ -23,6 +24,7 @@ MARKS_BY_PREFIX = {
     "test_data_": ("torch",),
     "test_keras_": ("keras",),
     "test_parity_": ("parity", "torch", "keras"),
+    "test_bench_": ("bench",),
 }
 
 

@@ -17,10 +17,11 @@ Under SGD without weight decay the two give identical updates without momentum, 
 while the coefficient is constant. When a coefficient changes (end of warm-up, a ramp, OGM-GE),
 torch's SGD applies the new learning rate to the whole momentum buffer in ``"lr"`` mode, whereas
 ``"grad"`` mode (and Keras's SGD in either mode) applies it to new gradients only; use ``"grad"``
-with SGD for the same dynamics in both frameworks (tested in ``tests/test_parity_training.py``). Cost: ``"lr"`` does a few dict
-operations per optimizer step; ``"grad"`` adds one Python hook call and one multiply per parameter
-tensor per backward pass (roughly 5-10 us each on CPU): negligible for a ResNet-sized step, a few
-percent for a very small, fast step (use ``"lr"`` there if the optimizer allows).
+with SGD for the same dynamics in both frameworks (tested in ``tests/test_parity_training.py``).
+Cost: ``"lr"`` does a few dict operations per optimizer step; ``"grad"`` adds one Python hook call
+and one multiply per parameter tensor per backward pass (roughly 5-10 us each on CPU): negligible for
+a ResNet-sized step, a few percent for a very small, fast step (use ``"lr"`` there if the optimizer
+allows).
 
 Design (why):
 
