@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 import keras
 from keras import layers
 
+from benchmarks.protocol import WIDE_MLP_HIDDEN
+
 
 def _bn() -> layers.Layer:
     return layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
@@ -65,16 +67,21 @@ def transformer_encoder(
     return keras.Model(inputs, layers.GlobalAveragePooling1D()(x), name=name)
 
 
-def mlp_encoder(input_shape: Sequence[int], width: int, name: str) -> keras.Model:
+def mlp_encoder(input_shape: Sequence[int], width: int, name: str, hidden: int | None = None) -> keras.Model:
     inputs = keras.Input(tuple(input_shape))
-    x = layers.Dense(2 * width, activation="relu")(inputs)
-    return keras.Model(inputs, layers.Dense(width, activation="relu")(x), name=name)
+    hidden = hidden or 2 * width
+    x = layers.Dense(hidden, activation="relu")(layers.Flatten()(inputs) if len(input_shape) > 1 else inputs)
+    out = width if hidden == 2 * width else hidden
+    return keras.Model(inputs, layers.Dense(out, activation="relu")(x), name=name)
 
 
 def make_encoder(kind: str, input_shape: Sequence[int], width: int, name: str) -> keras.Model:
-    """``input_shape`` is channels-last for images; vectors get an MLP whatever ``kind`` says."""
+    """``input_shape`` is channels-last for images; vectors get an MLP whatever ``kind`` says;
+    ``"wide_mlp"`` is the flattening 512-512 MLP of the under-optimization regime."""
     if len(input_shape) == 1:
         return mlp_encoder(input_shape, width, name)
+    if kind == "wide_mlp":
+        return mlp_encoder(input_shape, width, name, hidden=WIDE_MLP_HIDDEN)
     if kind == "cnn":
         return resnet_encoder(input_shape, width, name)
     if kind == "transformer":
@@ -83,11 +90,11 @@ def make_encoder(kind: str, input_shape: Sequence[int], width: int, name: str) -
 
 
 def fusion_model(
-    shapes: Mapping[str, Sequence[int]], kind: str, width: int, num_classes: int
+    shapes: Mapping[str, Sequence[int]], kinds: Mapping[str, str], width: int, num_classes: int
 ) -> tuple[keras.Model, dict[str, str]]:
     """Concat fusion: returns the model (inputs keyed by modality) and each modality's encoder name."""
     inputs = {name: keras.Input(tuple(shape), name=name) for name, shape in shapes.items()}
-    encoders = {name: make_encoder(kind, shape, width, f"enc_{name}") for name, shape in shapes.items()}
+    encoders = {name: make_encoder(kinds[name], shape, width, f"enc_{name}") for name, shape in shapes.items()}
     features = [encoders[name](inputs[name]) for name in shapes]
     joined = layers.Concatenate()(features) if len(features) > 1 else features[0]
     logits = layers.Dense(num_classes, name="head")(joined)

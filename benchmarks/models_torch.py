@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
+from benchmarks.protocol import WIDE_MLP_HIDDEN
 from pdmp.backends.torch import concat_head_logits, sum_head_logits
 
 FUSIONS = ("concat", "sum", "film", "gated")
@@ -87,21 +89,30 @@ class TransformerEncoder(nn.Module):
 
 
 class MLPEncoder(nn.Module):
-    """For feature-vector modalities (the mfeat views)."""
+    """Flatten, then two ReLU layers: for feature vectors (the mfeat views), and as the memorising
+    image encoder of the under-optimization regime (``hidden=512``: 784-512-512)."""
 
-    def __init__(self, in_features: int, width: int = 64) -> None:
+    def __init__(self, in_features: int, width: int = 64, hidden: int | None = None) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_features, 2 * width), nn.ReLU(), nn.Linear(2 * width, width), nn.ReLU())
-        self.width = width
+        hidden = hidden or 2 * width
+        out = width if hidden == 2 * width else hidden
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out), nn.ReLU()
+        )
+        self.width = out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
+
 def make_encoder(kind: str, input_shape: Sequence[int], width: int = 64, depth: int = 2) -> nn.Module:
-    """An encoder for one modality: vectors get an MLP whatever ``kind`` says; images a CNN or transformer."""
+    """An encoder for one modality: vectors get an MLP whatever ``kind`` says; images a CNN, a
+    transformer, or (``"wide_mlp"``) a flattening 512-512 MLP."""
     if len(input_shape) == 1:
         return MLPEncoder(input_shape[0], width)
+    if kind == "wide_mlp":
+        return MLPEncoder(int(np.prod(input_shape)), width, hidden=WIDE_MLP_HIDDEN)
     if kind == "cnn":
         return ResNetEncoder(input_shape[0], width)
     if kind == "transformer":
@@ -119,10 +130,13 @@ class FusionNet(nn.Module):
         self.modalities = tuple(encoders)
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
-        width = next(iter(encoders.values())).width  # type: ignore[union-attr]
-        count = len(self.modalities)
+        widths = [int(encoder.width) for encoder in encoders.values()]  # type: ignore[arg-type]
+        width, count = widths[0], len(self.modalities)
+        if fusion != "concat" and len(set(widths)) > 1:
+            sizes = dict(zip(self.modalities, widths, strict=True))
+            raise ValueError(f"{fusion} fusion needs encoders of equal width, got {sizes}")
         if fusion == "concat":
-            self.head: nn.Module = nn.Linear(width * count, num_classes)
+            self.head: nn.Module = nn.Linear(sum(widths), num_classes)
         elif fusion == "sum":
             self.heads = nn.ModuleDict({name: nn.Linear(width, num_classes) for name in self.modalities})
         elif fusion == "film":

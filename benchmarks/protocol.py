@@ -54,6 +54,14 @@ class Method:
         return {"name": self.name, "kind": self.kind, "options": dict(self.options), "lr_scale": self.lr_scale}
 
 
+#: Hidden width of the wide MLP, the under-optimization regime's image encoder
+#: (see pdmp.datasets.UNDER_OPTIMIZATION_ENCODERS).
+WIDE_MLP_HIDDEN = 512
+
+#: Per-dataset encoder replacements: the under-optimization regime holds only with a memorising image encoder.
+ENCODER_OVERRIDES: dict[str, dict[str, str]] = {"av_digits:under_optimization": {"image": "wide_mlp"}}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One run's training setup, shared by the torch and Keras runners."""
@@ -68,9 +76,14 @@ class TrainConfig:
     width: int = 32
     depth: int = 2
     device: str = "cpu"
+    #: Per-modality encoder kinds replacing ``encoder`` (e.g. the under-optimization regime's wide image MLP).
+    encoder_overrides: Mapping[str, str] = field(default_factory=dict)
+
+    def encoder_for(self, modality: str) -> str:
+        return self.encoder_overrides.get(modality, self.encoder)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "encoder_overrides": dict(self.encoder_overrides)}
 
 
 #: Fixed defaults (base: SGD, momentum 0.9, the preset's learning rate, cosine decay).
@@ -93,7 +106,7 @@ def tuning_grids() -> dict[str, list[Method]]:
     return {
         "pdmp": [
             Method(f"pdmp[gp={gp},gr={gr},w={w}]", "pdmp", {"gamma_p": gp, "gamma_r": gr, "warmup": w})
-            for gp, gr, w in ((5.0, 1.0, 1), (10.0, 0.5, 1), (10.0, 1.0, 0), (15.0, 0.5, 2))
+            for gp, gr, w in ((2.0, 0.5, 1), (5.0, 0.5, 1), (10.0, 0.5, 1), (5.0, 1.0, 1))
         ],
         "ogm_ge": [Method(f"ogm_ge[alpha={a}]", "ogmge", {"alpha": a}) for a in (0.1, 0.3, 0.5, 0.8)],
         "joint_lr": [Method(f"joint[lr*{s}]", "joint", lr_scale=s) for s in (0.5, 2.0, 5.0, 10.0)],

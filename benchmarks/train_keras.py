@@ -81,7 +81,8 @@ def train_run(
     train_x, val_x, test_x = (_inputs(split, modalities) for split in (dataset.train, dataset.val, dataset.test))
     train_y = np.asarray(dataset.train.labels)
     shapes = {name: array.shape[1:] for name, array in train_x.items()}
-    model, encoders = fusion_model(shapes, config.encoder, config.width, len(dataset.class_names))
+    kinds = {name: config.encoder_for(name) for name in modalities}
+    model, encoders = fusion_model(shapes, kinds, config.width, len(dataset.class_names))
     steps_per_epoch = -(-train_y.shape[0] // config.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(config.lr * lr_scale, config.epochs * steps_per_epoch)
     optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay)

@@ -57,7 +57,7 @@ def build_model(dataset: Any, modalities: Sequence[str], config: TrainConfig, se
     torch.manual_seed(seed)
     classes = len(dataset.class_names)
     encoders = {
-        name: make_encoder(config.encoder, dataset.train.inputs[name].shape[1:], config.width, config.depth)
+        name: make_encoder(config.encoder_for(name), dataset.train.inputs[name].shape[1:], config.width, config.depth)
         for name in modalities
     }
     if len(modalities) == 1:
