@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from pdmp._validation import check_labels, check_modality_names, check_same_length
+from pdmp._validation import (
+    check_labels,
+    check_modality_names,
+    check_non_negative_int,
+    check_same_length,
+    check_same_modalities,
+)
 from pdmp.metrics import Metric, resolve_metric, to_class_predictions
 
 SCHEMA = "pdmp.ranking"
@@ -264,3 +270,64 @@ def _score(metric_fn: Metric, y: Any, predicted: Any, name: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"metric returned {value!r} for modality {name!r}; a metric must return a finite number")
     return value
+
+
+def check_unimodal_request(
+    factories: Mapping[str, Any],
+    train: Mapping[str, Any],
+    val: Mapping[str, Any],
+    *,
+    epochs: Any,
+    subset: Any,
+    batch_size: Any,
+    lr: Any,
+) -> tuple[tuple[str, ...], int, int]:
+    """Validate the arguments shared by the adapters' ``rank_unimodal``; return (names, epochs, batch_size)."""
+    names = check_modality_names(factories.keys(), where="rank_unimodal factories")
+    check_same_modalities(train.keys(), names, where="rank_unimodal train")
+    check_same_modalities(val.keys(), names, where="rank_unimodal val")
+    epochs = check_non_negative_int(epochs, name="epochs")
+    if epochs < 1:
+        raise ValueError("epochs must be >= 1; a unimodal model has to be trained before it can be ranked")
+    if not (isinstance(subset, (int, float)) and 0.0 < subset <= 1.0):
+        raise ValueError(f"subset must be a fraction in (0, 1], got {subset!r}")
+    batch_size = check_non_negative_int(batch_size, name="batch_size")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    return names, epochs, batch_size
+
+
+def rank_unimodal_outputs(
+    logits: Mapping[str, ArrayLike],
+    labels: Mapping[str, ArrayLike],
+    *,
+    budget: Mapping[str, Any],
+    metric: str | Metric = "accuracy",
+    n_bootstrap: int = 0,
+    seed: int = 0,
+    warn_margin: float = 0.01,
+) -> Ranking:
+    """Rank from each unimodal model's held-out logits, as the adapters' ``rank_unimodal`` do.
+
+    Paired validation sets (the same labels for every modality) are ranked on the samples, so the
+    bootstrap is available; unpaired ones are ranked by their scores.
+    """
+    names = list(logits)
+    first = np.asarray(labels[names[0]])
+    paired = all(np.asarray(labels[n]).shape == first.shape and np.array_equal(labels[n], first) for n in names)
+    if paired:
+        return rank_modalities(
+            logits, first, metric=metric, n_bootstrap=n_bootstrap, seed=seed, warn_margin=warn_margin, budget=budget
+        )
+    if n_bootstrap:
+        raise ValueError(
+            "n_bootstrap needs paired validation sets (same samples and labels for every modality); "
+            "pass paired val data or n_bootstrap=0"
+        )
+    metric_name, metric_fn = resolve_metric(metric)
+    scores = {
+        name: _score(metric_fn, check_labels(labels[name]), to_class_predictions(logits[name]), name) for name in names
+    }
+    return rank_modalities(scores=scores, metric=metric_name, warn_margin=warn_margin, budget=budget)

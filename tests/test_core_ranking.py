@@ -178,3 +178,43 @@ def test_ranking_is_a_sorted_permutation(scores: dict[str, float]) -> None:
     assert values == sorted(values, reverse=True)
     assert ranking.margin >= 0
     assert Ranking.from_dict(json.loads(ranking.to_json())) == ranking
+
+
+def test_rank_unimodal_outputs_paired_and_unpaired() -> None:
+    from pdmp.ranking import rank_unimodal_outputs
+
+    eye = np.eye(3)
+    paired = rank_unimodal_outputs(
+        {"a": eye[_predictions(9)], "b": eye[_predictions(5)]},
+        {"a": LABELS, "b": LABELS},
+        budget={"epochs": 1},
+        n_bootstrap=10,
+    )
+    assert paired.order == ("a", "b") and paired.stability is not None and paired.budget == {"epochs": 1}
+    short = LABELS[:4]
+    unpaired = rank_unimodal_outputs(
+        {"a": eye[_predictions(9)], "b": eye[_predictions(1, short)]}, {"a": LABELS, "b": short}, budget={}
+    )
+    assert unpaired.scores == {"a": 0.9, "b": 0.25} and unpaired.stability is None
+    with pytest.raises(ValueError, match="n_bootstrap needs paired validation sets"):
+        rank_unimodal_outputs({"a": eye[LABELS], "b": eye[short]}, {"a": LABELS, "b": short}, budget={}, n_bootstrap=5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"subset": 0.0}, r"subset must be a fraction in \(0, 1\]"),
+        ({"subset": 1.5}, r"subset must be a fraction in \(0, 1\]"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"lr": float("nan")}, "lr must be a finite number > 0"),
+        ({"val": {"a": 1, "c": 2}}, r"unknown modality\(ies\) \['c'\]"),
+    ],
+)
+def test_check_unimodal_request_names_the_problem(kwargs, message) -> None:
+    from pdmp.ranking import check_unimodal_request
+
+    arguments = {"epochs": 1, "subset": 1.0, "batch_size": 8, "lr": 0.1, "val": {"a": 1, "b": 2}, **kwargs}
+    val = arguments.pop("val")
+    with pytest.raises(ValueError, match=message):
+        check_unimodal_request({"a": 1, "b": 2}, {"a": 1, "b": 2}, val, **arguments)

@@ -7,16 +7,15 @@ core's :func:`pdmp.rank_modalities`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
 import numpy as np
 
-from pdmp._validation import check_labels, check_modality_names, check_non_negative_int, check_same_modalities
+from pdmp._validation import check_labels
 from pdmp.metrics import Metric, resolve_metric
-from pdmp.ranking import Ranking, rank_modalities
+from pdmp.ranking import Ranking, check_unimodal_request, rank_unimodal_outputs
 
 OptimizerFactory = Callable[[float], keras.optimizers.Optimizer]
 
@@ -62,21 +61,11 @@ def rank_unimodal(
         progress: show Keras's progress bar while each model trains and predicts.
         n_bootstrap, warn_margin: passed to :func:`pdmp.rank_modalities`.
     """
-    names = check_modality_names(factories.keys(), where="rank_unimodal factories")
-    check_same_modalities(train.keys(), names, where="rank_unimodal train")
-    check_same_modalities(val.keys(), names, where="rank_unimodal val")
-    epochs = check_non_negative_int(epochs, name="epochs")
-    if epochs < 1:
-        raise ValueError("epochs must be >= 1; a unimodal model has to be trained before it can be ranked")
-    if not (isinstance(subset, (int, float)) and 0.0 < subset <= 1.0):
-        raise ValueError(f"subset must be a fraction in (0, 1], got {subset!r}")
-    batch_size = check_non_negative_int(batch_size, name="batch_size")
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    names, epochs, batch_size = check_unimodal_request(
+        factories, train, val, epochs=epochs, subset=subset, batch_size=batch_size, lr=lr
+    )
     make_optimizer, optimizer_name = _optimizer_factory(optimizer)
-    metric_name, metric_fn = resolve_metric(metric)
+    resolve_metric(metric)  # fail before training on an unknown metric
     verbose = 1 if progress else 0
 
     logits: dict[str, np.ndarray] = {}
@@ -113,19 +102,9 @@ def rank_unimodal(
         "optimizer": optimizer_name,
         "seed": seed,
     }
-    first = labels[names[0]]
-    paired = all(labels[name].shape == first.shape and np.array_equal(labels[name], first) for name in names)
-    if paired:
-        return rank_modalities(
-            logits, first, metric=metric, n_bootstrap=n_bootstrap, seed=seed, warn_margin=warn_margin, budget=budget
-        )
-    if n_bootstrap:
-        raise ValueError(
-            "n_bootstrap needs paired validation sets (same samples and labels for every modality); "
-            "pass paired val data or n_bootstrap=0"
-        )
-    scores = {name: float(metric_fn(labels[name], logits[name].argmax(axis=1))) for name in names}
-    return rank_modalities(scores=scores, metric=metric_name, warn_margin=warn_margin, budget=budget)
+    return rank_unimodal_outputs(
+        logits, labels, budget=budget, metric=metric, n_bootstrap=n_bootstrap, seed=seed, warn_margin=warn_margin
+    )
 
 
 def _optimizer_factory(optimizer: str | OptimizerFactory) -> tuple[OptimizerFactory, str]:
