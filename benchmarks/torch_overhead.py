@@ -25,86 +25,40 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmarks.models_torch import FusionNet, ResNetEncoder, TransformerEncoder
 from pdmp import PDMP
 from pdmp.backends.torch import Modulator
 
 VARIANTS = ("plain", "grad", "lr")
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, channels_in: int, channels_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels_out)
-        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels_out)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or channels_in != channels_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(channels_in, channels_out, 1, stride, bias=False), nn.BatchNorm2d(channels_out)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+def cnn(batch: int) -> tuple[FusionNet, dict[str, torch.Tensor]]:
+    """The benchmark's ResNet-style encoders (32-64-128 channels), one per modality, concat fusion."""
+    model = FusionNet({"audio": ResNetEncoder(1, 128), "image": ResNetEncoder(3, 128)}, num_classes=10)
+    return model, {"audio": torch.randn(batch, 1, 32, 32), "image": torch.randn(batch, 3, 32, 32)}
 
 
-def resnet_encoder(channels: int, width: int = 32) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(channels, width, 3, 1, 1, bias=False),
-        nn.BatchNorm2d(width),
-        nn.ReLU(),
-        BasicBlock(width, width, 1),
-        BasicBlock(width, 2 * width, 2),
-        BasicBlock(2 * width, 4 * width, 2),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-    )
+def transformer(batch: int) -> tuple[FusionNet, dict[str, torch.Tensor]]:
+    """The benchmark's ViT/AST-style encoders (width 64, 2 layers), one per modality, concat fusion."""
+    encoders = {"audio": TransformerEncoder((1, 40, 48), 64), "image": TransformerEncoder((1, 32, 32), 64)}
+    return FusionNet(encoders, num_classes=10), {
+        "audio": torch.randn(batch, 1, 40, 48),
+        "image": torch.randn(batch, 1, 32, 32),
+    }
 
 
-class TokenEncoder(nn.Module):
-    def __init__(self, features: int, width: int = 64, layers: int = 2) -> None:
-        super().__init__()
-        self.embed = nn.Linear(features, width)
-        layer = nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.embed(x)).mean(dim=1)
-
-
-class Fused(nn.Module):
-    def __init__(self, audio: nn.Module, image: nn.Module, width: int, classes: int = 10) -> None:
-        super().__init__()
-        self.audio, self.image = audio, image
-        self.head = nn.Linear(2 * width, classes)
-
-    def forward(self, a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([self.audio(a), self.image(v)], dim=1))
-
-
-def cnn(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    model = Fused(resnet_encoder(1), resnet_encoder(3), 128)
-    return model, (torch.randn(batch, 1, 32, 32), torch.randn(batch, 3, 32, 32))
-
-
-def transformer(batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    model = Fused(TokenEncoder(40), TokenEncoder(48), 64)
-    return model, (torch.randn(batch, 32, 40), torch.randn(batch, 24, 48))
-
-
-def make_step(variant: str, template: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], None]:
+def make_step(variant: str, template: FusionNet, inputs: dict[str, torch.Tensor]) -> Callable[[], None]:
     model = copy.deepcopy(template)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     mod = None
     if variant != "plain":
         policy = PDMP(["audio", "image"], "audio", gamma_p=10.0, gamma_r=0.5)
-        mod = Modulator({"audio": model.audio, "image": model.image}, policy, mode=variant, optimizer=optimizer)  # type: ignore[arg-type]
-    labels = torch.randint(0, 10, (inputs[0].shape[0],), generator=torch.Generator().manual_seed(0))
+        mod = Modulator(dict(model.encoders.items()), policy, mode=variant, optimizer=optimizer)  # type: ignore[arg-type]
+    labels = torch.randint(0, 10, (inputs["audio"].shape[0],), generator=torch.Generator().manual_seed(0))
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(*inputs), labels).backward()
+        nn.functional.cross_entropy(model.fuse(model.encode(inputs)), labels).backward()
         optimizer.step()
         if mod is not None:
             mod.step()
@@ -149,7 +103,7 @@ def measure(
     return result
 
 
-def hook_cost(template: nn.Module, repeats: int = 30) -> float:
+def hook_cost(template: FusionNet, repeats: int = 30) -> float:
     """Seconds per step spent in grad-mode hooks, timed alone (best of ``repeats``).
 
     A lower bound on grad mode's overhead that machine load barely disturbs: on a shared machine the
@@ -157,7 +111,7 @@ def hook_cost(template: nn.Module, repeats: int = 30) -> float:
     so its ratio shows the noise level).
     """
     model = copy.deepcopy(template)
-    mod = Modulator({"audio": model.audio, "image": model.image}, PDMP(["audio", "image"], "audio"))
+    mod = Modulator(dict(model.encoders.items()), PDMP(["audio", "image"], "audio"))
     calls = [(name, torch.randn_like(p)) for name, params in mod.params.items() for p in params]
     best = float("inf")
     for _ in range(repeats):
