@@ -27,6 +27,28 @@ def _by_seed(runs: Iterable[dict[str, Any]], method: str, key: str) -> dict[int,
     return {run["seed"]: run[key]["test"]["acc"] for run in runs if run["method"]["name"] == method}
 
 
+#: Table order: unimodal rows, baselines, PDMP, controls, tuned methods, then the tuning candidates.
+METHOD_ORDER = (
+    "unimodal",
+    "joint",
+    "ogm_ge",
+    "pdmp",
+    "symmetric",
+    "inverse",
+    "joint_lr_tuned",
+    "ogm_ge_tuned",
+    "pdmp_tuned",
+)
+
+
+def _method_order(name: str) -> tuple[int, str]:
+    if name.startswith("unimodal"):
+        return 0, name
+    if name in METHOD_ORDER:
+        return METHOD_ORDER.index(name), name
+    return len(METHOD_ORDER), name
+
+
 def summary_table(runs: Sequence[dict[str, Any]], reference: str = "pdmp") -> str:
     """One section per setting: a row per method, then PDMP minus each baseline, paired by seed."""
     lines: list[str] = []
@@ -47,7 +69,7 @@ def summary_table(runs: Sequence[dict[str, Any]], reference: str = "pdmp") -> st
             " weak-modality share | weak-modality decomposed acc |",
             "|---|---|---|---|---|---|---|",
         ]
-        methods = list(dict.fromkeys(run["method"]["name"] for run in group))
+        methods = sorted(dict.fromkeys(run["method"]["name"] for run in group), key=_method_order)
         for method in methods:
             chosen = [run for run in group if run["method"]["name"] == method]
             final = [run["final"]["test"]["acc"] for run in chosen]
