@@ -120,12 +120,15 @@ def extra_controls() -> list[Method]:
 def paired_difference(a: Sequence[float], b: Sequence[float], *, n_bootstrap: int = 10000, seed: int = 0) -> dict:
     """Mean of ``a - b`` over paired seeds with a bootstrap 95% interval (resampling seeds).
 
-    With few seeds the interval is coarse; a difference whose interval contains 0 is reported as
-    "no significant difference".
+    With few seeds the interval is coarse (with 3 seeds, excluding 0 means only that all three
+    differences share a sign); a difference whose interval contains 0 is reported as "no significant
+    difference"; under 3 seeds no interval is given.
     """
     diffs = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if diffs.size == 0:
         raise ValueError("no paired runs to compare")
+    if diffs.size < 3:  # a bootstrap over one or two seeds is no interval at all
+        return {"mean": float(diffs.mean()), "ci95": None, "n": int(diffs.size), "verdict": "too few seeds"}
     rng = np.random.default_rng(seed)
     means = diffs[rng.integers(0, diffs.size, size=(n_bootstrap, diffs.size))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])

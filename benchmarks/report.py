@@ -49,7 +49,47 @@ def _method_order(name: str) -> tuple[int, str]:
     return len(METHOD_ORDER), name
 
 
-def summary_table(runs: Sequence[dict[str, Any]], reference: str = "pdmp") -> str:
+def _difference(group: Sequence[dict[str, Any]], a: str, b: str, key: str) -> str:
+    first, second = _by_seed(group, a, key), _by_seed(group, b, key)
+    seeds = sorted(set(first) & set(second))
+    diff = paired_difference([first[s] for s in seeds], [second[s] for s in seeds])
+    if diff["ci95"] is None:
+        return f"{100 * diff['mean']:+.2f} (n={diff['n']}: {diff['verdict']})"
+    low, high = (100 * v for v in diff["ci95"])
+    return f"{100 * diff['mean']:+.2f} [{low:+.2f}, {high:+.2f}] **{diff['verdict']}**"
+
+
+def _paired_lines(group: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[str]:
+    """PDMP (default and tuned) minus every other method, paired by seed, at the final and best-val epochs;
+    and joint minus the best unimodal model (is there under-optimization?)."""
+    lines: list[str] = []
+    baselines = [m for m in methods if not m.startswith("unimodal") and "[" not in m]
+    for reference in ("pdmp", "pdmp_tuned"):
+        if reference not in methods:
+            continue
+        lines += [
+            "",
+            f"Paired differences, **{reference}** minus each method (test accuracy points, mean over seeds "
+            "[bootstrap 95% CI]; final epoch | best-validation epoch):",
+            "",
+        ]
+        for method in baselines:
+            if method != reference:
+                lines.append(
+                    f"- vs {method}: {_difference(group, reference, method, 'final')} | "
+                    f"{_difference(group, reference, method, 'best_val')}"
+                )
+    unimodal = [m for m in methods if m.startswith("unimodal")]
+    if unimodal and "joint" in methods:
+        best = max(unimodal, key=lambda m: np.mean(list(_by_seed(group, m, "final").values())))
+        lines.append(
+            f"- joint minus best unimodal ({best}): {_difference(group, 'joint', best, 'final')} | "
+            f"{_difference(group, 'joint', best, 'best_val')}"
+        )
+    return lines
+
+
+def summary_table(runs: Sequence[dict[str, Any]]) -> str:
     """One section per setting: a row per method, then PDMP minus each baseline, paired by seed."""
     lines: list[str] = []
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
@@ -84,40 +124,7 @@ def summary_table(runs: Sequence[dict[str, Any]], reference: str = "pdmp") -> st
                 f"| {method} | {len(chosen)} | {mean_std(final)} | {mean_std(best)} | {mean_std(f1)} |"
                 f" {share} | {decomposed} |"
             )
-        reference_runs = _by_seed(group, reference, "final")
-        if reference_runs:
-            lines += [
-                "",
-                f"Paired differences, {reference} minus baseline (test acc, final epoch, points; 95% CI):",
-                "",
-            ]
-            for method in methods:
-                if method == reference or method.startswith("unimodal"):
-                    continue
-                other = _by_seed(group, method, "final")
-                seeds = sorted(set(reference_runs) & set(other))
-                if not seeds:
-                    continue
-                diff = paired_difference([reference_runs[s] for s in seeds], [other[s] for s in seeds])
-                low, high = (100 * v for v in diff["ci95"])
-                lines.append(
-                    f"- vs {method}: {100 * diff['mean']:+.2f} [{low:+.2f}, {high:+.2f}] (n={diff['n']}): "
-                    f"**{diff['verdict']}**"
-                )
-            best_unimodal = (
-                max(
-                    (np.mean(list(_by_seed(group, m, "final").values())), m)
-                    for m in methods
-                    if m.startswith("unimodal")
-                )
-                if any(m.startswith("unimodal") for m in methods)
-                else None
-            )
-            if best_unimodal:
-                joint = _by_seed(group, "joint", "final")
-                if joint:
-                    gap = 100 * (np.mean(list(joint.values())) - best_unimodal[0])
-                    lines.append(f"- joint minus best unimodal ({best_unimodal[1]}): {gap:+.2f} points")
+        lines += _paired_lines(group, methods)
         lines.append("")
     return "\n".join(lines)
 
