@@ -105,7 +105,6 @@ class MLPEncoder(nn.Module):
         return self.net(x)
 
 
-
 def make_encoder(kind: str, input_shape: Sequence[int], width: int = 64, depth: int = 2) -> nn.Module:
     """An encoder for one modality: vectors get an MLP whatever ``kind`` says; images a CNN, a
     transformer, or (``"wide_mlp"``) a flattening 512-512 MLP."""
