@@ -164,7 +164,7 @@ def plot_runs(runs: Sequence[dict[str, Any]], folder: Path) -> list[Path]:
                 axis.legend(fontsize=7)
         figure.suptitle(" / ".join(setting))
         figure.tight_layout()
-        path = folder / f"{'_'.join(setting)}.png"
+        path = folder / f"{'_'.join(setting).replace(':', '-')}.png"
         figure.savefig(path, dpi=90)
         plt.close(figure)
         written.append(path)
