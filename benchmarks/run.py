@@ -335,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset", type=float, default=None, help="use this fraction of each split (quick checks)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="rebuild summary.md and plots from --out's runs")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     overrides: dict[str, Any] = {}
@@ -360,9 +361,17 @@ def main(argv: list[str] | None = None) -> int:
         2 + len(main_methods()) + (len(extra_controls()) if preset.controls else 0) + (1 if preset.tune else 0) * 3
     ) + (12 if preset.tune else 0)
     start = time.perf_counter()
-    with _progress_bar(per_setting * len(preset.settings), disabled=args.no_progress) as bar:
-        for setting in preset.settings:
-            run_setting(runner, setting, bar)
+    if not args.report_only:
+        with _progress_bar(per_setting * len(preset.settings), disabled=args.no_progress) as bar:
+            for setting in preset.settings:
+                run_setting(runner, setting, bar)
+        cheap = cheap_ranking(preset, out, not args.no_progress) if preset.cheap_ranking else None
+        elapsed = f"{(time.perf_counter() - start) / 60:.1f} min"
+        (out / "wall_time.txt").write_text(elapsed)
+    else:  # rebuild the table and plots from the run files of an earlier run
+        cheap_file = out / "cheap_ranking.json"
+        cheap = json.loads(cheap_file.read_text()) if cheap_file.exists() else None
+        elapsed = (out / "wall_time.txt").read_text() if (out / "wall_time.txt").exists() else "not recorded"
     sections = [
         f"# Benchmark results: preset `{args.preset}`",
         "",
@@ -372,13 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         summary_table(load_runs(out)),
     ]
-    if preset.cheap_ranking:
-        sections += ["## Cheap ranking", "", cheap_ranking_table(cheap_ranking(preset, out, not args.no_progress))]
-    elapsed = time.perf_counter() - start
-    sections += [
-        "",
-        f"Total wall time: {elapsed / 60:.1f} min on {environment()['processor']} ({os.cpu_count()} cores).",
-    ]
+    if cheap is not None:
+        sections += ["## Cheap ranking", "", cheap_ranking_table(cheap)]
+    sections += ["", f"Total wall time: {elapsed} on {environment()['processor']} ({os.cpu_count()} cores)."]
     text = "\n".join(sections) + "\n"
     (out / "summary.md").write_text(text)
     try:
