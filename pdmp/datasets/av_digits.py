@@ -33,6 +33,7 @@ import time
 import warnings
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,13 @@ import numpy as np
 from pdmp.datasets import _cache
 from pdmp.datasets._audio import MelConfig, add_noise_at_snr, fit_window, log_mel, trim_silence
 from pdmp.datasets._base import MultimodalDataset, Split, stratified_split
-from pdmp.datasets._espeak import Voice, backend_name, synthesize
+from pdmp.datasets._espeak import (
+    Voice,
+    _BinarySynthesizer,
+    _LibrarySynthesizer,
+    backend_name,
+    synthesize,
+)
 from pdmp.datasets._sources import mnist5k
 
 __all__ = ["AV_DIGITS_REGIMES", "UNDER_OPTIMIZATION_ENCODERS", "AVDigitsConfig", "build_av_digits", "load_av_digits"]
@@ -430,9 +437,17 @@ def load_av_digits(
     if overrides:
         config = config.replace(**overrides)
         regime_name = regime_name + "+" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
-    key = _cache.config_hash({"v": _CACHE_VERSION, "seed": seed, "config": config.to_dict(), "synth": backend_name()})
-    path = _cache.cache_dir(cache_dir) / f"av_digits-{key}.npz"
-    loaded = _cache.load_npz(path) if use_cache else None
+    # Without a synthesiser here (e.g. a GPU machine with torch only), a cache built elsewhere with
+    # either synthesiser is still good: it is the same data, and building is impossible anyway.
+    synth = backend_name()
+    routes = [synth] if synth != "unavailable" else [_LibrarySynthesizer.backend, _BinarySynthesizer.backend]
+    loaded, path = None, Path()
+    for route in routes:
+        key = _cache.config_hash({"v": _CACHE_VERSION, "seed": seed, "config": config.to_dict(), "synth": route})
+        path = _cache.cache_dir(cache_dir) / f"av_digits-{key}.npz"
+        loaded = _cache.load_npz(path) if use_cache else None
+        if loaded is not None:
+            break
     if loaded is None:
         arrays, meta = build_av_digits(config, seed=seed, progress=progress)
         if use_cache:
