@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     else:  # rebuild the table and plots from the run files of an earlier run
         cheap_file = out / "cheap_ranking.json"
         cheap = json.loads(cheap_file.read_text()) if cheap_file.exists() else None
-        elapsed = (out / "wall_time.txt").read_text() if (out / "wall_time.txt").exists() else "not recorded"
+        elapsed = (out / "wall_time.txt").read_text().strip() if (out / "wall_time.txt").exists() else "not recorded"
     sections = [
         f"# Benchmark results: preset `{args.preset}`",
         "",
