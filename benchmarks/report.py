@@ -12,7 +12,7 @@ import numpy as np
 
 from benchmarks.protocol import mean_std, paired_difference
 
-SETTING_KEYS = ("dataset", "backend", "encoder", "fusion")
+SETTING_KEYS = ("dataset", "backend", "encoder", "fusion", "optimizer")
 
 
 def load_runs(folder: Path) -> list[dict[str, Any]]:
@@ -20,7 +20,12 @@ def load_runs(folder: Path) -> list[dict[str, Any]]:
 
 
 def _setting(run: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(str(run[key]) for key in SETTING_KEYS)
+    # Runs from before the optimizer choice have no "optimizer" key: they were all SGD.
+    return tuple(str(run.get(key, "sgd")) for key in SETTING_KEYS)
+
+
+def _parts(setting: tuple[str, ...]) -> list[str]:
+    return [part for key, part in zip(SETTING_KEYS, setting, strict=True) if (key, part) != ("optimizer", "sgd")]
 
 
 def _by_seed(runs: Iterable[dict[str, Any]], method: str, key: str) -> dict[int, float]:
@@ -96,7 +101,7 @@ def summary_table(runs: Sequence[dict[str, Any]]) -> str:
     for run in runs:
         groups[_setting(run)].append(run)
     for setting, group in sorted(groups.items()):
-        lines += [f"### {' / '.join(setting)}", ""]
+        lines += [f"### {' / '.join(_parts(setting))}", ""]
         ranking = next((run.get("ranking") for run in group if run.get("ranking")), None)
         if ranking:
             scores = ", ".join(f"{name} {ranking['scores'][name] * 100:.1f}" for name in ranking["order"])
@@ -162,9 +167,9 @@ def plot_runs(runs: Sequence[dict[str, Any]], folder: Path) -> list[Path]:
         for axis in axes:
             if axis.lines:
                 axis.legend(fontsize=7)
-        figure.suptitle(" / ".join(setting))
+        figure.suptitle(" / ".join(_parts(setting)))
         figure.tight_layout()
-        path = folder / f"{'_'.join(setting).replace(':', '-')}.png"
+        path = folder / f"{'_'.join(_parts(setting)).replace(':', '-')}.png"
         figure.savefig(path, dpi=90)
         plt.close(figure)
         written.append(path)

@@ -6,8 +6,9 @@
     python -m benchmarks.run --preset smoke     # seconds; used by the tests
 
 Protocol (identical for every method of a setting): the same seeds, hence the same initial weights and
-the same data order; SGD with momentum 0.9, weight decay 1e-4 and cosine decay; metrics every epoch;
-hyperparameters chosen on validation only; the test split is only read for reporting.
+the same data order; SGD with momentum 0.9, weight decay 1e-4 and cosine decay (AdamW for transformer
+settings); validation metrics every epoch; hyperparameters chosen on validation only; the test split is
+read only after training, for the final and the best-validation weights.
 """
 
 from __future__ import annotations
@@ -25,16 +26,18 @@ from typing import Any
 import numpy as np
 
 from benchmarks.protocol import (
+    ADAMW,
     ENCODER_OVERRIDES,
     Method,
     TrainConfig,
     environment,
     extra_controls,
     main_methods,
+    modulation_mode,
     tuning_grids,
 )
 from benchmarks.report import load_runs, plot_runs, summary_table
-from pdmp import RankingWarning, rank_modalities
+from pdmp import Ranking, RankingWarning, rank_modalities
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,12 @@ class Setting:
     encoder: str = "cnn"
     fusion: str = "concat"
     backend: str = "torch"
+    optimizer: str = "sgd"  # "adamw": transformers do not train with SGD at the CNNs' learning rate
+
+    @property
+    def label(self) -> str:
+        parts = [self.dataset, self.backend, self.encoder, self.fusion]
+        return "_".join(parts + ([self.optimizer] if self.optimizer != "sgd" else []))
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,7 @@ class Preset:
     seeds: tuple[int, ...]
     epochs: int
     width: int = 32
-    lr: float = 0.05
+    lr: float = 0.05  # SGD's; AdamW settings use benchmarks.protocol.ADAMW
     batch_size: int = 64
     tune: bool = False  # choose PDMP / OGM-GE / joint-lr settings on validation (seed 0)
     controls: bool = False  # inverse PDMP
@@ -65,7 +74,8 @@ AV = ("av_digits:image_dominant", "av_digits:audio_dominant", "av_digits:under_o
 
 
 def _full_settings() -> tuple[Setting, ...]:
-    settings = [Setting(d, e, "concat", b) for d in (*AV, "mfeat") for e in ("cnn", "transformer") for b in ("torch",)]
+    settings = [Setting(d, "cnn") for d in (*AV, "mfeat")]
+    settings += [Setting(d, "transformer", optimizer="adamw") for d in (*AV, "mfeat")]
     settings += [Setting(d, "cnn", f, "torch") for d in AV[:2] for f in ("sum", "film", "gated")]
     settings += [Setting(d, "cnn", "concat", "keras") for d in AV]
     return tuple(settings)
@@ -84,8 +94,14 @@ PRESETS: dict[str, Preset] = {
     "extended-a": Preset(settings=(Setting(AV[1], "transformer"), Setting("mfeat")), seeds=(0, 1, 2), epochs=10),
     "extended-b": Preset(settings=(Setting(AV[1], backend="keras"),), seeds=(0, 1, 2), epochs=10),
     "extended-c": Preset(settings=(Setting(AV[1], "cnn", "sum"),), seeds=(0, 1, 2), epochs=10),
+    # Session 2: transformers with the optimiser they need (extended-a's SGD left them at chance), and the
+    # remaining fusions.
+    "transformer": Preset(
+        settings=tuple(Setting(d, "transformer", optimizer="adamw") for d in AV), seeds=(0, 1, 2), epochs=10
+    ),
+    "fusions": Preset(settings=tuple(Setting(AV[1], "cnn", f) for f in ("film", "gated")), seeds=(0, 1, 2), epochs=10),
     "gpu": Preset(
-        settings=tuple(Setting(d, e) for d in AV for e in ("cnn", "transformer")),
+        settings=tuple(Setting(d, "cnn") for d in AV) + tuple(Setting(d, "transformer", optimizer="adamw") for d in AV),
         seeds=(0, 1, 2),
         epochs=30,
         width=128,
@@ -94,7 +110,11 @@ PRESETS: dict[str, Preset] = {
         device="cuda",
     ),
     "smoke": Preset(
-        settings=(Setting("av_digits:image_dominant"), Setting("av_digits:image_dominant", backend="keras")),
+        settings=tuple(
+            Setting("av_digits:image_dominant", encoder, backend=backend, optimizer=optimizer)
+            for encoder, optimizer in (("cnn", "sgd"), ("transformer", "adamw"))
+            for backend in ("torch", "keras")
+        ),
         seeds=(0, 1),
         epochs=2,
         width=8,
@@ -129,8 +149,8 @@ def load_dataset(name: str, seed: int, subset: float | None) -> Any:
 class Runner:
     """Trains runs for one backend, writing one JSON per run into ``out/runs``."""
 
-    def __init__(self, preset: Preset, out: Path, progress: bool) -> None:
-        self.preset, self.out, self.progress = preset, out, progress
+    def __init__(self, preset: Preset, out: Path, progress: bool, ranking_dir: Path | None = None) -> None:
+        self.preset, self.out, self.progress, self.ranking_dir = preset, out, progress, ranking_dir
         (out / "runs").mkdir(parents=True, exist_ok=True)
 
     def train(
@@ -147,9 +167,11 @@ class Runner:
             from benchmarks import train_torch as backend
         else:
             from benchmarks import train_keras as backend  # type: ignore[no-redef]
+        base = ADAMW if setting.optimizer == "adamw" else {"lr": self.preset.lr, "weight_decay": 1e-4}
         config = TrainConfig(
             epochs=self.preset.epochs,
-            lr=self.preset.lr,
+            optimizer=setting.optimizer,
+            **base,
             batch_size=self.preset.batch_size,
             encoder=setting.encoder,
             fusion=setting.fusion,
@@ -167,21 +189,35 @@ class Runner:
             "backend": setting.backend,
             "encoder": setting.encoder,
             "fusion": setting.fusion,
+            "optimizer": setting.optimizer,
             "seed": seed,
             "modalities": list(modalities),
             "method": method.to_dict() if method else {"name": name, "kind": "unimodal"},
             "policy": policy.get_config() if policy else None,
+            "modulation_mode": modulation_mode(config, policy) if policy and len(modalities) > 1 else None,
             "config": config.to_dict(),
             "ranking": ranking.to_dict() if ranking is not None else None,
             "data": getattr(data, "metadata", {}),
             "environment": environment(),
             **{k: v for k, v in result.items() if k != "val_predicted"},
         }
-        safe = f"{setting.dataset}_{setting.backend}_{setting.encoder}_{setting.fusion}_{name}_s{seed}"
-        path = self.out / "runs" / f"{safe.replace(':', '-').replace('/', '-')}.json"
+        path = run_path(self.out, setting, name, seed)
         path.write_text(json.dumps(record, indent=1, default=_jsonable))
         record["val_predicted"] = result["val_predicted"]
         return record
+
+
+def run_path(out: Path, setting: Setting, method: str, seed: int) -> Path:
+    name = f"{setting.label}_{method}_s{seed}"
+    return out / "runs" / f"{name.replace(':', '-').replace('/', '-')}.json"
+
+
+def ranking_path(out: Path, setting: Setting) -> Path:
+    """One ranking per dataset, backend, encoder and optimizer (fusion does not enter unimodal training)."""
+    parts = [setting.dataset, setting.encoder]
+    parts += [setting.backend] if setting.backend != "torch" else []
+    parts += [setting.optimizer] if setting.optimizer != "sgd" else []
+    return out / f"ranking_{'_'.join(parts).replace(':', '-')}.json"
 
 
 def _jsonable(value: Any) -> Any:
@@ -201,17 +237,20 @@ def run_setting(runner: Runner, setting: Setting, bar: Any) -> None:
             bar.set_description(f"{setting.dataset} {setting.encoder}/{setting.fusion} unimodal {name} s{seed}")
             unimodal.setdefault(seed, {})[name] = runner.train(setting, data, (name,), seed, None, None, bar)
             bar.update()
-    first = unimodal[preset.seeds[0]]
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", RankingWarning)
-        ranking = rank_modalities(
-            {name: run["val_predicted"] for name, run in first.items()},
-            data.val.labels,
-            n_bootstrap=1000,
-            seed=0,
-            budget={"epochs": preset.epochs, "subset": 1.0, "encoder": setting.encoder, "seed": preset.seeds[0]},
-        )
-    ranking.save(runner.out / f"ranking_{setting.dataset.replace(':', '-')}_{setting.encoder}.json")
+    if runner.ranking_dir is not None:  # rank once, train more seeds later with the same ranking
+        ranking = Ranking.load(ranking_path(runner.ranking_dir, setting))
+    else:
+        first = unimodal[preset.seeds[0]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", RankingWarning)
+            ranking = rank_modalities(
+                {name: run["val_predicted"] for name, run in first.items()},
+                data.val.labels,
+                n_bootstrap=1000,
+                seed=0,
+                budget={"epochs": preset.epochs, "subset": 1.0, "encoder": setting.encoder, "seed": preset.seeds[0]},
+            )
+    ranking.save(ranking_path(runner.out, setting))
     # Stage 2: multimodal methods; tuned ones are chosen on validation with the first seed.
     methods = main_methods() + (extra_controls() if preset.controls else [])
     if preset.tune:
@@ -232,17 +271,35 @@ def run_setting(runner: Runner, setting: Setting, bar: Any) -> None:
 
 
 def cheap_ranking(preset: Preset, out: Path, progress: bool) -> dict[str, Any]:
-    """Agreement of rankings from subsets / short budgets with the full ranking, and their cost."""
+    """Agreement of rankings from subsets / short budgets with the benchmark's own ranking (stage 1: the
+    full training set and epoch budget, first seed), and what each costs.
+
+    Runs after the settings, whose CNN rankings and unimodal run files it reads from ``out``.
+    """
     from benchmarks.train_torch import cheap_rank
 
     results = {}
-    datasets = dict.fromkeys(s.dataset for s in preset.settings if s.dataset in AV[:2] and s.backend == "torch")
-    for dataset in datasets:
+    settings = [s for s in preset.settings if s.dataset in AV[:2] and (s.backend, s.encoder) == ("torch", "cnn")]
+    for setting in dict.fromkeys(replace(s, fusion="concat") for s in settings):
+        dataset = setting.dataset
+        full = Ranking.load(ranking_path(out, setting))
+        stage1_seconds = sum(
+            json.loads(run_path(out, setting, f"unimodal:{name}", preset.seeds[0]).read_text())["wall_time_s"]
+            for name in full.order
+        )
+        rows = [
+            {
+                "subset": 1.0,
+                "epochs": preset.epochs,
+                "order": list(full.order),
+                "scores": full.scores,
+                "agrees_with_full": True,
+                "seconds": stage1_seconds,
+                "source": "stage 1: the benchmark's ranking",
+            }
+        ]
         data = load_dataset(dataset, 0, preset.subset)
-        full = None
-        rows = []
         for fraction, epochs in (
-            (1.0, preset.epochs),
             (1.0, 2),
             (0.25, 2),
             (0.1, 2),
@@ -262,7 +319,6 @@ def cheap_ranking(preset: Preset, out: Path, progress: bool) -> dict[str, Any]:
                     progress=progress,
                 )
             seconds = time.perf_counter() - start
-            full = full or ranking
             rows.append(
                 {
                     "subset": fraction,
@@ -271,6 +327,7 @@ def cheap_ranking(preset: Preset, out: Path, progress: bool) -> dict[str, Any]:
                     "scores": ranking.scores,
                     "agrees_with_full": ranking.order == full.order,
                     "seconds": seconds,
+                    "source": "rank_unimodal (adapter)",
                 }
             )
         results[dataset] = rows
@@ -280,8 +337,8 @@ def cheap_ranking(preset: Preset, out: Path, progress: bool) -> dict[str, Any]:
 
 def cheap_ranking_table(results: dict[str, Any]) -> str:
     lines = [
-        "| dataset | subset | epochs | order | scores (val acc) | agrees with full | seconds |",
-        "|---|---|---|---|---|---|---|",
+        "| dataset | subset | epochs | order | scores (val acc) | agrees with full | seconds | trained by |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for dataset, rows in results.items():
         for row in rows:
@@ -289,6 +346,7 @@ def cheap_ranking_table(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {dataset} | {row['subset']} | {row['epochs']} | {' > '.join(row['order'])} | {scores} |"
                 f" {'yes' if row['agrees_with_full'] else '**no**'} | {row['seconds']:.1f} |"
+                f" {row.get('source', 'rank_unimodal (adapter)')} |"
             )
     return "\n".join(lines)
 
@@ -334,6 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="override the device (cpu, cuda)")
     parser.add_argument("--subset", type=float, default=None, help="use this fraction of each split (quick checks)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument(
+        "--ranking-dir",
+        type=Path,
+        default=None,
+        help="reuse the ranking files of an earlier run in this folder instead of ranking anew (e.g. more seeds)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--report-only", action="store_true", help="rebuild summary.md and plots from --out's runs")
     args = parser.parse_args(argv)
@@ -356,7 +420,10 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2)))
-    runner = Runner(preset, out, progress=not args.no_progress)
+    if args.ranking_dir is not None:  # a missing or corrupt ranking file stops the run before any training
+        for setting in preset.settings:
+            Ranking.load(ranking_path(args.ranking_dir, setting))
+    runner = Runner(preset, out, progress=not args.no_progress, ranking_dir=args.ranking_dir)
     per_setting = len(preset.seeds) * (
         2 + len(main_methods()) + (len(extra_controls()) if preset.controls else 0) + (1 if preset.tune else 0) * 3
     ) + (12 if preset.tune else 0)
@@ -372,12 +439,15 @@ def main(argv: list[str] | None = None) -> int:
         cheap_file = out / "cheap_ranking.json"
         cheap = json.loads(cheap_file.read_text()) if cheap_file.exists() else None
         elapsed = (out / "wall_time.txt").read_text().strip() if (out / "wall_time.txt").exists() else "not recorded"
+    optimizers = [f"SGD lr {preset.lr} (momentum 0.9, wd 1e-4)"]
+    if any(s.optimizer == "adamw" for s in preset.settings):
+        optimizers.append(f"AdamW lr {ADAMW['lr']} (wd {ADAMW['weight_decay']}) for the `adamw` settings")
+    command = " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])])
     sections = [
         f"# Benchmark results: preset `{args.preset}`",
         "",
-        f"Command: `python -m benchmarks.run --preset {args.preset}`; seeds {list(preset.seeds)}, "
-        f"{preset.epochs} epochs, SGD lr {preset.lr} (momentum 0.9, wd 1e-4, cosine), batch "
-        f"{preset.batch_size}, encoder width {preset.width}.",
+        f"Command: `{command}`; seeds {list(preset.seeds)}, {preset.epochs} epochs, "
+        f"{' / '.join(optimizers)}, cosine decay, batch {preset.batch_size}, encoder width {preset.width}.",
         "",
         summary_table(load_runs(out)),
     ]

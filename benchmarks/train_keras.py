@@ -1,7 +1,7 @@
 """One benchmark run in Keras 3 on TensorFlow, mirroring :mod:`benchmarks.train_torch`.
 
 Same protocol: same seeds and data order per method (a NumPy generator seeded by the seed), SGD with
-momentum 0.9 and cosine decay over all steps, metrics every epoch, the method's policy applied by
+momentum 0.9 (or AdamW) and cosine decay over all steps, metrics every epoch, the method's policy applied by
 :class:`pdmp.backends.keras.ModulatedModel`. One documented difference: Keras's SGD weight decay is
 decoupled (``w -= lr * wd * w``), torch's is L2 added to the gradient.
 """
@@ -20,7 +20,7 @@ from pdmp.backends.keras import ConcatHead, ModulatedModel
 import keras  # isort: skip  (after the adapter, which loads triton before TensorFlow)
 
 from benchmarks.models_keras import fusion_model
-from benchmarks.protocol import TrainConfig, split_metrics, summarise
+from benchmarks.protocol import TrainConfig, is_new_best, modulation_mode, split_metrics, summarise
 
 
 def _channels_last(array: np.ndarray) -> np.ndarray:
@@ -85,16 +85,18 @@ def train_run(
     model, encoders = fusion_model(shapes, kinds, config.width, len(dataset.class_names))
     steps_per_epoch = -(-train_y.shape[0] // config.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(config.lr * lr_scale, config.epochs * steps_per_epoch)
-    optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(schedule, config)
     trained: keras.Model = model
     log = None
     if policy is not None and len(modalities) > 1:
         logits_spec = ConcatHead("head", dict(encoders)) if policy.needs_logits else None
-        trained = ModulatedModel(model, dict(encoders), policy, modality_logits=logits_spec, seed=seed)
+        mode = modulation_mode(config, policy)
+        trained = ModulatedModel(model, dict(encoders), policy, mode=mode, modality_logits=logits_spec, seed=seed)
         log = _CoefficientLog(trained)
     trained.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     order_rng = np.random.default_rng(seed)
     history: list[dict[str, Any]] = []
+    best_weights: list[np.ndarray] = []
     start = time.perf_counter()
     for epoch in range(config.epochs):
         order = order_rng.permutation(train_y.shape[0])
@@ -108,10 +110,8 @@ def train_run(
             verbose=0,
             callbacks=[log] if log is not None else None,
         )
-        metrics = {}
-        for split, inputs in (("val", val_x), ("test", test_x)):
-            fused, parts = _logits(model, encoders, inputs)
-            metrics[split] = split_metrics(np.asarray(getattr(dataset, split).labels), fused, parts)
+        val_fused, val_parts = _logits(model, encoders, val_x)
+        metrics = {"val": split_metrics(np.asarray(dataset.val.labels), val_fused, val_parts)}
         train_fused, _ = _logits(model, encoders, train_x)
         history.append(
             {
@@ -124,7 +124,19 @@ def train_run(
                 "elapsed_s": time.perf_counter() - start,
             }
         )
+        if is_new_best(history):
+            best_weights = model.get_weights()
         if progress is not None:
             progress.set_postfix(epoch=epoch, val=f"{metrics['val']['acc']:.3f}", refresh=False)
     val_fused, _ = _logits(model, encoders, val_x)
-    return summarise(history, start, val_fused.argmax(1))
+    test_labels = np.asarray(dataset.test.labels)
+    final_test = split_metrics(test_labels, *_logits(model, encoders, test_x))
+    model.set_weights(best_weights)
+    best_test = split_metrics(test_labels, *_logits(model, encoders, test_x))
+    return summarise(history, start, val_fused.argmax(1), final_test=final_test, best_test=best_test)
+
+
+def make_optimizer(schedule: Any, config: TrainConfig) -> keras.optimizers.Optimizer:
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+    return keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay)

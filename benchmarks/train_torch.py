@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from benchmarks.models_torch import FusionNet, UnimodalNet, make_encoder
-from benchmarks.protocol import TrainConfig, split_metrics, summarise
+from benchmarks.protocol import TrainConfig, is_new_best, modulation_mode, split_metrics, summarise
 from pdmp import CoefficientPolicy
 from pdmp.backends.torch import Modulator
 
@@ -75,7 +76,7 @@ def train_run(
     lr_scale: float = 1.0,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """Train for ``config.epochs`` with SGD + cosine decay; return per-epoch metrics.
+    """Train for ``config.epochs`` with SGD or AdamW + cosine decay; return per-epoch metrics.
 
     The data order depends only on ``seed`` (a dedicated generator), so methods are paired.
     """
@@ -84,17 +85,18 @@ def train_run(
     train_x, train_y = _tensors(dataset.train, modalities, device)
     val_x, val_y = _tensors(dataset.val, modalities, device)
     test_x, test_y = _tensors(dataset.test, modalities, device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr * lr_scale, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-    steps_per_epoch = -(-train_y.shape[0] // config.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+    optimizer = make_optimizer(model, config, lr_scale)
     modulator = None
     if policy is not None and isinstance(model, FusionNet):
-        modulator = Modulator(dict(model.encoders.items()), policy, mode="grad")
+        mode = modulation_mode(config, policy)
+        modulator = Modulator(dict(model.encoders.items()), policy, mode=mode, optimizer=optimizer)
+    # After the Modulator: in "lr" mode it splits the optimizer's parameter groups, which a scheduler fixes.
+    steps_per_epoch = -(-train_y.shape[0] // config.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
     history: list[dict[str, Any]] = []
+    best_state: dict[str, Any] = {}
     start = time.perf_counter()
     for epoch in range(config.epochs):
         if modulator is not None:
@@ -127,18 +129,30 @@ def train_run(
             "train_acc": correct / train_y.shape[0],
             "lr": schedule.get_last_lr()[0],
             "val": evaluate(model, val_x, val_y),
-            "test": evaluate(model, test_x, test_y),
             "coefficients": {name: value / steps for name, value in coefficient_sums.items()}
             if modulator is not None
             else None,
             "elapsed_s": time.perf_counter() - start,
         }
         history.append(record)
+        if is_new_best(history):
+            best_state = copy.deepcopy(model.state_dict())
         if progress is not None:
             progress.set_postfix(epoch=epoch, val=f"{record['val']['acc']:.3f}", refresh=False)
     if modulator is not None:
         modulator.remove()
-    return summarise(history, start, logits_of(model, val_x, val_y.shape[0])[0].argmax(1))
+    val_predicted = logits_of(model, val_x, val_y.shape[0])[0].argmax(1)
+    final_test = evaluate(model, test_x, test_y)
+    model.load_state_dict(best_state)
+    best_test = evaluate(model, test_x, test_y)
+    return summarise(history, start, val_predicted, final_test=final_test, best_test=best_test)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    lr = config.lr * lr_scale
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def cheap_rank(

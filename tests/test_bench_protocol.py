@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from benchmarks.protocol import Method, paired_difference
+from benchmarks.protocol import Method, TrainConfig, is_new_best, modulation_mode, paired_difference, summarise
 from pdmp import Ranking
 
 
@@ -26,3 +27,21 @@ def test_methods_build_the_policies_they_name() -> None:
     assert Method("o", "ogmge", {"alpha": 0.3}).policy(ranking, 7).get_config()["end_epoch"] == 7
     with pytest.raises(ValueError, match="unknown method kind"):
         Method("x", "magic").policy(ranking, 1)
+
+
+def test_best_epoch_is_the_earliest_maximum_of_validation_accuracy() -> None:
+    history = [{"val": {"acc": a}} for a in (0.5, 0.7, 0.7, 0.6)]
+    assert [is_new_best(history[: e + 1]) for e in range(4)] == [True, True, False, False]
+    summary = summarise(history, 0.0, np.zeros(1), final_test={"acc": 0.1}, best_test={"acc": 0.2})
+    assert summary["best_val"] == {"epoch": 1, "val": {"acc": 0.7}, "test": {"acc": 0.2}}
+    assert summary["final"]["epoch"] == 3 and summary["final"]["test"] == {"acc": 0.1}
+
+
+def test_modulation_mode_follows_the_optimizer() -> None:
+    ranking = Ranking(order=("audio", "image"), scores={"audio": 0.9, "image": 0.5})
+    pdmp, ogm = Method("p", "pdmp").policy(ranking, 4), Method("o", "ogmge").policy(ranking, 4)
+    assert modulation_mode(TrainConfig(optimizer="adamw"), pdmp) == "lr"
+    assert modulation_mode(TrainConfig(optimizer="adamw"), ogm) == "grad"  # its noise is a gradient term
+    assert modulation_mode(TrainConfig(optimizer="sgd"), pdmp) == "grad"
+    with pytest.raises(ValueError, match="unknown optimizer 'adam'"):
+        TrainConfig(optimizer="adam")

@@ -13,6 +13,7 @@ import json
 import pytest
 
 from benchmarks.run import main
+from pdmp import RankingFileError
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +23,22 @@ def smoke(tmp_path_factory: pytest.TempPathFactory):
     return out
 
 
+def _runs(folder) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))]
+
+
 def test_every_run_writes_a_complete_json(smoke) -> None:
-    runs = [json.loads(p.read_text()) for p in sorted((smoke / "runs").glob("*.json"))]
-    # 2 backends x 2 seeds x (2 unimodal + joint, OGM-GE, PDMP, symmetric)
-    assert len(runs) == 2 * 2 * 6
+    runs = _runs(smoke)
+    # 2 backends x 2 encoders x 2 seeds x (2 unimodal + joint, OGM-GE, PDMP, symmetric)
+    assert len(runs) == 2 * 2 * 2 * 6
     for run in runs:
         assert len(run["history"]) == 2
         assert {"config", "seed", "environment", "final", "best_val", "wall_time_s"} <= set(run)
         assert 0.0 <= run["final"]["test"]["acc"] <= 1.0
+        # The test split is read only after training, not epoch by epoch.
+        assert all("test" not in epoch for epoch in run["history"])
+        if run["best_val"]["epoch"] == run["final"]["epoch"]:
+            assert run["best_val"]["test"] == run["final"]["test"]
     multimodal = [r for r in runs if r["method"]["kind"] != "unimodal"]
     assert all(set(r["history"][-1]["val"]["dependency"]) == {"image", "audio"} for r in multimodal)
     pdmp_runs = [r for r in runs if r["method"]["name"] == "pdmp"]
@@ -37,25 +46,66 @@ def test_every_run_writes_a_complete_json(smoke) -> None:
         dominant = run["ranking"]["order"][0]
         assert run["history"][0]["coefficients"][dominant] == 1.0  # warm-up epoch
         assert run["history"][1]["coefficients"][dominant] == 10.0
-    backends = {r["backend"] for r in runs}
-    assert backends == {"torch", "keras"}
+    assert {r["backend"] for r in runs} == {"torch", "keras"}
+
+
+def test_adamw_settings_modulate_learning_rates(smoke) -> None:
+    """Under AdamW a gradient factor is normalised away, so PDMP runs in ``lr`` mode; OGM-GE's noise keeps
+    it in ``grad`` mode; SGD runs use ``grad`` mode."""
+    modes = {
+        (r["config"]["optimizer"], r["method"]["name"]): r["modulation_mode"]
+        for r in _runs(smoke)
+        if r["method"]["kind"] != "unimodal"
+    }
+    assert modes[("adamw", "pdmp")] == modes[("adamw", "symmetric")] == "lr"
+    assert modes[("adamw", "ogm_ge")] == modes[("sgd", "pdmp")] == modes[("sgd", "ogm_ge")] == "grad"
 
 
 def test_methods_of_a_seed_start_from_the_same_point(smoke) -> None:
     """Joint and PDMP share everything during PDMP's warm-up epoch, so epoch 0 must be identical."""
-    runs = [json.loads(p.read_text()) for p in sorted((smoke / "runs").glob("*.json"))]
+    runs = _runs(smoke)
     for backend in ("torch", "keras"):
-        for seed in (0, 1):
-            joint, pdmp = (
-                next(r for r in runs if r["backend"] == backend and r["seed"] == seed and r["method"]["name"] == m)
-                for m in ("joint", "pdmp")
-            )
-            assert joint["history"][0]["val"]["acc"] == pytest.approx(pdmp["history"][0]["val"]["acc"], abs=1e-6)
-            assert joint["history"][0]["train_loss"] == pytest.approx(pdmp["history"][0]["train_loss"], rel=1e-5)
+        for encoder in ("cnn", "transformer"):
+            for seed in (0, 1):
+                joint, pdmp = (
+                    next(
+                        r
+                        for r in runs
+                        if (r["backend"], r["encoder"], r["seed"], r["method"]["name"]) == (backend, encoder, seed, m)
+                    )
+                    for m in ("joint", "pdmp")
+                )
+                assert joint["history"][0]["val"]["acc"] == pytest.approx(pdmp["history"][0]["val"]["acc"], abs=1e-6)
+                assert joint["history"][0]["train_loss"] == pytest.approx(pdmp["history"][0]["train_loss"], rel=1e-5)
 
 
 def test_summary_ranking_and_plots(smoke) -> None:
     summary = (smoke / "summary.md").read_text()
     assert "| pdmp | 2 |" in summary and "vs joint:" in summary and "## Cheap ranking" in summary
-    assert list(smoke.glob("ranking_*.json"))
-    assert len(list(smoke.glob("*.png"))) == 2
+    assert "AdamW lr" in summary
+    # One ranking per backend and encoder (fusion does not enter unimodal training).
+    assert len(list(smoke.glob("ranking_*.json"))) == 4
+    assert len(list(smoke.glob("*.png"))) == 4
+
+
+def test_cheap_ranking_compares_with_the_benchmarks_own_ranking(smoke) -> None:
+    (rows,) = json.loads((smoke / "cheap_ranking.json").read_text()).values()
+    reference = json.loads((smoke / "ranking_av_digits-image_dominant_cnn.json").read_text())
+    assert rows[0]["source"].startswith("stage 1") and rows[0]["order"] == reference["order"]
+    stage1 = [
+        r["wall_time_s"]
+        for r in _runs(smoke)
+        if r["method"]["kind"] == "unimodal" and r["seed"] == 0 and (r["backend"], r["encoder"]) == ("torch", "cnn")
+    ]
+    assert rows[0]["seconds"] == pytest.approx(sum(stage1))
+    assert all(row["agrees_with_full"] == (row["order"] == reference["order"]) for row in rows)
+
+
+def test_more_seeds_reuse_an_earlier_ranking(smoke, tmp_path) -> None:
+    args = ["--preset", "smoke", "--only", "image", "--seeds", "5", "--epochs", "1", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path), "--ranking-dir", str(smoke)]) == 0
+    for path in smoke.glob("ranking_*.json"):
+        assert json.loads((tmp_path / path.name).read_text()) == json.loads(path.read_text())
+    assert {r["seed"] for r in _runs(tmp_path)} == {5}
+    with pytest.raises(RankingFileError, match="does not exist"):
+        main([*args, "--out", str(tmp_path / "again"), "--ranking-dir", str(tmp_path / "nowhere")])
