@@ -185,6 +185,10 @@ def environment() -> dict[str, Any]:
         info["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
+    tensorflow = sys.modules.get("tensorflow")
+    if tensorflow is not None and hasattr(tensorflow, "config"):  # 0: TensorFlow's default (all cores)
+        threads = tensorflow.config.threading
+        info["tf_threads"] = [threads.get_intra_op_parallelism_threads(), threads.get_inter_op_parallelism_threads()]
     return info
 
 

@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="run only settings whose dataset contains this text")
     parser.add_argument("--device", default=None, help="override the device (cpu, cuda)")
     parser.add_argument("--subset", type=float, default=None, help="use this fraction of each split (quick checks)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None, help="torch / TensorFlow CPU threads (default: all cores)")
     parser.add_argument(
         "--ranking-dir",
         type=Path,
@@ -420,6 +420,14 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2)))
+    if args.threads and any(s.backend == "keras" for s in preset.settings):
+        from pdmp.backends._coexistence import load_triton_before_tensorflow
+
+        load_triton_before_tensorflow()
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     if args.ranking_dir is not None:  # a missing or corrupt ranking file stops the run before any training
         for setting in preset.settings:
             Ranking.load(ranking_path(args.ranking_dir, setting))
