@@ -99,6 +99,14 @@ PRESETS: dict[str, Preset] = {
     "transformer": Preset(
         settings=tuple(Setting(d, "transformer", optimizer="adamw") for d in AV), seeds=(0, 1, 2), epochs=10
     ),
+    # The equal-tuning-budget and inverse controls where the transformer run found PDMP's largest gain.
+    "transformer-controls": Preset(
+        settings=(Setting(AV[1], "transformer", optimizer="adamw"),),
+        seeds=(0, 1, 2),
+        epochs=10,
+        tune=True,
+        controls=True,
+    ),
     "fusions": Preset(settings=tuple(Setting(AV[1], "cnn", f) for f in ("film", "gated")), seeds=(0, 1, 2), epochs=10),
     "gpu": Preset(
         settings=tuple(Setting(d, "cnn") for d in AV) + tuple(Setting(d, "transformer", optimizer="adamw") for d in AV),
