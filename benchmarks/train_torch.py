@@ -90,7 +90,7 @@ def train_run(
     if policy is not None and isinstance(model, FusionNet):
         mode = modulation_mode(config, policy)
         modulator = Modulator(dict(model.encoders.items()), policy, mode=mode, optimizer=optimizer)
-    # After the Modulator: in "lr" mode it splits the optimizer's parameter groups, which a scheduler fixes.
+    # The scheduler comes after the Modulator, whose "lr" mode splits the optimizer's parameter groups.
     steps_per_epoch = -(-train_y.shape[0] // config.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
