@@ -206,10 +206,14 @@ def split_metrics(labels: np.ndarray, fused: np.ndarray, per_modality: Mapping[s
     return result
 
 
+def best_epoch(history: Sequence[Mapping[str, Any]]) -> int:
+    """The epoch with the highest validation accuracy (ties: the earliest)."""
+    return max(range(len(history)), key=lambda e: (history[e]["val"]["acc"], -e))
+
+
 def is_new_best(history: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether the last epoch is the best on validation so far (ties: the earliest epoch stays best)."""
-    *earlier, last = history
-    return all(last["val"]["acc"] > record["val"]["acc"] for record in earlier)
+    """Whether the last epoch is the best on validation so far: the runners keep its weights then."""
+    return best_epoch(history) == len(history) - 1
 
 
 def summarise(
@@ -225,7 +229,7 @@ def summarise(
     The test split is read only twice, after training: for the final weights and for the weights of the
     best-validation epoch (the runners keep a copy of those, chosen with :func:`is_new_best`).
     """
-    best = max(range(len(history)), key=lambda e: (history[e]["val"]["acc"], -e))
+    best = best_epoch(history)
     return {
         "history": history,
         "final": {"epoch": len(history) - 1, "val": history[-1]["val"], "test": final_test},

@@ -21,7 +21,7 @@ def load_runs(folder: Path) -> list[dict[str, Any]]:
 
 def _setting(run: dict[str, Any]) -> tuple[str, ...]:
     # Runs from before the optimizer choice have no "optimizer" key: they were all SGD.
-    return tuple(str(run.get(key, "sgd")) for key in SETTING_KEYS)
+    return tuple(str(run.get(key, "sgd") if key == "optimizer" else run[key]) for key in SETTING_KEYS)
 
 
 def _parts(setting: tuple[str, ...]) -> list[str]:

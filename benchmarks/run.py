@@ -175,7 +175,7 @@ class Runner:
             from benchmarks import train_torch as backend
         else:
             from benchmarks import train_keras as backend  # type: ignore[no-redef]
-        base = ADAMW if setting.optimizer == "adamw" else {"lr": self.preset.lr, "weight_decay": 1e-4}
+        base = ADAMW if setting.optimizer == "adamw" else {"lr": self.preset.lr}  # SGD: TrainConfig's weight decay
         config = TrainConfig(
             epochs=self.preset.epochs,
             optimizer=setting.optimizer,

@@ -128,11 +128,11 @@ def train_run(
             best_weights = model.get_weights()
         if progress is not None:
             progress.set_postfix(epoch=epoch, val=f"{metrics['val']['acc']:.3f}", refresh=False)
-    val_fused, _ = _logits(model, encoders, val_x)
     test_labels = np.asarray(dataset.test.labels)
     final_test = split_metrics(test_labels, *_logits(model, encoders, test_x))
     model.set_weights(best_weights)
     best_test = split_metrics(test_labels, *_logits(model, encoders, test_x))
+    # The last epoch's validation predictions: the ranking stage ranks unimodal runs by these.
     return summarise(history, start, val_fused.argmax(1), final_test=final_test, best_test=best_test)
 
 

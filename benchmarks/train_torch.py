@@ -95,6 +95,7 @@ def train_run(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
+    val_labels = val_y.cpu().numpy()
     history: list[dict[str, Any]] = []
     best_state: dict[str, Any] = {}
     start = time.perf_counter()
@@ -123,12 +124,13 @@ def train_run(
             losses += float(loss.detach()) * y.shape[0]
             correct += int((logits.detach().argmax(1) == y).sum())
             steps += 1
+        val_fused, val_parts = logits_of(model, val_x, val_y.shape[0])
         record = {
             "epoch": epoch,
             "train_loss": losses / train_y.shape[0],
             "train_acc": correct / train_y.shape[0],
             "lr": schedule.get_last_lr()[0],
-            "val": evaluate(model, val_x, val_y),
+            "val": split_metrics(val_labels, val_fused, val_parts),
             "coefficients": {name: value / steps for name, value in coefficient_sums.items()}
             if modulator is not None
             else None,
@@ -141,11 +143,11 @@ def train_run(
             progress.set_postfix(epoch=epoch, val=f"{record['val']['acc']:.3f}", refresh=False)
     if modulator is not None:
         modulator.remove()
-    val_predicted = logits_of(model, val_x, val_y.shape[0])[0].argmax(1)
     final_test = evaluate(model, test_x, test_y)
     model.load_state_dict(best_state)
     best_test = evaluate(model, test_x, test_y)
-    return summarise(history, start, val_predicted, final_test=final_test, best_test=best_test)
+    # The last epoch's validation predictions: the ranking stage ranks unimodal runs by these.
+    return summarise(history, start, val_fused.argmax(1), final_test=final_test, best_test=best_test)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, lr_scale: float = 1.0) -> torch.optim.Optimizer:
