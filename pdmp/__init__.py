@@ -5,6 +5,8 @@ metrics. Framework adapters live in :mod:`pdmp.backends.torch` and :mod:`pdmp.ba
 imported only when asked for.
 """
 
+from pdmp.compare import Candidate, Study, StudyError, compare, default_candidates
+from pdmp.controls import InversePDMP, UniformScaling
 from pdmp.diagnostics import Dependency, dependency, modality_scores, softmax
 from pdmp.metrics import accuracy, macro_f1
 from pdmp.policies import (
@@ -16,8 +18,10 @@ from pdmp.policies import (
     Modulation,
     NoModulation,
     policy_from_config,
+    register_policy,
 )
 from pdmp.ranking import Ranking, RankingFileError, RankingWarning, rank_modalities
+from pdmp.stats import PairedDifference, paired_difference
 
 __version__ = "0.1.0"
 
@@ -25,20 +29,30 @@ __all__ = [
     "OGMGE",
     "OGM_NOISE_EPS",
     "PDMP",
+    "Candidate",
     "Clock",
     "CoefficientPolicy",
     "Dependency",
+    "InversePDMP",
     "Modulation",
     "NoModulation",
+    "PairedDifference",
     "Ranking",
     "RankingFileError",
     "RankingWarning",
+    "Study",
+    "StudyError",
+    "UniformScaling",
     "__version__",
     "accuracy",
+    "compare",
+    "default_candidates",
     "dependency",
     "macro_f1",
     "modality_scores",
+    "paired_difference",
     "policy_from_config",
     "rank_modalities",
+    "register_policy",
     "softmax",
 ]

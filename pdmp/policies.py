@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -355,7 +355,43 @@ def _one_minus_tanh(x: float) -> float:
     return max(value, float(np.finfo(np.float64).tiny))
 
 
+#: Policy classes by their ``kind``: what :func:`policy_from_config` (and so ``.keras`` loading and
+#: ``Modulator.load_state_dict``) can rebuild. Add your own with :func:`register_policy`.
 POLICIES: dict[str, type[CoefficientPolicy]] = {cls.kind: cls for cls in (NoModulation, PDMP, OGMGE)}
+
+PolicyType = TypeVar("PolicyType", bound=type[CoefficientPolicy])
+
+
+def register_policy(cls: PolicyType) -> PolicyType:
+    """Make a user-defined policy class loadable by :func:`policy_from_config` (usable as a decorator).
+
+    The class needs a unique string ``kind`` and a ``get_config()`` whose dict (``"type"`` set to
+    ``kind``) its ``from_config`` turns back into an equal policy; the default ``from_config`` passes
+    every key but ``"type"`` to ``__init__``. Register it before a saved model or state is loaded::
+
+        @pdmp.register_policy
+        class Halve(pdmp.CoefficientPolicy):
+            kind = "Halve"
+            ...
+
+    Registering the same class twice is harmless; another class under a taken ``kind`` is refused.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, CoefficientPolicy)):
+        raise TypeError(f"register_policy expects a CoefficientPolicy subclass, got {cls!r}")
+    kind = cls.__dict__.get("kind")
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(
+            f"policy class {cls.__name__} needs its own non-empty string attribute 'kind' "
+            "(the 'type' written by get_config), e.g. kind = 'MyPolicy'"
+        )
+    registered = POLICIES.get(kind)
+    if registered is not None and registered is not cls:
+        raise ValueError(
+            f"policy kind {kind!r} is already registered by {registered.__module__}.{registered.__qualname__}; "
+            f"give {cls.__qualname__} another kind"
+        )
+    POLICIES[kind] = cls
+    return cls
 
 
 def policy_from_config(config: Mapping[str, Any]) -> CoefficientPolicy:
@@ -364,5 +400,8 @@ def policy_from_config(config: Mapping[str, Any]) -> CoefficientPolicy:
         raise ValueError(f"a policy config must be a dict with a 'type' key, got {config!r}")
     kind = config["type"]
     if kind not in POLICIES:
-        raise ValueError(f"unknown policy type {kind!r}; known: {', '.join(sorted(POLICIES))}")
+        raise ValueError(
+            f"unknown policy type {kind!r}; known: {', '.join(sorted(POLICIES))}. A policy class of your own "
+            "must be registered with pdmp.register_policy before a model or state that uses it is loaded"
+        )
     return POLICIES[kind].from_config(config)
