@@ -15,8 +15,18 @@ from numpy.typing import ArrayLike, NDArray
 
 
 def check_modality_names(names: Iterable[Any], *, where: str = "modalities") -> tuple[str, ...]:
-    """Return ``names`` as a tuple after checking there are >= 2, all non-empty, no duplicates."""
-    result = tuple(names)
+    """Return ``names`` as a tuple after checking there are >= 2, all non-empty, no duplicates.
+
+    A plain string is refused: iterating ``"av"`` would silently give the modalities ``('a', 'v')``.
+    """
+    if isinstance(names, (str, bytes)):
+        raise TypeError(
+            f"{where}: got the single string {names!r}; pass a list of modality names such as ['audio', 'visual']"
+        )
+    try:
+        result = tuple(names)
+    except TypeError:
+        raise TypeError(f"{where}: expected a list of modality names, got {type(names).__name__} {names!r}") from None
     for name in result:
         if not isinstance(name, str):
             raise TypeError(f"{where}: modality name {name!r} is a {type(name).__name__}; use strings such as 'audio'")
@@ -56,13 +66,28 @@ def check_same_modalities(given: Iterable[str], expected: Sequence[str], *, wher
     )
 
 
+def check_number(value: Any, *, name: str) -> float:
+    """``value`` as a float; only real numbers (Python or NumPy) are accepted.
+
+    Strings (``"10"`` from a hand-edited config) and booleans are refused: ``float("10")`` and
+    ``float(True)`` would otherwise turn a typo into a silent number.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
 def check_positive_finite(value: Any, *, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    number = check_number(value, name=name)
     if not math.isfinite(number) or number <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return number
+
+
+def check_non_negative_finite(value: Any, *, name: str) -> float:
+    number = check_number(value, name=name)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return number
 
 
@@ -72,30 +97,77 @@ def check_non_negative_int(value: Any, *, name: str) -> int:
     return int(value)
 
 
+def check_positive_int(value: Any, *, name: str) -> int:
+    number = check_non_negative_int(value, name=name)
+    if number < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return number
+
+
+def check_bool(value: Any, *, name: str) -> bool:
+    """``value`` if it is a real boolean (Python or NumPy).
+
+    Strings and numbers are refused: ``bool("false")`` is True, so a config saying ``"no"`` would
+    silently mean yes.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_seed(value: Any, *, name: str = "seed") -> int:
+    """A seed as a plain ``int`` >= 0 (NumPy integers are converted, so the value stays JSON-serialisable)."""
+    return check_non_negative_int(value, name=name)
+
+
 def check_finite_array(values: ArrayLike, *, name: str) -> NDArray[np.float64]:
-    array = np.asarray(values, dtype=np.float64)
+    try:
+        raw = np.asarray(values)
+    except ValueError as error:  # ragged nested lists
+        raise ValueError(f"{name} is not a rectangular numeric array ({error})") from None
+    if raw.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {raw.dtype}; pass a numeric array")
+    array = raw.astype(np.float64)
     bad = ~np.isfinite(array)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
-            f"{name} contains {int(bad.sum())} non-finite value(s) (first at index {first}: {array[first]!r}); "
+            f"{name} contains {int(bad.sum())} non-finite value(s) (first at index {first}: {float(array[first])!r}); "
             "remove NaN/inf before ranking or modulating (check for a diverged model)"
         )
     return array
 
 
+def check_num_classes(value: Any, *, name: str = "num_classes") -> int:
+    return check_positive_int(value, name=name)
+
+
 def check_labels(labels: ArrayLike, *, num_classes: int | None = None, name: str = "labels") -> NDArray[np.int64]:
-    array = np.asarray(labels)
+    """Labels as int64 class indices in ``0..num_classes-1`` (upper bound checked when given).
+
+    Integer-valued floats are accepted; booleans, strings, fractions and NaN are refused.
+    """
+    try:
+        array = np.asarray(labels)
+    except ValueError as error:  # ragged nested lists
+        raise ValueError(f"{name} must be 1-D class indices ({error})") from None
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-D class indices, got shape {array.shape}")
-    integral = np.issubdtype(array.dtype, np.integer) or (
-        np.all(np.isfinite(array)) and np.all(array == np.round(array))
-    )
-    if array.size and not integral:
+    if array.size and array.dtype.kind not in "iuf":
         raise ValueError(f"{name} must hold integer class indices, got dtype {array.dtype}")
+    if array.dtype.kind == "f":
+        bad = ~(np.isfinite(array) & (array == np.round(array)))
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise ValueError(
+                f"{name} must hold integer class indices, got dtype {array.dtype} with {float(array[first])!r} "
+                f"at index {first}; pass whole-number class indices"
+            )
     array = array.astype(np.int64)
     if array.size and array.min() < 0:
         raise ValueError(f"{name} contains negative class index {int(array.min())}; use indices 0..C-1")
+    if num_classes is not None:
+        num_classes = check_num_classes(num_classes)
     if num_classes is not None and array.size and array.max() >= num_classes:
         raise ValueError(
             f"{name} contains class index {int(array.max())} but there are {num_classes} classes "

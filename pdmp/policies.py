@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from pdmp._validation import (
+    check_bool,
     check_known_modality,
     check_modality_names,
     check_non_negative_int,
@@ -62,8 +63,12 @@ class Clock:
         return {"step": self.step, "epoch": self.epoch}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.step = check_non_negative_int(state.get("step"), name="state['step']")
-        self.epoch = check_non_negative_int(state.get("epoch"), name="state['epoch']")
+        """Restore both counters, or neither: both are checked before either is assigned."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"Clock state must be a dict with 'step' and 'epoch', got {type(state).__name__}")
+        step = check_non_negative_int(state.get("step"), name="state['step']")
+        epoch = check_non_negative_int(state.get("epoch"), name="state['epoch']")
+        self.step, self.epoch = step, epoch
 
 
 class CoefficientPolicy(ABC):
@@ -89,6 +94,8 @@ class CoefficientPolicy(ABC):
         labels: ArrayLike | None = None,
     ) -> dict[str, float]:
         """Coefficient per modality; ``logits``/``labels`` are needed only when :attr:`needs_logits`."""
+        step = check_non_negative_int(step, name="step")
+        epoch = check_non_negative_int(epoch, name="epoch")
         scores = None
         if self.needs_logits:
             if logits is None or labels is None:
@@ -124,6 +131,8 @@ class CoefficientPolicy(ABC):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> CoefficientPolicy:
+        if not isinstance(config, Mapping):
+            raise TypeError(f"a {cls.__name__} config must be a dict, got {type(config).__name__}")
         options = {key: value for key, value in config.items() if key != "type"}
         try:
             return cls(**options)
@@ -195,16 +204,21 @@ class PDMP(CoefficientPolicy):
         allow_inverse: bool = False,
     ) -> None:
         super().__init__(modalities)
+        if not isinstance(dominant, str):
+            raise TypeError(
+                f"PDMP dominant must be a modality name (one of {', '.join(self.modalities)}), got {dominant!r}"
+            )
         self.dominant = check_known_modality(dominant, self.modalities, where="PDMP dominant")
         self.gamma_p = check_positive_finite(gamma_p, name="gamma_p")
         self.gamma_r = check_positive_finite(gamma_r, name="gamma_r")
+        allow_inverse = check_bool(allow_inverse, name="allow_inverse")
         if self.gamma_r > self.gamma_p and not allow_inverse:
             raise ValueError(
                 f"gamma_r={gamma_r} > gamma_p={gamma_p} would slow the dominant modality relative to the others, "
                 "inverting PDMP; swap them, or pass allow_inverse=True if that is intended"
             )
-        self.allow_inverse = bool(allow_inverse)
-        if unit not in ("epoch", "step"):
+        self.allow_inverse = allow_inverse
+        if not isinstance(unit, str) or unit not in ("epoch", "step"):
             raise ValueError(f"unit must be 'epoch' or 'step', got {unit!r}")
         self.unit: Unit = unit
         self.warmup = check_non_negative_int(warmup, name="warmup")
@@ -216,6 +230,11 @@ class PDMP(CoefficientPolicy):
     @classmethod
     def from_ranking(cls, ranking: Ranking, **options: Any) -> PDMP:
         """Prioritise the ranking's dominant modality."""
+        if not isinstance(ranking, Ranking):
+            raise TypeError(
+                f"{cls.__name__}.from_ranking expects a pdmp.Ranking (e.g. pdmp.Ranking.load(path)), "
+                f"got {type(ranking).__name__}"
+            )
         return cls(ranking.order, ranking.dominant, **options)
 
     def progress(self, *, step: int, epoch: int) -> float:
@@ -262,9 +281,11 @@ class OGMGE(CoefficientPolicy):
     no noise.
 
     Differences from the reference code, documented: with more than two modalities each is compared
-    with the mean of the others; at an exact tie (``rho = 1``) both get 1 (the reference code gives
-    the second modality ``1 - tanh(alpha)``); ``conv_kernels_only=False`` (default) modulates all of a
-    modality's parameters, ``True`` reproduces the reference, which touches only 4-D conv kernels.
+    with the mean of the others; at an exact tie (``rho = 1``) both get 1, whereas the reference code
+    (``if rho_v > 1: ... else: ...`` with ``rho_v = s_v / s_a``) takes its ``else`` branch and gives
+    its *audio* modality ``a`` -- the first one, the denominator of ``rho_v`` -- ``1 - tanh(alpha)`` and
+    the visual modality 1; ``conv_kernels_only=False`` (default) modulates all of a modality's
+    parameters, ``True`` reproduces the reference, which touches only 4-D conv kernels.
     """
 
     kind = "OGMGE"
@@ -286,8 +307,8 @@ class OGMGE(CoefficientPolicy):
         self.end_epoch = check_non_negative_int(end_epoch, name="end_epoch")
         if self.end_epoch < self.start_epoch:
             raise ValueError(f"end_epoch={end_epoch} must be >= start_epoch={start_epoch}")
-        self.noise = bool(noise)
-        self.conv_kernels_only = bool(conv_kernels_only)
+        self.noise = check_bool(noise, name="noise")
+        self.conv_kernels_only = check_bool(conv_kernels_only, name="conv_kernels_only")
 
     def active(self, epoch: int) -> bool:
         return self.start_epoch <= epoch <= self.end_epoch

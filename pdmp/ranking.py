@@ -5,7 +5,12 @@ Feed each independently trained unimodal model's held-out predictions (or precom
 
 Tie rule (deterministic): modalities are ordered by score, higher first; equal scores are ordered by
 modality name (ascending, Unicode code points). A warning is issued when the margin between the first
-and second modality is below ``warn_margin``.
+and second modality is below ``warn_margin``. The bootstrap stability does *not* use the name rule:
+a tie for the top inside a resample counts ``1/k`` for each of the ``k`` tied modalities, so renaming
+modalities never changes the stability.
+
+Files are plain JSON (never pickle); every field read from a file is checked and a bad one raises
+:class:`RankingFileError` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -25,14 +30,30 @@ from numpy.typing import ArrayLike
 from pdmp._validation import (
     check_labels,
     check_modality_names,
+    check_non_negative_finite,
     check_non_negative_int,
+    check_number,
+    check_positive_int,
     check_same_length,
     check_same_modalities,
+    check_seed,
 )
-from pdmp.metrics import Metric, resolve_metric, to_class_predictions
+from pdmp.metrics import Metric, check_metric, to_class_predictions
 
 SCHEMA = "pdmp.ranking"
 SCHEMA_VERSION = 1
+_FILE_FIELDS = (
+    "schema",
+    "schema_version",
+    "metric",
+    "order",
+    "scores",
+    "margin",
+    "stability",
+    "n_bootstrap",
+    "seed",
+    "budget",
+)
 
 
 class RankingWarning(UserWarning):
@@ -62,6 +83,11 @@ class Ranking:
         seed: the bootstrap seed.
         budget: free-form provenance of how the unimodal models were trained (epochs, subset
             fraction, ...); stored in the file.
+
+    Every field is checked and normalised at construction (scores to ``float``, NumPy integers to
+    ``int``, ``budget`` to its JSON form), so a ranking that exists can always be saved.
+    A tie for the top inside a bootstrap resample counts ``1/k`` for each of the ``k`` tied
+    modalities: identical predictions give stability 1/2, whatever the modalities are called.
     """
 
     order: tuple[str, ...]
@@ -73,22 +99,56 @@ class Ranking:
     budget: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_modality_names(self.order, where="Ranking.order")
-        if set(self.scores) != set(self.order):
+        order = check_modality_names(self.order, where="Ranking field 'order'")
+        if not isinstance(self.scores, Mapping):
+            raise TypeError(f"Ranking field 'scores' must map modality names to numbers, got {self.scores!r}")
+        if set(self.scores) != set(order):
             raise ValueError(
-                f"Ranking: scores name {sorted(self.scores)} but order names {sorted(self.order)}; "
-                "they must name the same modalities"
+                f"Ranking: scores name {sorted(map(str, self.scores))} but order names {sorted(order)}; "
+                "fields 'scores' and 'order' must name the same modalities"
             )
-        for name, score in self.scores.items():
-            if not isinstance(score, (int, float)) or not math.isfinite(score):
-                raise ValueError(f"Ranking: score of {name!r} is {score!r}; scores must be finite numbers")
-        if tuple(self.order) != order_by_score(self.scores):
+        scores: dict[str, float] = {}
+        for name in order:
+            value = self.scores[name]
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise TypeError(f"Ranking field 'scores': score of {name!r} is {value!r}; scores must be numbers")
+            if not math.isfinite(float(value)):
+                raise ValueError(f"Ranking field 'scores': score of {name!r} is {value!r}; scores must be finite")
+            scores[name] = float(value)
+        if order != order_by_score(scores):
             raise ValueError(
-                f"Ranking: order {list(self.order)} disagrees with scores {self.scores}; "
-                f"expected {list(order_by_score(self.scores))} (higher score first, ties by name)"
+                f"Ranking: field 'order' {list(order)} disagrees with scores {scores}; "
+                f"expected {list(order_by_score(scores))} (higher score first, ties by name)"
             )
-        if self.stability is not None and not 0.0 <= self.stability <= 1.0:
-            raise ValueError(f"Ranking: stability must be in [0, 1], got {self.stability!r}")
+        if not isinstance(self.metric, str) or not self.metric:
+            raise TypeError(f"Ranking field 'metric' must be a non-empty metric name, got {self.metric!r}")
+        n_bootstrap = check_non_negative_int(self.n_bootstrap, name="Ranking field 'n_bootstrap'")
+        stability = self.stability
+        if stability is not None:
+            stability = check_number(stability, name="Ranking field 'stability'")
+            if not 0.0 <= stability <= 1.0:
+                raise ValueError(f"Ranking field 'stability' must be in [0, 1], got {self.stability!r}")
+        if (stability is None) != (n_bootstrap == 0):
+            raise ValueError(
+                f"Ranking: field 'stability' is {self.stability!r} but 'n_bootstrap' is {n_bootstrap}; "
+                "a stability exists exactly when n_bootstrap > 0"
+            )
+        seed = None if self.seed is None else check_seed(self.seed, name="Ranking field 'seed'")
+        try:
+            # The JSON form is what a saved and reloaded ranking holds, so equality survives the round trip.
+            budget = _json_budget(self.budget)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"Ranking field 'budget': {error}") from None
+        normalised: tuple[tuple[str, Any], ...] = (
+            ("order", order),
+            ("scores", scores),
+            ("n_bootstrap", n_bootstrap),
+            ("stability", stability),
+            ("seed", seed),
+            ("budget", budget),
+        )
+        for attribute, value in normalised:
+            object.__setattr__(self, attribute, value)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -136,6 +196,7 @@ class Ranking:
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "ranking") -> Ranking:
+        """Rebuild a ranking from :meth:`to_dict`'s dict; every field is checked (``RankingFileError``)."""
         if not isinstance(data, dict):
             raise RankingFileError(f"{source}: expected a JSON object, got {type(data).__name__}")
         if data.get("schema") != SCHEMA:
@@ -152,35 +213,127 @@ class Ranking:
         missing = [key for key in required if key not in data]
         if missing:
             raise RankingFileError(f"{source}: missing field(s) {missing}")
-        if not isinstance(data["scores"], dict) or not isinstance(data["order"], list):
-            raise RankingFileError(f"{source}: 'order' must be a list and 'scores' an object")
+        unknown = sorted(set(data) - set(_FILE_FIELDS))
+        if unknown:
+            raise RankingFileError(
+                f"{source}: unknown field(s) {unknown}; a ranking file holds only {list(_FILE_FIELDS)}"
+            )
+        if not isinstance(data["order"], list):
+            raise RankingFileError(f"{source}: field 'order' must be a list of names, got {data['order']!r}")
+        if not isinstance(data["scores"], dict):
+            raise RankingFileError(f"{source}: field 'scores' must be an object, got {data['scores']!r}")
+        if not isinstance(data["metric"], str):
+            raise RankingFileError(f"{source}: field 'metric' must be a string, got {data['metric']!r}")
         try:
-            return cls(
+            ranking = cls(
                 order=tuple(data["order"]),
-                scores={str(k): v for k, v in data["scores"].items()},
-                metric=str(data["metric"]),
+                scores=dict(data["scores"]),
+                metric=data["metric"],
                 stability=data.get("stability"),
-                n_bootstrap=int(data.get("n_bootstrap", 0)),
+                n_bootstrap=data.get("n_bootstrap", 0),
                 seed=data.get("seed"),
-                budget=dict(data.get("budget") or {}),
+                budget=data.get("budget", {}),
             )
         except (TypeError, ValueError) as error:
             raise RankingFileError(f"{source}: invalid ranking: {error}") from error
+        if "margin" in data:
+            margin = data["margin"]
+            if (
+                isinstance(margin, bool)
+                or not isinstance(margin, (int, float))
+                or not math.isclose(margin, ranking.margin, rel_tol=1e-9, abs_tol=1e-12)
+            ):
+                raise RankingFileError(
+                    f"{source}: field 'margin' is {margin!r} but the scores give {ranking.margin!r}; "
+                    "the file was altered, re-create it"
+                )
+        return ranking
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Ranking:
         """Read a ranking file written by :meth:`save`; names what is wrong if it is not valid."""
+        source = f"ranking file {str(path)!r}"
         try:
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise RankingFileError(f"ranking file {str(path)!r} does not exist; run the ranking stage first") from None
+            raise RankingFileError(f"{source} does not exist; run the ranking stage first") from None
+        except UnicodeDecodeError as error:
+            raise RankingFileError(f"{source} is not UTF-8 text ({error}); is it a ranking file?") from None
+        except OSError as error:
+            raise RankingFileError(f"{source} cannot be read: {error}") from None
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicate_keys)
         except json.JSONDecodeError as error:
             raise RankingFileError(
-                f"ranking file {str(path)!r} is not valid JSON ({error}); it may be truncated, re-create it"
+                f"{source} is not valid JSON ({error}); it may be truncated, re-create it"
             ) from error
-        return cls.from_dict(data, source=f"ranking file {str(path)!r}")
+        except ValueError as error:
+            raise RankingFileError(f"{source}: {error}") from None
+        return cls.from_dict(data, source=source)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} in the file; scores and stability must be finite")
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate field(s) {duplicates} in one object; the file was altered, re-create it")
+    return dict(pairs)
+
+
+@dataclass(frozen=True)
+class RankingOptions:
+    """The checked options of a ranking call (see :func:`check_ranking_options`)."""
+
+    metric_name: str
+    metric_fn: Metric
+    n_bootstrap: int
+    seed: int
+    warn_margin: float
+    budget: dict[str, Any]
+
+
+def check_ranking_options(
+    *,
+    metric: str | Metric = "accuracy",
+    n_bootstrap: Any = 0,
+    seed: Any = 0,
+    warn_margin: Any = 0.01,
+    budget: Mapping[str, Any] | None = None,
+) -> RankingOptions:
+    """Check the options of :func:`rank_modalities` before any work is done.
+
+    The adapters' ``rank_unimodal`` call this before training, so a bad metric, ``n_bootstrap=2.5``
+    or an unserialisable ``budget`` fails in a second, not after every unimodal model has trained.
+    """
+    metric_name, metric_fn = check_metric(metric)
+    return RankingOptions(
+        metric_name=metric_name,
+        metric_fn=metric_fn,
+        n_bootstrap=check_non_negative_int(n_bootstrap, name="n_bootstrap"),
+        seed=check_seed(seed),
+        warn_margin=check_non_negative_finite(warn_margin, name="warn_margin"),
+        budget=_json_budget(budget if budget is not None else {}),
+    )
+
+
+def _json_budget(budget: Any) -> dict[str, Any]:
+    """``budget`` in its JSON form (what a saved and reloaded ranking holds)."""
+    if not isinstance(budget, Mapping):
+        raise TypeError(f"budget must be a dict, got {type(budget).__name__} {budget!r}")
+    if not all(isinstance(key, str) for key in budget):
+        raise TypeError(f"budget keys must be strings, got {sorted(map(repr, budget))}")
+    try:
+        result: dict[str, Any] = json.loads(json.dumps(dict(budget), sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            "budget must hold JSON values (str, int, float, bool, None, lists, dicts with string keys) "
+            f"and finite numbers only: {error}"
+        ) from None
+    return result
 
 
 def rank_modalities(
@@ -193,6 +346,7 @@ def rank_modalities(
     seed: int = 0,
     warn_margin: float = 0.01,
     budget: Mapping[str, Any] | None = None,
+    num_classes: int | None = None,
 ) -> Ranking:
     """Rank modalities from held-out unimodal predictions, or from precomputed scores.
 
@@ -204,60 +358,75 @@ def rank_modalities(
         metric: ``"accuracy"`` (default), ``"macro_f1"``, or ``f(labels, predicted_classes) -> float``.
         n_bootstrap: if > 0, resample the evaluation samples (with replacement, shared across
             modalities because they are paired) this many times and record how often the dominant
-            modality stays on top.
-        seed: seed of the bootstrap.
+            modality stays on top. Each resample draws ``rng.integers(0, n, size=n)`` from
+            ``numpy.random.default_rng(seed)``; a tie for the top counts ``1/k`` for each of the
+            ``k`` tied modalities (names never break a tie here), so ``stability`` is the expected
+            fraction of resamples the dominant modality tops.
+        seed: seed of the bootstrap (an integer >= 0).
         warn_margin: warn with :class:`RankingWarning` when first minus second is below this.
-        budget: provenance stored in the ranking (e.g. ``{"epochs": 5, "subset": 0.25}``).
+        budget: provenance stored in the ranking (e.g. ``{"epochs": 5, "subset": 0.25}``); JSON values.
+        num_classes: the number of classes; labels and class predictions must lie in
+            ``0..num_classes-1``. Taken from the width of 2-D scores when not given (all widths must agree).
+
+    Every argument is checked before any scoring; bad input raises ``ValueError``/``TypeError``
+    naming the argument.
     """
-    metric_name, metric_fn = resolve_metric(metric)
+    options = check_ranking_options(
+        metric=metric, n_bootstrap=n_bootstrap, seed=seed, warn_margin=warn_margin, budget=budget
+    )
+    metric_fn = options.metric_fn
     if (predictions is None) == (scores is None):
         raise ValueError("pass either predictions (with labels) or scores, not both and not neither")
     stability: float | None = None
     if scores is not None:
+        if not isinstance(scores, Mapping):
+            raise TypeError(f"scores must map modality names to numbers, got {type(scores).__name__}")
         check_modality_names(scores.keys(), where="scores")
-        if n_bootstrap:
+        if labels is not None or num_classes is not None:
+            raise ValueError("labels/num_classes go with predictions; pass scores alone")
+        if options.n_bootstrap:
             raise ValueError("bootstrap needs predictions and labels; set n_bootstrap=0 when passing scores")
         values: dict[str, float] = {}
         for name, value in scores.items():
-            number = float(value)
+            number = check_number(value, name=f"score of modality {name!r}")
             if not math.isfinite(number):
                 raise ValueError(f"score of modality {name!r} is {value!r}; scores must be finite numbers")
             values[name] = number
     else:
         assert predictions is not None
+        if not isinstance(predictions, Mapping):
+            raise TypeError(
+                f"predictions must map modality names to arrays, got {type(predictions).__name__}; "
+                "e.g. {'audio': audio_logits, 'visual': visual_logits}"
+            )
         if labels is None:
             raise ValueError("predictions need labels: pass labels=<true classes of the held-out samples>")
         check_modality_names(predictions.keys(), where="predictions")
-        y = check_labels(labels)
+        classes_count = _classes_count(predictions, num_classes)
+        y = check_labels(labels, num_classes=classes_count)
         classes = {name: to_class_predictions(p, name=f"predictions[{name!r}]") for name, p in predictions.items()}
+        if classes_count is not None:
+            for name, predicted in classes.items():
+                check_labels(predicted, num_classes=classes_count, name=f"predictions[{name!r}]")
         check_same_length({"labels": y, **classes}, where="rank_modalities")
         if y.size == 0:
             raise ValueError("rank_modalities: no held-out samples; pass at least one sample")
         values = {name: _score(metric_fn, y, pred, name) for name, pred in classes.items()}
-        if n_bootstrap < 0:
-            raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
-        if n_bootstrap:
-            dominant = order_by_score(values)[0]
-            rng = np.random.default_rng(seed)
-            stays = 0
-            for _ in range(n_bootstrap):
-                index = rng.integers(0, y.size, size=y.size)
-                resampled = {name: _score(metric_fn, y[index], pred[index], name) for name, pred in classes.items()}
-                stays += order_by_score(resampled)[0] == dominant
-            stability = stays / n_bootstrap
+        if options.n_bootstrap:
+            stability = _bootstrap_stability(metric_fn, y, classes, order_by_score(values)[0], options)
     ranking = Ranking(
         order=order_by_score(values),
         scores=values,
-        metric=metric_name,
+        metric=options.metric_name,
         stability=stability,
-        n_bootstrap=int(n_bootstrap),
-        seed=seed if n_bootstrap else None,
-        budget=dict(budget or {}),
+        n_bootstrap=options.n_bootstrap,
+        seed=options.seed if options.n_bootstrap else None,
+        budget=options.budget,
     )
-    if ranking.margin < warn_margin:
+    if ranking.margin < options.warn_margin:
         warnings.warn(
             f"modalities {ranking.order[0]!r} and {ranking.order[1]!r} are within {ranking.margin:.4g} "
-            f"{metric_name} (below warn_margin={warn_margin}); the dominant modality is uncertain, "
+            f"{options.metric_name} (below warn_margin={warn_margin}); the dominant modality is uncertain, "
             "evaluate on more held-out samples or train the unimodal models longer",
             RankingWarning,
             stacklevel=2,
@@ -265,8 +434,52 @@ def rank_modalities(
     return ranking
 
 
+def _classes_count(predictions: Mapping[str, ArrayLike], num_classes: Any) -> int | None:
+    """``num_classes`` checked against the widths of 2-D predictions, or inferred from them."""
+    widths = {name: int(np.shape(p)[1]) for name, p in predictions.items() if np.ndim(p) == 2}
+    if num_classes is not None:
+        num_classes = check_positive_int(num_classes, name="num_classes")
+    expected = num_classes if num_classes is not None else next(iter(widths.values()), None)
+    wrong = {name: width for name, width in widths.items() if width != expected}
+    if wrong:
+        raise ValueError(
+            f"rank_modalities: predictions have {widths} score columns"
+            + (f" but num_classes={num_classes}" if num_classes is not None else "")
+            + "; every modality's scores must have one column per class"
+        )
+    return expected
+
+
+def _bootstrap_stability(
+    metric_fn: Metric,
+    y: np.ndarray,
+    classes: Mapping[str, np.ndarray],
+    dominant: str,
+    options: RankingOptions,
+) -> float:
+    """Expected fraction of resamples in which ``dominant`` has the top score; ties split evenly."""
+    rng = np.random.default_rng(options.seed)
+    stays = 0.0
+    for _ in range(options.n_bootstrap):
+        index = rng.integers(0, y.size, size=y.size)
+        resampled = {name: _score(metric_fn, y[index], pred[index], name) for name, pred in classes.items()}
+        best = max(resampled.values())
+        tied = [name for name, value in resampled.items() if value == best]
+        # A tie is not a win: each of the k tied modalities gets 1/k, never decided by its name.
+        if dominant in tied:
+            stays += 1.0 / len(tied)
+    return stays / options.n_bootstrap
+
+
 def _score(metric_fn: Metric, y: Any, predicted: Any, name: str) -> float:
-    value = float(metric_fn(y, predicted))
+    raw = metric_fn(y, predicted)
+    if isinstance(raw, np.ndarray) and raw.ndim == 0:
+        raw = raw[()]
+    if isinstance(raw, (bool, np.bool_)) or not isinstance(raw, (int, float, np.integer, np.floating)):
+        raise TypeError(
+            f"metric returned {type(raw).__name__} {raw!r} for modality {name!r}; a metric must return a number"
+        )
+    value = float(raw)
     if not math.isfinite(value):
         raise ValueError(f"metric returned {value!r} for modality {name!r}; a metric must return a finite number")
     return value
@@ -281,21 +494,37 @@ def check_unimodal_request(
     subset: Any,
     batch_size: Any,
     lr: Any,
+    metric: Any = "accuracy",
+    n_bootstrap: Any = 0,
+    seed: Any = 0,
+    warn_margin: Any = 0.01,
 ) -> tuple[tuple[str, ...], int, int]:
-    """Validate the arguments shared by the adapters' ``rank_unimodal``; return (names, epochs, batch_size)."""
+    """Validate the arguments shared by the adapters' ``rank_unimodal``; return (names, epochs, batch_size).
+
+    Called before any training: the ranking options (``metric``, ``n_bootstrap``, ``seed``,
+    ``warn_margin``) are checked here too (:func:`check_ranking_options`), so a bad one fails at once.
+    """
+    for what, value in (("factories", factories), ("train", train), ("val", val)):
+        if not isinstance(value, Mapping):
+            raise TypeError(f"rank_unimodal {what} must be a dict keyed by modality name, got {type(value).__name__}")
     names = check_modality_names(factories.keys(), where="rank_unimodal factories")
     check_same_modalities(train.keys(), names, where="rank_unimodal train")
     check_same_modalities(val.keys(), names, where="rank_unimodal val")
     epochs = check_non_negative_int(epochs, name="epochs")
     if epochs < 1:
         raise ValueError("epochs must be >= 1; a unimodal model has to be trained before it can be ranked")
-    if not (isinstance(subset, (int, float)) and 0.0 < subset <= 1.0):
+    if isinstance(subset, (bool, np.bool_)) or not (
+        isinstance(subset, (int, float, np.integer, np.floating)) and 0.0 < subset <= 1.0
+    ):
         raise ValueError(f"subset must be a fraction in (0, 1], got {subset!r}")
     batch_size = check_non_negative_int(batch_size, name="batch_size")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    if isinstance(lr, (bool, np.bool_)) or not (
+        isinstance(lr, (int, float, np.integer, np.floating)) and math.isfinite(lr) and lr > 0
+    ):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    check_ranking_options(metric=metric, n_bootstrap=n_bootstrap, seed=seed, warn_margin=warn_margin)
     return names, epochs, batch_size
 
 
@@ -312,22 +541,39 @@ def rank_unimodal_outputs(
     """Rank from each unimodal model's held-out logits, as the adapters' ``rank_unimodal`` do.
 
     Paired validation sets (the same labels for every modality) are ranked on the samples, so the
-    bootstrap is available; unpaired ones are ranked by their scores.
+    bootstrap is available; unpaired ones are ranked by their scores. ``logits`` are 2-D
+    (samples, classes); a label at or above the number of columns is refused.
     """
-    names = list(logits)
+    options = check_ranking_options(
+        metric=metric, n_bootstrap=n_bootstrap, seed=seed, warn_margin=warn_margin, budget=budget
+    )
+    names = check_modality_names(logits.keys(), where="rank_unimodal_outputs logits")
+    check_same_modalities(labels.keys(), names, where="rank_unimodal_outputs labels")
     first = np.asarray(labels[names[0]])
     paired = all(np.asarray(labels[n]).shape == first.shape and np.array_equal(labels[n], first) for n in names)
     if paired:
         return rank_modalities(
-            logits, first, metric=metric, n_bootstrap=n_bootstrap, seed=seed, warn_margin=warn_margin, budget=budget
+            logits,
+            first,
+            metric=metric,
+            n_bootstrap=options.n_bootstrap,
+            seed=options.seed,
+            warn_margin=options.warn_margin,
+            budget=options.budget,
         )
-    if n_bootstrap:
+    if options.n_bootstrap:
         raise ValueError(
             "n_bootstrap needs paired validation sets (same samples and labels for every modality); "
             "pass paired val data or n_bootstrap=0"
         )
-    metric_name, metric_fn = resolve_metric(metric)
-    scores = {
-        name: _score(metric_fn, check_labels(labels[name]), to_class_predictions(logits[name]), name) for name in names
-    }
-    return rank_modalities(scores=scores, metric=metric_name, warn_margin=warn_margin, budget=budget)
+    scores = {}
+    for name in names:
+        predicted = to_class_predictions(logits[name], name=f"logits[{name!r}]")
+        width = np.shape(logits[name])[1] if np.ndim(logits[name]) == 2 else None
+        y = check_labels(labels[name], num_classes=width, name=f"labels[{name!r}]")
+        check_same_length({f"labels[{name!r}]": y, f"logits[{name!r}]": predicted}, where="rank_unimodal_outputs")
+        if y.size == 0:
+            raise ValueError(f"rank_unimodal_outputs: labels[{name!r}] is empty; pass at least one validation sample")
+        scores[name] = _score(options.metric_fn, y, predicted, name)
+    # The metric itself (not its name) goes on: a callable's name cannot be resolved back to it.
+    return rank_modalities(scores=scores, metric=metric, warn_margin=options.warn_margin, budget=options.budget)

@@ -76,3 +76,40 @@ def test_import_pdmp_imports_no_framework() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        # Regression: num_classes smaller than the labels gave a number.
+        (lambda: macro_f1([0, 1, 2], [0, 1, 2], num_classes=2), ValueError, "class index 2 but there are 2 classes"),
+        (lambda: macro_f1([0, 1, 1], [0, 1, 2], num_classes=2), ValueError, "predictions contains class index 2"),
+        (
+            lambda: macro_f1([0, 1], np.eye(3)[:2], num_classes=2),
+            ValueError,
+            "num_classes=2 but the predictions have 3",
+        ),
+        (lambda: macro_f1([0, 1], [0, 1], num_classes=0), ValueError, "num_classes must be an integer >= 1"),
+        (lambda: macro_f1([0, 1], [0, 1], num_classes=2.0), ValueError, "num_classes must be an integer"),
+        # Regression: a label at or above the width of the scores was scored as a miss.
+        (lambda: accuracy([0, 3], [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), ValueError, "class index 3 but there are 3"),
+        (lambda: accuracy([True, False], [0, 1]), ValueError, "integer class indices, got dtype bool"),
+        (lambda: accuracy(["a", "b"], [0, 1]), ValueError, "integer class indices, got dtype <U1"),
+        (lambda: accuracy([0, 1], [[0.5], [0.2, 0.8]]), ValueError, "not a rectangular array"),
+        (lambda: accuracy([0, 1], np.zeros((2, 0))), ValueError, "at least one class column"),
+        (lambda: accuracy([0, 1], [["x", "y"], ["z", "w"]]), TypeError, "must hold real numbers"),
+        (lambda: accuracy([0.0, 1.5], [0, 1]), ValueError, "1.5 at index 1"),
+    ],
+)
+def test_metrics_refuse_out_of_range_and_ill_typed_input(call, error, message) -> None:
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_macro_f1_with_num_classes_matches_sklearn() -> None:
+    labels, predictions = [0, 1, 1, 2], [0, 1, 2, 2]
+    expected = f1_score(labels, predictions, average="macro", labels=[0, 1, 2, 3], zero_division=0)
+    # sklearn with an explicit label list averages over all listed classes; ours over present ones.
+    present = f1_score(labels, predictions, average="macro", zero_division=0)
+    assert macro_f1(labels, predictions, num_classes=4) == pytest.approx(present)
+    assert expected != present

@@ -113,6 +113,74 @@ def test_configs_round_trip(policy) -> None:
     assert rebuilt == policy
     assert rebuilt.get_config() == config
     assert type(rebuilt) is type(policy)
+    # ``==`` compares get_config() output, which cannot see a field get_config forgot: compare behaviour.
+    assert _behaviour(rebuilt) == _behaviour(policy)
+    assert rebuilt.modulates((8, 3, 3, 3)) == policy.modulates((8, 3, 3, 3))
+    assert rebuilt.modulates((8, 3)) == policy.modulates((8, 3))
+    assert rebuilt.adds_noise == policy.adds_noise
+
+
+def _behaviour(policy) -> list:
+    """Coefficients (and noise flags) over a range of steps and epochs, with fixed OGM-GE scores."""
+    scores = {name: float(3 + 2 * i) for i, name in enumerate(policy.modalities)}
+    return [
+        (
+            modulation.coefficients,
+            modulation.noise,
+        )
+        for t in (0, 1, 2, 3, 5, 9, 12, 29, 30, 31, 999, 1000, 1001)
+        for modulation in (
+            policy.modulation(step=t, epoch=0, scores=scores),
+            policy.modulation(step=0, epoch=t, scores=scores),
+            policy.modulation(step=t, epoch=t, scores=scores),
+        )
+    ]
+
+
+def test_configs_are_the_documented_literals() -> None:
+    # Regression guard: a field dropped from get_config() (end, ramp, ...) would still round-trip with ==.
+    pdmp_policy = PDMP(MODALITIES, "image", gamma_p=15, gamma_r=0.1, warmup=3, unit="step", ramp=10, end=1000)
+    assert pdmp_policy.get_config() == {
+        "type": "PDMP",
+        "modalities": ["audio", "image"],
+        "dominant": "image",
+        "gamma_p": 15.0,
+        "gamma_r": 0.1,
+        "warmup": 3,
+        "unit": "step",
+        "ramp": 10,
+        "end": 1000,
+        "allow_inverse": False,
+    }
+    ogm = OGMGE(("a", "b", "c"), alpha=0.1, start_epoch=1, end_epoch=30, noise=False, conv_kernels_only=True)
+    assert ogm.get_config() == {
+        "type": "OGMGE",
+        "modalities": ["a", "b", "c"],
+        "alpha": 0.1,
+        "start_epoch": 1,
+        "end_epoch": 30,
+        "noise": False,
+        "conv_kernels_only": True,
+    }
+    assert NoModulation(MODALITIES).get_config() == {"type": "NoModulation", "modalities": ["audio", "image"]}
+    # The rebuilt policy's schedule, written out: warm-up 3 steps, 10-step ramp, back to 1 at step 1000.
+    rebuilt = policy_from_config(pdmp_policy.get_config())
+    image = [rebuilt.coefficients(step=t)["image"] for t in (0, 2, 3, 7, 12, 13, 999, 1000)]
+    assert image == pytest.approx([1.0, 1.0, 2.4, 8.0, 15.0, 15.0, 15.0, 1.0])
+
+
+def test_ogmge_coefficients_against_literal_numbers() -> None:
+    # Written out by hand, not from the core: s_a = 0.7 + 0.6 = 1.3, s_v = 0.5 + 0.5 = 1.0, rho_a = 1.3,
+    # k_a = 1 - tanh(0.8 * 1.3) = 0.2221119334228151, k_v = 1.
+    logits = {"a": np.log(np.array([[0.7, 0.3], [0.4, 0.6]])), "v": np.zeros((2, 2))}
+    got = OGMGE(("a", "v"), alpha=0.8).coefficients(epoch=0, logits=logits, labels=[0, 1])
+    assert got == {"a": pytest.approx(0.2221119334228151, rel=1e-12), "v": 1.0}
+    # Three modalities: rho_a = 30 / mean(10, 20) = 2, k_a = 1 - tanh(0.1 * 2) = 0.802624679775096.
+    three = OGMGE(("a", "b", "c"), alpha=0.1).modulation(step=0, epoch=0, scores={"a": 30.0, "b": 10.0, "c": 20.0})
+    assert three.coefficients == {"a": pytest.approx(0.802624679775096, rel=1e-12), "b": 1.0, "c": 1.0}
+    # An exact tie: both 1 (the reference code would give its audio modality 1 - tanh(alpha)).
+    tie = OGMGE(("a", "v"), alpha=0.5).modulation(step=0, epoch=0, scores={"a": 4.0, "v": 4.0})
+    assert tie.coefficients == {"a": 1.0, "v": 1.0}
 
 
 @pytest.mark.parametrize(
@@ -135,6 +203,36 @@ def test_configs_round_trip(policy) -> None:
         (lambda: policy_from_config({"type": "Adaptive"}), "unknown policy type 'Adaptive'"),
         (lambda: policy_from_config({"gamma_p": 1}), "'type' key"),
         (lambda: policy_from_config({"type": "PDMP", "modalities": ["a", "b"]}), "invalid PDMP config"),
+        (lambda: PDMP("av", "a"), "single string 'av'"),
+        (lambda: NoModulation("audio"), "single string 'audio'"),
+        (lambda: OGMGE("av"), "single string 'av'"),
+        (
+            lambda: PDMP(MODALITIES, "image", gamma_p=1, gamma_r=2, allow_inverse="no"),
+            "allow_inverse must be True or False",
+        ),
+        (lambda: OGMGE(MODALITIES, noise="false"), "noise must be True or False"),
+        (lambda: OGMGE(MODALITIES, conv_kernels_only=1), "conv_kernels_only must be True or False"),
+        (lambda: PDMP(MODALITIES, "audio", gamma_p="10"), "gamma_p must be a number, got str '10'"),
+        (lambda: PDMP(MODALITIES, "audio", gamma_r=True), "gamma_r must be a number, got bool"),
+        (lambda: PDMP(MODALITIES, "audio", ramp=2.5), "ramp must be an integer >= 0, got 2.5"),
+        (lambda: PDMP(MODALITIES, 0), "PDMP dominant must be a modality name"),
+        (
+            lambda: policy_from_config(
+                {
+                    "type": "OGMGE",
+                    "modalities": ["a", "v"],
+                    "alpha": 0.8,
+                    "start_epoch": 0,
+                    "end_epoch": 5,
+                    "noise": "no",
+                    "conv_kernels_only": False,
+                }
+            ),
+            "noise must be True or False, got str 'no'",
+        ),
+        (lambda: policy_from_config({"type": "NoModulation", "modalities": "av"}), "single string 'av'"),
+        (lambda: PDMP.from_ranking({"order": ["a", "b"]}), "expects a pdmp.Ranking"),
+        (lambda: PDMP(MODALITIES, "audio").coefficients(step=-1), "step must be an integer >= 0"),
     ],
 )
 def test_bad_policy_input_is_named(build, message: str) -> None:
@@ -157,6 +255,18 @@ def test_clock_state_round_trip_and_validation() -> None:
     assert restored == clock
     with pytest.raises(ValueError, match="state\\['step'\\] must be an integer >= 0"):
         restored.load_state_dict({"step": -1, "epoch": 0})
+    # All or nothing: a bad epoch leaves the step as it was (regression: the step was overwritten first).
+    with pytest.raises(ValueError, match="state\\['epoch'\\] must be an integer >= 0"):
+        restored.load_state_dict({"step": 99, "epoch": "3"})
+    assert restored == clock
+    with pytest.raises(TypeError, match="Clock state must be a dict"):
+        restored.load_state_dict([17, 3])
+
+
+def test_numpy_booleans_are_real_booleans() -> None:
+    policy = PDMP(MODALITIES, "image", gamma_p=1, gamma_r=2, allow_inverse=np.True_)
+    assert policy.allow_inverse is True
+    assert OGMGE(MODALITIES, noise=np.False_).noise is False
 
 
 gammas = st.floats(min_value=1e-3, max_value=1e3, allow_nan=False, allow_infinity=False)

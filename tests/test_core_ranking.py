@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import numpy as np
@@ -82,8 +83,64 @@ def test_bootstrap_stability_is_seeded_and_sensible() -> None:
         first = rank_modalities({"s": strong, "c": close}, labels, n_bootstrap=200, seed=1)
         again = rank_modalities({"s": strong, "c": close}, labels, n_bootstrap=200, seed=1)
     assert first.stability == again.stability
-    assert first.stability is not None and 0.2 < first.stability < 1.0
+    assert first.stability == pytest.approx(_expected_stability({"s": strong, "c": close}, labels, 200, 1, "s"))
     assert first.n_bootstrap == 200 and first.seed == 1
+
+
+def _expected_stability(predictions, labels, n_bootstrap: int, seed: int, dominant: str) -> float:
+    """The documented protocol, written independently: paired resamples, a top tie split 1/k."""
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _ in range(n_bootstrap):
+        index = rng.integers(0, labels.size, size=labels.size)
+        correct = {name: int(np.sum(p[index] == labels[index])) for name, p in predictions.items()}
+        best = max(correct.values())
+        winners = [name for name, value in correct.items() if value == best]
+        total += (dominant in winners) / len(winners)
+    return total / n_bootstrap
+
+
+def test_bootstrap_stability_matches_an_independent_computation_and_a_normal_approximation() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, size=300)
+    strong = np.where(rng.random(300) < 0.80, labels, (labels + 1) % 3)
+    close = np.where(rng.random(300) < 0.76, labels, (labels + 2) % 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RankingWarning)
+        ranking = rank_modalities({"s": strong, "c": close}, labels, n_bootstrap=400, seed=5)
+    expected = _expected_stability({"s": strong, "c": close}, labels, 400, 5, "s")
+    assert ranking.stability == pytest.approx(expected, abs=1e-12)
+    # Normal approximation of P(mean paired difference > 0) over resamples, independent of the RNG.
+    difference = (strong == labels).astype(float) - (close == labels).astype(float)
+    z = difference.mean() / (difference.std() / np.sqrt(labels.size))
+    approximate = 0.5 * (1 + math.erf(z / math.sqrt(2)))
+    assert ranking.stability == pytest.approx(approximate, abs=0.06)
+
+
+def test_bootstrap_ties_are_shared_not_won_by_name() -> None:
+    # Regression: ties inside a resample went to the alphabetically first name and counted as
+    # "stays on top", so identical predictions got stability 1.0.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=40)
+    same = np.where(rng.random(40) < 0.7, labels, (labels + 1) % 3)
+    for names in (("audio", "image"), ("zeta", "alpha")):
+        with pytest.warns(RankingWarning):
+            ranking = rank_modalities(dict.fromkeys(names, same), labels, n_bootstrap=50, seed=0)
+        assert ranking.stability == 0.5, names
+
+
+def test_bootstrap_stability_does_not_depend_on_modality_names() -> None:
+    # Regression: the same data gave a high or a low stability depending on which name sorted first,
+    # because resamples in which the two tie were won by the alphabetically first name.
+    labels = np.tile([0, 1, 2], 7)[:20]
+    first = _predictions(13, labels)  # right on samples 0..12
+    second = np.where(np.arange(20) >= 8, labels, (labels + 2) % 3)  # right on samples 8..19: 12
+    expected = _expected_stability({"f": first, "s": second}, labels, 200, 2, "f")
+    for a, b in (("a", "b"), ("b", "a"), ("x", "m"), ("m", "x")):
+        with pytest.warns(RankingWarning):
+            ranking = rank_modalities({a: first, b: second}, labels, n_bootstrap=200, seed=2, warn_margin=0.1)
+        assert ranking.dominant == a
+        assert ranking.stability == pytest.approx(expected, abs=1e-12), (a, b)
 
 
 def test_json_round_trip_is_byte_stable(tmp_path) -> None:
@@ -218,3 +275,111 @@ def test_check_unimodal_request_names_the_problem(kwargs, message) -> None:
     val = arguments.pop("val")
     with pytest.raises(ValueError, match=message):
         check_unimodal_request({"a": 1, "b": 2}, {"a": 1, "b": 2}, val, **arguments)
+
+
+def test_rank_unimodal_outputs_unpaired_with_a_callable_metric() -> None:
+    # Regression: the unpaired path passed the metric's *name* on, which failed as "unknown metric".
+    from pdmp.ranking import rank_unimodal_outputs
+
+    def errors_negated(y: np.ndarray, p: np.ndarray) -> float:
+        return -float(np.sum(y != p))
+
+    eye = np.eye(3)
+    short = LABELS[:4]
+    ranking = rank_unimodal_outputs(
+        {"a": eye[_predictions(9)], "b": eye[_predictions(1, short)]},
+        {"a": LABELS, "b": short},
+        budget={},
+        metric=errors_negated,
+    )
+    assert ranking.metric == "errors_negated"
+    assert ranking.scores == {"a": -1.0, "b": -3.0}
+
+
+def test_check_unimodal_request_checks_ranking_options_before_training() -> None:
+    from pdmp.ranking import check_unimodal_request
+
+    request = {"epochs": 1, "subset": 1.0, "batch_size": 8, "lr": 0.1}
+    both = {"a": 1, "b": 2}
+    with pytest.raises(ValueError, match="unknown metric 'auc'"):
+        check_unimodal_request(both, both, both, **request, metric="auc")
+    with pytest.raises(ValueError, match=r"n_bootstrap must be an integer >= 0, got 2\.5"):
+        check_unimodal_request(both, both, both, **request, n_bootstrap=2.5)
+    with pytest.raises(ValueError, match="subset must be a fraction"):
+        check_unimodal_request(both, both, both, **{**request, "subset": True})
+
+
+def test_ranking_accepts_numpy_scalars_and_normalises_them(tmp_path) -> None:
+    # Regression: np.float32 scores were refused as "not finite"; a numpy integer seed failed only at save().
+    ranking = Ranking(
+        order=("a", "b"),
+        scores={"a": np.float32(0.75), "b": np.float64(0.5)},
+        stability=np.float32(0.5),
+        n_bootstrap=np.int64(10),
+        seed=np.int64(3),
+    )
+    assert ranking.scores == {"a": 0.75, "b": 0.5} and type(ranking.scores["a"]) is float
+    assert type(ranking.seed) is int and type(ranking.n_bootstrap) is int and type(ranking.stability) is float
+    assert Ranking.load(ranking.save(tmp_path / "r.json")) == ranking
+    ranked = rank_modalities({"a": _predictions(9), "b": _predictions(5)}, LABELS, n_bootstrap=5, seed=np.int32(4))
+    assert type(ranked.seed) is int
+    assert Ranking.load(ranked.save(tmp_path / "s.json")) == ranked
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("seed", 1.5, "'seed' must be an integer >= 0"),
+        ("seed", -3, "'seed' must be an integer >= 0"),
+        ("n_bootstrap", "20", "'n_bootstrap' must be an integer >= 0"),
+        ("stability", 1.5, r"'stability' must be in \[0, 1\]"),
+        ("stability", None, "a stability exists exactly when n_bootstrap > 0"),
+        ("scores", {"audio": "0.9", "image": 0.6}, "score of 'audio' is '0.9'"),
+        ("scores", {"audio": True, "image": 0.6}, "score of 'audio' is True"),
+        ("order", "audioimage", "field 'order' must be a list of names"),
+        ("metric", 3, "field 'metric' must be a string"),
+        ("metric", "", "'metric' must be a non-empty metric name"),
+        ("budget", [1, 2], "'budget'"),
+        ("margin", 0.5, "field 'margin' is 0.5 but the scores give"),
+        ("extra", 1, r"unknown field\(s\) \['extra'\]"),
+    ],
+)
+def test_altered_ranking_file_names_the_file_and_the_field(tmp_path, field, value, message) -> None:
+    ranking = rank_modalities(
+        {"audio": _predictions(9), "image": _predictions(6)}, LABELS, n_bootstrap=20, budget={"epochs": 3}
+    )
+    path = ranking.save(tmp_path / "ranking.json")
+    data = json.loads(path.read_text())
+    data[field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(RankingFileError, match=r"ranking\.json") as caught:
+        Ranking.load(path)
+    assert caught.match(message)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x80\x81\x82 not text", "not UTF-8"),
+        (b'{"schema": "pdmp.ranking", "schema": "pdmp.ranking"}', r"duplicate field\(s\) \['schema'\]"),
+        (b'{"schema": "pdmp.ranking", "schema_version": 1, "stability": Infinity}', "non-finite number Infinity"),
+    ],
+)
+def test_unreadable_ranking_bytes_raise_ranking_file_error(tmp_path, content: bytes, message: str) -> None:
+    path = tmp_path / "ranking.json"
+    path.write_bytes(content)
+    with pytest.raises(RankingFileError, match=message):
+        Ranking.load(path)
+    with pytest.raises(RankingFileError, match="cannot be read"):
+        Ranking.load(tmp_path)  # a folder, not a file
+
+
+def test_labels_at_or_above_the_number_of_classes_are_refused() -> None:
+    # Regression: such labels were scored as misses.
+    logits = {"a": np.eye(3)[[0, 1, 2, 0]], "b": np.eye(3)[[0, 1, 1, 0]]}
+    with pytest.raises(ValueError, match="class index 3 but there are 3 classes"):
+        rank_modalities(logits, [0, 1, 3, 0])
+    with pytest.raises(ValueError, match="class index 2 but there are 2 classes"):
+        rank_modalities({"a": [0, 1, 2], "b": [0, 1, 1]}, [0, 1, 1], num_classes=2)
+    with pytest.raises(ValueError, match="score columns"):
+        rank_modalities({"a": np.eye(3), "b": np.eye(4)[:3]}, [0, 1, 2])
