@@ -241,9 +241,11 @@ class Study:
 
     # -- reports -----------------------------------------------------------------------------------
 
-    def rows(self, metric: str, *, higher_is_better: bool = True) -> list[dict[str, Any]]:
-        """One dict per candidate: n, mean, sd, the paired difference to the reference, relative wall time."""
-        reference_time = self.wall_time(self.reference)
+    def rows(self, metric: str, *, reference: str | None = None, higher_is_better: bool = True) -> list[dict[str, Any]]:
+        """One dict per candidate: n, mean, sd, the paired difference to ``reference`` (default: the
+        study's), and wall time relative to the reference's."""
+        reference = self.reference if reference is None else self.candidate(reference).name
+        reference_time = self.wall_time(reference)
         rows = []
         for name in self.names:
             values = list(self.values(name, metric).values())
@@ -256,9 +258,9 @@ class Study:
                 "difference": None,
                 "seeds_needed": None,
             }
-            if name != self.reference and values:
+            if name != reference and values:
                 try:
-                    diff = self.paired(name, metric, higher_is_better=higher_is_better)
+                    diff = self.paired(name, metric, reference=reference, higher_is_better=higher_is_better)
                 except ValueError:
                     diff = None
                 if diff is not None:
@@ -269,7 +271,13 @@ class Study:
         return rows
 
     def to_markdown(
-        self, metric: str | None = None, *, scale: float = 100.0, digits: int = 1, higher_is_better: bool = True
+        self,
+        metric: str | None = None,
+        *,
+        reference: str | None = None,
+        scale: float = 100.0,
+        digits: int = 1,
+        higher_is_better: bool = True,
     ) -> str:
         """A table: mean ± sd per candidate, paired difference to the reference, relative wall time.
 
@@ -277,19 +285,20 @@ class Study:
         the intervals come from and how many seeds a verdict needs.
         """
         metric = self._default_metric(metric)
+        reference = self.reference if reference is None else self.candidate(reference).name
         header = (
-            f"| candidate | seeds | {metric} | minus {self.reference} [95% paired t-interval] | "
+            f"| candidate | seeds | {metric} | minus {reference} [95% paired t-interval] | "
             "seeds for a verdict | wall time |"
         )
         lines = [header, "|---|---|---|---|---|---|"]
-        for row in self.rows(metric, higher_is_better=higher_is_better):
+        for row in self.rows(metric, reference=reference, higher_is_better=higher_is_better):
             if row["mean"] is None:
                 value = "—"
             elif row["sd"] is None:
                 value = f"{scale * row['mean']:.{digits}f}"
             else:
                 value = f"{scale * row['mean']:.{digits}f} ± {scale * row['sd']:.{digits}f}"
-            diff = "(reference)" if row["candidate"] == self.reference else "—"
+            diff = "(reference)" if row["candidate"] == reference else "—"
             if row["difference"] is not None:
                 d = row["difference"]
                 diff = PairedDifference(
@@ -303,7 +312,10 @@ class Study:
                 ).format(scale, digits)
             needed = "—"
             if row["difference"] is not None and row["difference"]["verdict"] == "no significant difference":
-                needed = f"~{row['seeds_needed']}" if row["seeds_needed"] else "> 1000"
+                if row["seeds_needed"]:
+                    needed = f"~{row['seeds_needed']}"
+                else:  # a mean difference of exactly 0 never becomes significant
+                    needed = "> 1000" if row["difference"]["mean"] != 0 else "never"
             time_ratio = "—" if row["relative_wall_time"] is None else f"{row['relative_wall_time']:.2f}x"
             lines.append(f"| {row['candidate']} | {row['n']} | {value} | {diff} | {needed} | {time_ratio} |")
         lines += [

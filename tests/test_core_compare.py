@@ -219,6 +219,9 @@ def test_compare_runs_candidates_by_seed_and_reports_paired_intervals(tmp_path):
     assert diff.mean == pytest.approx(float(np.mean(pdmp_values - joint_values)))
     table = study.to_markdown("test_acc")
     assert "| pdmp | 3 |" in table and "paired Student-t" in table and "(reference)" in table
+    against_uniform = study.to_markdown("test_acc", reference="uniform")
+    assert "minus uniform" in against_uniform and "| uniform | 3 |" in against_uniform
+    assert f"{100 * study.paired('pdmp', 'test_acc', reference='uniform').mean:+.1f}" in against_uniform
     saved = json.loads((tmp_path / "s.json").read_text())
     assert len(saved["runs"]) == 12 and saved["reference"] == "joint"
 

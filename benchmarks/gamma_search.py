@@ -1,0 +1,186 @@
+"""Choose the gammas on validation with the library's own search, then compare on other seeds.
+
+    python -m benchmarks.gamma_search --regime audio_dominant --threads 1
+    python -m benchmarks.gamma_search --regime under_optimization --threads 1
+
+For one built-in AV-digits regime (torch, CNN encoders, concat, the main benchmark's SGD recipe):
+
+1. the ranking is the main benchmark's stage-1 ranking (``benchmarks/reported/main``: validation
+   accuracy of unimodal models, seed 0) unless ``--ranking`` names another file;
+2. :func:`pdmp.search.search` runs successive halving within each family (PDMP, uniform scaling,
+   inverse PDMP, joint training at other learning rates; 9/9/9/4 candidates) on the *tuning seeds*,
+   choosing by final-epoch validation accuracy;
+3. :func:`pdmp.compare` trains joint, PDMP at its defaults and every family's choice on the
+   *evaluation seeds* (disjoint from the tuning seeds) and reports paired differences with paired
+   Student-t intervals, against joint training and against joint training at the tuned learning rate.
+
+Everything is written under ``--out`` (default ``results/gamma-search/<regime>``): the search's rung
+studies, ``evaluation.json`` (resumable), ``summary.md`` and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pdmp
+from benchmarks.protocol import ENCODER_OVERRIDES, TrainConfig, environment
+from pdmp.compare import Candidate, Study, compare, default_candidates
+from pdmp.search import gamma_grid, search
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_RANKINGS = ROOT / "reported" / "main"
+LR = 0.05  # the main benchmark's SGD learning rate (see README: base lr set in pilots)
+LR_SCALES = (0.5, 2.0, 5.0, 10.0)
+
+
+def make_train(
+    dataset_name: str, data: Any, *, encoder: str = "cnn", optimizer: str = "sgd", width: int = 32, device: str = "cpu"
+) -> Callable[..., dict[str, float]]:
+    """``train(policy, seed, budget, lr_scale=1.0) -> metrics`` on the benchmark's torch models.
+
+    ``budget`` is the number of epochs (a complete cosine schedule of that length). Metrics: final-epoch
+    validation and test accuracy, and test accuracy at the best-validation epoch.
+    """
+    from benchmarks import train_torch
+
+    base = {"lr": 1e-3, "weight_decay": 1e-2} if optimizer == "adamw" else {"lr": LR}
+
+    def train(policy: pdmp.CoefficientPolicy, seed: int, budget: int = 10, lr_scale: float = 1.0) -> dict[str, float]:
+        config = TrainConfig(
+            epochs=int(budget),
+            optimizer=optimizer,
+            **base,
+            encoder=encoder,
+            width=width,
+            device=device,
+            batch_size=64,
+            encoder_overrides=ENCODER_OVERRIDES.get(dataset_name, {}),
+        )
+        result = train_torch.train_run(data, tuple(data.modalities), config, seed, policy=policy, lr_scale=lr_scale)
+        return {
+            "val_acc": result["final"]["val"]["acc"],
+            "test_acc": result["final"]["test"]["acc"],
+            "test_acc_at_best_val": result["best_val"]["test"]["acc"],
+        }
+
+    return train
+
+
+def evaluation_candidates(ranking: pdmp.Ranking, chosen: Sequence[Candidate]) -> list[Candidate]:
+    """joint, PDMP and uniform scaling at their defaults, then each family's choice (renamed ``<family>_tuned``)."""
+    defaults = [c for c in default_candidates(ranking, gamma_p=10.0, gamma_r=0.5, warmup=1) if c.name != "inverse"]
+    return defaults + list(chosen)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--regime", required=True, choices=("image_dominant", "audio_dominant", "under_optimization"))
+    parser.add_argument("--tuning-seeds", type=int, nargs="+", default=[100])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="evaluation seeds")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[3, 10], help="epochs per successive-halving rung")
+    parser.add_argument("--ranking", type=Path, default=None, help="ranking JSON (default: the main benchmark's)")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--subset", type=float, default=None, help="fraction of each split (quick checks only)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from benchmarks.run import load_dataset
+
+    dataset_name = f"av_digits:{args.regime}"
+    out = args.out or Path("results") / "gamma-search" / args.regime
+    out.mkdir(parents=True, exist_ok=True)
+    ranking_file = args.ranking or DEFAULT_RANKINGS / f"ranking_av_digits-{args.regime}_cnn.json"
+    ranking = pdmp.Ranking.load(ranking_file)
+    data = load_dataset(dataset_name, 0, args.subset)
+    train = make_train(dataset_name, data)
+    started = time.perf_counter()
+
+    result = search(
+        train,
+        gamma_grid(ranking, lr_scales=LR_SCALES, warmup=1),
+        args.tuning_seeds,
+        metric="val_acc",
+        budgets=args.budgets,
+        eta=3,
+        folder=out / "search",
+    )
+    chosen = [replace(candidate, name=f"{family}_tuned") for family, candidate in result.best.items()]
+    search_seconds = time.perf_counter() - started
+    study = compare(
+        train,
+        evaluation_candidates(ranking, chosen),
+        args.seeds,
+        path=out / "evaluation.json",
+        train_options={"budget": args.budgets[-1]},
+    )
+    total_minutes = (time.perf_counter() - started) / 60
+    write_summary(out, args, argv, ranking, ranking_file, result, chosen, study, search_seconds, total_minutes)
+    return 0
+
+
+def write_summary(
+    out: Path,
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    ranking: pdmp.Ranking,
+    ranking_file: Path,
+    result: Any,
+    chosen: Sequence[Candidate],
+    study: Study,
+    search_seconds: float,
+    total_minutes: float,
+) -> None:
+    command = " ".join(["python -m benchmarks.gamma_search", *(argv if argv is not None else sys.argv[1:])])
+    choices = "; ".join(f"{c.name} = {c.policy!r}{' ' + json.dumps(c.options) if c.options else ''}" for c in chosen)
+    lines = [
+        f"# Gamma search: av_digits {args.regime} (torch, CNN, concat, SGD lr {LR}, {args.budgets[-1]} epochs)",
+        "",
+        f"Command: `{command}`. Ranking: `{ranking_file.name}` ({' > '.join(ranking.order)}). "
+        f"Tuning seeds {args.tuning_seeds}, evaluation seeds {args.seeds}.",
+        "",
+        "## Search (validation accuracy of the tuning seeds)",
+        "",
+        result.to_markdown(),
+        "",
+        f"Chosen: {choices}.",
+        "",
+        f"Search wall time: {search_seconds / 60:.1f} min.",
+        "",
+        "## Evaluation on other seeds: final-epoch test accuracy, paired against joint training",
+        "",
+        study.to_markdown("test_acc"),
+        "",
+        "## The same, paired against joint training at the tuned learning rate",
+        "",
+        study.to_markdown("test_acc", reference="joint_lr_tuned"),
+        "",
+        "## Test accuracy at the best-validation epoch, paired against joint training",
+        "",
+        study.to_markdown("test_acc_at_best_val"),
+        "",
+        f"Total wall time {total_minutes:.1f} min on {environment()['processor']} ({os.cpu_count()} cores, "
+        f"{args.threads or 'all'} torch thread(s)).",
+    ]
+    text = "\n".join(lines) + "\n"
+    (out / "summary.md").write_text(text)
+    try:
+        study.plot(out / "evaluation.png", "test_acc")
+    except ImportError as error:
+        print(f"plot skipped: {error}")
+    print(text)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
