@@ -240,7 +240,7 @@ def synthesize(
             )
             if proc.returncode != 0:
                 raise RuntimeError(f"eSpeak NG worker failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
-            with np.load(dst) as z:
+            with np.load(dst, allow_pickle=False) as z:
                 samples, lengths, rate = z["samples"], z["lengths"], int(z["rate"])
             clips.extend(np.split(samples, np.cumsum(lengths)[:-1]))
             if on_chunk is not None:
