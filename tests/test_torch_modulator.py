@@ -129,7 +129,9 @@ def test_lr_mode_prioritises_under_adam_where_grad_mode_barely_does() -> None:
         model = make_model()
         before = model.audio[0].weight.detach().clone()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        mod = None if mode == "none" else Modulator(groups(model), pdmp(), mode=mode, optimizer=optimizer)  # type: ignore[arg-type]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # grad mode under Adam warns that it is a near no-op (tested below)
+            mod = None if mode == "none" else Modulator(groups(model), pdmp(), mode=mode, optimizer=optimizer)  # type: ignore[arg-type]
         train(model, mod, optimizer, steps=1)
         updates[mode] = (model.audio[0].weight.detach() - before).abs().mean().item()
     assert updates["grad"] == pytest.approx(updates["none"], rel=1e-3)  # Adam normalises the multiplier away
@@ -353,25 +355,81 @@ def test_parameter_claimed_by_two_modalities() -> None:
 def test_modality_without_trainable_parameters() -> None:
     model = make_model()
     model.image.requires_grad_(False)
-    with (
-        pytest.warns(UserWarning, match="frozen"),
-        pytest.raises(ValueError, match="modality 'image' has no trainable"),
-    ):
+    with pytest.raises(ValueError, match=r"modality 'image' has no trainable parameters \(all 2 are frozen\)"):
         Modulator(groups(model), pdmp())
     with pytest.raises(ValueError, match="modality 'image' has no trainable"):
         Modulator({"audio": model.audio, "image": []}, pdmp())
 
 
-def test_frozen_parameters_are_skipped_with_one_warning() -> None:
+def sgd_update(model: TwoTower, optimizer: torch.optim.Optimizer, seed: int = 0) -> dict[str, torch.Tensor]:
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    a, v, y = batch(seed)
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(a, v), y).backward()
+    optimizer.step()
+    return {name: p.detach() - before[name] for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("variant", ["grad-set_epoch", "grad-before-optimizer-step", "lr"])
+def test_frozen_then_unfrozen_parameters_are_modulated_once_they_train(variant: str) -> None:
+    """Decision: an encoder parameter belongs to its modality whether or not it trains yet."""
+    plain = make_model()
+    expected = sgd_update(plain, torch.optim.SGD(plain.parameters(), lr=0.1))
     model = make_model()
-    model.audio[0].bias.requires_grad_(False)
-    model.image[0].bias.requires_grad_(False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        mod = Modulator(groups(model), pdmp())
-    messages = [str(w.message) for w in caught]
-    assert len(messages) == 1 and "2 frozen parameter(s)" in messages[0] and "audio.0.bias" in messages[0]
-    assert [len(params) for params in mod.params.values()] == [1, 1]
+    frozen = (model.audio[0].bias, model.image[0].weight)
+    for param in frozen:
+        param.requires_grad_(False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "frozen parameters skipped" warning any more
+        mod = Modulator(groups(model), pdmp(), mode=variant.split("-")[0], optimizer=optimizer)  # type: ignore[arg-type]
+    mod.set_epoch(0)
+    for param in frozen:
+        param.requires_grad_(True)
+    if variant == "grad-set_epoch":
+        mod.set_epoch(0)  # the usual place to unfreeze: an epoch boundary
+    # (otherwise: the optimizer pre-step hook catches them and modulates the gradient already accumulated)
+    update = sgd_update(model, optimizer)
+    mod.step()
+    for name, value in update.items():
+        # atol: float32 rounding of p - lr * g; a missing coefficient is off by 50-900% instead.
+        torch.testing.assert_close(value, expected[name] * FACTOR[name.split(".")[0]], rtol=1e-4, atol=2e-7)
+    # The next step goes through the hooks (or the split parameter groups) like any other parameter.
+    unhooked = copy.deepcopy(model)  # same weights now; a deep copy carries no hooks
+    expected_next = sgd_update(unhooked, torch.optim.SGD(unhooked.parameters(), lr=0.1), seed=1)
+    update_next = sgd_update(model, optimizer, seed=1)
+    expected_image = expected_next["image.0.weight"] * GAMMA_R
+    torch.testing.assert_close(update_next["image.0.weight"], expected_image, rtol=1e-4, atol=2e-7)
+
+
+def test_unfrozen_parameters_seen_only_after_the_optimizer_step_warn_then_are_modulated() -> None:
+    model = make_model()
+    model.audio[0].weight.requires_grad_(False)
+    mod = Modulator(groups(model), pdmp())  # no optimizer: nothing runs before the optimizer step
+    model.audio[0].weight.requires_grad_(True)
+    reference = grads_of(make_model())
+    grads_of(model)
+    with pytest.warns(UserWarning, match=r"1 parameter\(s\) were unfrozen .*audio.0.weight.*call set_epoch\(\) after"):
+        mod.step()
+    assert torch.equal(grads_of(model)["audio.0.weight"], reference["audio.0.weight"] * GAMMA_P)
+
+
+def test_lr_mode_splits_a_parameter_group_added_after_unfreezing() -> None:
+    model = make_model()
+    model.audio.requires_grad_(False)
+    model.audio[0].weight.requires_grad_(True)  # one trainable audio tensor at construction
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=0.1)
+    mod = Modulator(groups(model), pdmp(), mode="lr", optimizer=optimizer)
+    model.audio[0].bias.requires_grad_(True)
+    optimizer.add_param_group({"params": [model.audio[0].bias]})
+    plain = make_model()
+    expected = sgd_update(plain, torch.optim.SGD(plain.parameters(), lr=0.1))
+    update = sgd_update(model, optimizer)
+    mod.step()
+    torch.testing.assert_close(update["audio.0.bias"], expected["audio.0.bias"] * GAMMA_P, rtol=1e-4, atol=2e-7)
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    assert lrs == [0.1] * len(lrs)
 
 
 @pytest.mark.parametrize(
@@ -426,7 +484,9 @@ def test_gradients_that_bypass_the_hooks_are_reported() -> None:
 def test_step_without_optimizer_counts_every_call_and_clock_is_checked() -> None:
     mod = Modulator(groups(make_model()), pdmp(warmup=2, unit="step"))
     assert mod.coefficients == {"audio": 1.0, "image": 1.0}
-    assert mod.step() and mod.step()
+    with pytest.warns(UserWarning, match="no gradient has reached the modality parameters"):  # no backward ran
+        assert mod.step()
+    assert mod.step()
     assert mod.step_count == 2 and mod.coefficients == {"audio": GAMMA_P, "image": GAMMA_R}
     with pytest.raises(ValueError, match="epoch must be an integer >= 0"):
         mod.set_epoch(-1)

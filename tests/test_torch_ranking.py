@@ -98,3 +98,23 @@ def test_bad_input_is_named(change: dict[str, object], message: str) -> None:
     settings = {"epochs": 1, "lr": 0.1, "progress": False} | change
     with pytest.raises(ValueError, match=message):
         rank_unimodal(FACTORIES, train, val, **settings)  # type: ignore[arg-type]
+
+
+def test_dropout_draws_depend_on_the_seed_only_not_on_the_global_rng() -> None:
+    def dropout_model() -> nn.Module:
+        return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+
+    factories = {"strong": dropout_model, "weak": dropout_model}
+    train, _ = dataset(120, seed=0)
+    val, _ = dataset(60, seed=1)
+    scores = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        ranking = rank_unimodal(factories, train, val, epochs=2, lr=0.1, batch_size=16, seed=0, progress=False)
+        assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG was not consumed
+        scores.append(ranking.scores)
+    assert scores[0] == scores[1]
+    # ... and the seed does matter (dropout masks and initialisation change with it).
+    other = rank_unimodal(factories, train, val, epochs=2, lr=0.1, batch_size=16, seed=1, progress=False)
+    assert other.scores != scores[0]

@@ -43,13 +43,35 @@ Design (why):
 * **Steps advance explicitly**: call :meth:`Modulator.step` after ``optimizer.step()`` and
   :meth:`Modulator.set_epoch` at the start of each epoch. When the modulator knows the optimizer
   (``optimizer=``; required in ``lr`` mode), ``step()`` counts only steps the optimizer really took, so
-  a step that ``GradScaler`` skipped for inf/NaN gradients does not advance the schedule.
+  a step that ``GradScaler`` skipped for inf/NaN gradients does not advance the schedule: a plain or
+  ``foreach`` optimizer is then not called at all, and a fused one (``Adam(fused=True)``, anything with
+  ``_step_supports_amp_scaling``) is called with ``found_inf`` set, which :meth:`Modulator.step` reads.
+* **The base learning rate survives exceptions** (``"lr"`` mode): the scaled rates live only inside
+  ``optimizer.step()``, which the modulator wraps so that they are restored even when the step raises
+  (a closure that fails, an out-of-memory retry).
+* **Frozen parameters belong to their modality**: a parameter frozen when the modulator is built and
+  unfrozen later is modulated once it trains. ``"lr"`` mode puts it in its modality's parameter group
+  from the start; ``"grad"`` mode attaches its hook when it first sees it trainable, at
+  :meth:`Modulator.set_epoch`, :meth:`Modulator.step` or (with ``optimizer=``) just before the
+  optimizer step, where a gradient it already accumulated is modulated in place.
+* **Misuse is loud**: a removed modulator (after its ``with`` block) refuses ``step``/``set_epoch``/
+  ``observe`` and reports coefficients of 1; two modulators on one parameter are refused; with
+  ``optimizer=``, encoder parameters the optimizer does not train (e.g. a deep copy) are refused;
+  ``"grad"`` mode under an optimizer that normalises gradient scale (Adam, RMSprop, ...) warns at
+  construction; a policy whose coefficients depend on the epoch warns at the first :meth:`step` if
+  :meth:`set_epoch` was never called; float16 gradients that a coefficient > 1 overflowed to inf warn
+  at the :meth:`step` that follows (checked only for float16 parameters while a coefficient exceeds 1).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
+import math
+import sys
+import types
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal, TypeAlias
 
@@ -59,7 +81,7 @@ from torch import nn
 
 from pdmp._validation import check_disjoint_assignment, check_non_negative_int, check_same_modalities
 from pdmp.diagnostics import modality_scores
-from pdmp.policies import OGM_NOISE_EPS, Clock, CoefficientPolicy, Modulation, policy_from_config
+from pdmp.policies import OGM_NOISE_EPS, Clock, CoefficientPolicy, Modulation, NoModulation, policy_from_config
 
 from ._distributed import all_reduce_sum, is_distributed
 
@@ -69,6 +91,22 @@ ParameterSource: TypeAlias = "nn.Module | nn.Parameter | Iterable[nn.Parameter]"
 STATE_FORMAT = "pdmp.backends.torch.Modulator"
 STATE_VERSION = 1
 
+#: Optimizers that divide each update by (a running estimate of) the gradient's own scale, or use only
+#: its sign, so a constant gradient multiplier barely changes the step.
+SCALE_INVARIANT_OPTIMIZERS: tuple[type, ...] = tuple(
+    cls
+    for name in ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "SparseAdam", "Adagrad", "Adadelta", "RMSprop", "Rprop")
+    if isinstance(cls := getattr(torch.optim, name, None), type)
+)
+
+# Epochs at which a policy is compared with epoch 0 to tell whether its coefficients depend on the
+# epoch (then forgetting set_epoch is a silent error). Spans short warm-ups and long schedules.
+_PROBE_EPOCHS = (1, 2, 3, 5, 10, 30, 100, 1000)
+
+# id(parameter) -> (parameter, modulator), both held weakly: which live Modulator hooks a parameter.
+# Keyed by id because tensors compare elementwise; the weak parameter guards against id reuse.
+_CLAIMS: dict[int, tuple[weakref.ref[torch.Tensor], weakref.ref[Modulator]]] = {}
+
 
 class Modulator:
     """Apply a :class:`~pdmp.policies.CoefficientPolicy` to each modality's parameters.
@@ -76,13 +114,15 @@ class Modulator:
     Args:
         modalities: modality name -> its encoder, as an ``nn.Module`` or an iterable of parameters.
             Parameters are given explicitly (never matched by name). Parameters in no modality
-            (fusion, head) are never modulated. Frozen parameters are skipped with one warning.
+            (fusion, head) are never modulated. Frozen parameters still belong to their modality and
+            are modulated once they are unfrozen and train (see the module docstring for when).
         policy: the core policy (:class:`~pdmp.PDMP`, :class:`~pdmp.OGMGE`, ...); its modality names
             must equal the keys of ``modalities``.
         mode: ``"grad"`` (gradient hooks) or ``"lr"`` (per-modality learning rates); see the module
             docstring for which to use.
         optimizer: the optimizer training these parameters. Required for ``"lr"``; in ``"grad"`` mode
-            it is optional and lets :meth:`step` ignore steps the optimizer skipped (AMP).
+            it is optional and lets :meth:`step` ignore steps the optimizer skipped (AMP). Every
+            trainable modality parameter must be in it (otherwise these are not the encoders it trains).
         scaler: the ``torch.amp.GradScaler`` in use, if any; only OGM-GE's noise needs it.
         seed: seed of the noise generator (OGM-GE). Keep it equal on every DDP rank.
         sync: all-reduce OGM-GE scores over ``process_group`` when torch.distributed is initialised.
@@ -112,6 +152,7 @@ class Modulator:
         sync: bool = True,
         process_group: Any = None,
     ) -> None:
+        # Every check comes before the first hook is registered: a refused Modulator leaves nothing behind.
         if not isinstance(policy, CoefficientPolicy):
             raise TypeError(f"policy must be a pdmp CoefficientPolicy (PDMP, OGMGE, ...), got {type(policy).__name__}")
         if not isinstance(modalities, Mapping):
@@ -130,37 +171,76 @@ class Modulator:
                 f"{policy!r} adds gradient noise, which mode='lr' cannot apply; use mode='grad' "
                 "(OGM-GE's own mechanism) or disable the noise (OGMGE(..., noise=False))"
             )
+        if scaler is not None and not (callable(getattr(scaler, "get_scale", None)) and hasattr(scaler, "is_enabled")):
+            raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
+        seed = check_non_negative_int(seed, name="seed")
+        params, labels = _resolve_parameters(modalities, policy)
+        owner = {id(p): name for name, tensors in params.items() for p in tensors}
+        _check_unclaimed(params, labels)
+        if optimizer is not None:
+            _check_in_optimizer(params, optimizer, mode)
+            if mode == "lr":
+                _split_param_groups(optimizer, owner)
+            elif isinstance(optimizer, SCALE_INVARIANT_OPTIMIZERS) and not isinstance(policy, NoModulation):
+                advice = (
+                    "OGM-GE is defined for SGD; train it with SGD"
+                    if policy.adds_noise
+                    else "use mode='lr', which multiplies each modality's learning rate instead"
+                )
+                warnings.warn(
+                    f"mode='grad' with {type(optimizer).__name__}: this optimizer normalises each update by the "
+                    "gradient's own scale, so multiplying gradients by a coefficient barely changes training; "
+                    f"{advice}",
+                    UserWarning,
+                    stacklevel=2,
+                )
         self.policy = policy
         self.mode: Mode = mode
         self.optimizer = optimizer
         self.scaler = scaler
-        self.seed = check_non_negative_int(seed, name="seed")
+        self.seed = seed
         self.sync = bool(sync)
         self.process_group = process_group
         self.clock = Clock()
-        self.params: dict[str, list[nn.Parameter]] = _resolve_parameters(modalities, policy)
-        self._owner: dict[int, str] = {id(p): name for name, params in self.params.items() for p in params}
+        #: Modality -> all of its parameters that the policy modulates, frozen ones included.
+        self.params: dict[str, list[nn.Parameter]] = params
+        self._labels = labels
+        self._owner: dict[int, str] = owner
         self._factors: dict[str, float] = dict.fromkeys(policy.modalities, 1.0)
         self._noise = False
         self._loss_scale = 1.0
         self._observed = False
         self._hooks_ran = False
         self._hooks_verified = False
+        self._removed = False
+        self._epoch_given = False
+        self._warned: set[str] = set()
         self._generators: dict[str, torch.Generator] = {}
         self._optimizer_steps = 0
         self._steps_seen = 0
+        self._found_inf: list[torch.Tensor] = []
+        self._overflow: list[tuple[str, torch.Tensor]] = []
         self._saved_lrs: list[tuple[dict[str, Any], Any]] = []
+        self._group_count = len(optimizer.param_groups) if optimizer is not None else 0
         self._handles: list[Any] = []
+        # grad mode: tensors cannot carry hooks while frozen, so frozen ones wait here until they train.
+        self._pending: list[tuple[str, nn.Parameter]] = []
+        self._hooked: list[nn.Parameter] = []
         if optimizer is not None:
-            if mode == "lr":
-                _check_in_optimizer(self.params, optimizer)
-                _split_param_groups(optimizer, self._owner)
             self._handles.append(optimizer.register_step_pre_hook(self._before_optimizer_step))
             self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
+            if mode == "lr":
+                self._guard_step(optimizer)
         if mode == "grad":
-            for name, params in self.params.items():
-                for param in params:
-                    self._handles.append(param.register_hook(functools.partial(self._hook, name)))
+            for name, tensors in params.items():
+                for param in tensors:
+                    if param.requires_grad:
+                        self._hook_parameter(name, param)
+                    else:
+                        self._pending.append((name, param))
+        for tensors in params.values():
+            for param in tensors:
+                _CLAIMS[id(param)] = (weakref.ref(param), weakref.ref(self))
         self._refresh()
 
     # ----------------------------------------------------------------- the training-loop interface
@@ -171,7 +251,17 @@ class Modulator:
 
     @property
     def coefficients(self) -> dict[str, float]:
-        """The coefficient per modality in effect for the current step (after :meth:`observe` for OGM-GE)."""
+        """The coefficient per modality in effect for the current step (after :meth:`observe` for OGM-GE).
+
+        After :meth:`remove` nothing is modulated any more, so every coefficient reads 1 (with a warning).
+        """
+        if self._removed:
+            self._warn_once(
+                "removed",
+                "this Modulator was removed (remove() or the end of its with block), so nothing is modulated: "
+                "its coefficients read 1.0; keep training inside the with block to stay modulated",
+            )
+            return dict.fromkeys(self.policy.modalities, 1.0)
         return dict(self._factors)
 
     @property
@@ -185,11 +275,14 @@ class Modulator:
     @property
     def active(self) -> bool:
         """False once :meth:`remove` has been called."""
-        return bool(self._handles)
+        return not self._removed
 
     def set_epoch(self, epoch: int) -> None:
         """Tell the modulator the current epoch; call it at the start of every epoch."""
+        self._check_open("set_epoch()")
         self.clock.epoch = check_non_negative_int(epoch, name="epoch")
+        self._epoch_given = True
+        self._attach_unfrozen(in_step=False)
         self._refresh()
 
     def observe(self, logits: Mapping[str, torch.Tensor], labels: torch.Tensor | Any) -> None:
@@ -202,8 +295,11 @@ class Modulator:
         every rank for every batch. With gradient accumulation call it for every micro-batch: each
         backward pass is scaled by the coefficients of its own micro-batch.
         """
+        self._check_open("observe()")
         if not self.policy.needs_logits:
             return
+        if not isinstance(logits, Mapping) or not logits:
+            raise TypeError(f"observe: logits must be a dict modality -> tensor, got {type(logits).__name__}")
         check_same_modalities(logits.keys(), self.policy.modalities, where="Modulator.observe logits")
         device = next(iter(logits.values())).device
         arrays = {name: _to_numpy(value) for name, value in logits.items()}
@@ -222,22 +318,39 @@ class Modulator:
 
         With an optimizer attached, a step it did not take (``GradScaler`` skipped it) is not counted.
         """
+        self._check_open("step()")
         self._check_hooks_ran()
+        self._attach_unfrozen(in_step=True)
+        self._check_overflow()
+        self._check_epoch_given()
         self._observed = False
         if self.optimizer is not None:
-            if self._optimizer_steps == self._steps_seen:
+            taken = self._optimizer_steps != self._steps_seen
+            self._steps_seen = self._optimizer_steps
+            # A fused optimizer runs even on a step GradScaler skips; found_inf says whether it did.
+            if taken and self._found_inf:
+                taken = not any(bool(flag.item()) for flag in self._found_inf)
+            self._found_inf.clear()
+            if not taken:
                 self._refresh()
                 return False
-            self._steps_seen = self._optimizer_steps
         self.clock.step += 1
         self._refresh()
         return True
 
     def remove(self) -> None:
         """Remove every hook; training is then plain (learning rates are left at their base values)."""
+        self._restore_lrs()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for tensors in self.params.values():
+            for param in tensors:
+                entry = _CLAIMS.get(id(param))
+                if entry is not None and entry[1]() is self:
+                    del _CLAIMS[id(param)]
+        self._pending.clear()
+        self._removed = True
 
     def __enter__(self) -> Modulator:
         return self
@@ -261,12 +374,22 @@ class Modulator:
         }
 
     def load_state_dict(self, state: Mapping[str, Any], *, strict: bool = True) -> None:
-        """Restore :meth:`state_dict`. With ``strict`` the saved policy must equal this one."""
+        """Restore :meth:`state_dict`. With ``strict`` the saved policy must equal this one.
+
+        All or nothing: every field is checked (and the generator states tried on fresh generators)
+        before anything is assigned, so a refused state leaves this modulator unchanged.
+        """
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             raise ValueError("not a Modulator state_dict (missing 'format'); pass what Modulator.state_dict() returned")
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"Modulator state version {state.get('version')!r} is not supported ({STATE_VERSION})")
-        saved_policy = policy_from_config(state["policy"])
+        missing = [key for key in ("mode", "policy", "clock", "coefficients", "seed", "generators") if key not in state]
+        if missing:
+            raise ValueError(f"Modulator state is missing {missing}; pass what Modulator.state_dict() returned")
+        try:
+            saved_policy = policy_from_config(state["policy"])
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"Modulator state['policy'] is not a valid policy config: {error}") from error
         check_same_modalities(saved_policy.modalities, self.policy.modalities, where="Modulator.load_state_dict")
         if state["mode"] != self.mode:
             raise ValueError(f"checkpoint was saved in mode={state['mode']!r} but this Modulator uses {self.mode!r}")
@@ -275,16 +398,24 @@ class Modulator:
                 f"checkpoint was saved with {saved_policy!r} but this Modulator has {self.policy!r}; "
                 "build the Modulator with the saved policy, or pass strict=False to keep the new one"
             )
-        self.clock.load_state_dict(state["clock"])
-        self.seed = check_non_negative_int(state["seed"], name="state['seed']")
-        self._generators = {}
-        for device, generator_state in state["generators"].items():
-            self._generator(torch.device(device)).set_state(generator_state)
+        if not isinstance(state["clock"], Mapping):
+            raise ValueError(f"Modulator state['clock'] must be a dict with 'step' and 'epoch', got {state['clock']!r}")
+        clock = Clock()
+        clock.load_state_dict(state["clock"])
+        seed = check_non_negative_int(state["seed"], name="state['seed']")
+        generators = _restored_generators(state["generators"])
+        factors = _saved_coefficients(state["coefficients"], self.policy.modalities)
+        # Everything is valid: assign.
+        self.clock.step, self.clock.epoch = clock.step, clock.epoch
+        self.seed = seed
+        self._generators = generators
         self._steps_seen = self._optimizer_steps
+        self._found_inf.clear()
         self._observed = False
+        self._epoch_given = True  # the checkpoint says which epoch this is
         self._refresh()
         if self.policy.needs_logits:
-            self._factors = {name: float(state["coefficients"][name]) for name in self.policy.modalities}
+            self._factors = factors
 
     # --------------------------------------------------------------------------------- internals
 
@@ -298,6 +429,19 @@ class Modulator:
         self._factors = {name: float(modulation.coefficients[name]) for name in self.policy.modalities}
         self._noise = bool(modulation.noise)
 
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=_caller_stacklevel())
+
+    def _check_open(self, where: str) -> None:
+        if self._removed:
+            raise RuntimeError(
+                f"Modulator.{where} after remove() (or after its with block ended): its hooks are gone, so "
+                "gradients and learning rates are no longer modulated; train inside the with block, or build a "
+                "new Modulator and load_state_dict(old.state_dict()) to continue the schedule"
+            )
+
     def _require_observation(self, where: str) -> None:
         if self.policy.needs_logits and not self._observed:
             raise RuntimeError(
@@ -306,15 +450,30 @@ class Modulator:
                 "(concat_head_logits / sum_head_logits split a fusion head)"
             )
 
+    def _hook_parameter(self, modality: str, param: nn.Parameter) -> None:
+        self._handles.append(param.register_hook(functools.partial(self._hook, modality)))
+        self._hooked.append(param)
+
     def _hook(self, modality: str, grad: torch.Tensor) -> torch.Tensor | None:
         self._hooks_ran = True
         self._require_observation("backward")
+        return self._modulate(modality, grad, self._loss_scale)
+
+    def _modulate(self, modality: str, grad: torch.Tensor, loss_scale: float) -> torch.Tensor | None:
         factor = self._factors[modality]
         if not self._noise:
-            return None if factor == 1.0 else grad * factor
-        std = grad.std() if grad.numel() > 1 else grad.new_zeros(())
-        noise = torch.randn(grad.shape, generator=self._generator(grad.device), dtype=grad.dtype, device=grad.device)
-        return grad * factor + noise * (std + OGM_NOISE_EPS * self._loss_scale)
+            if factor == 1.0:
+                return None
+            result = grad * factor
+        else:
+            std = grad.std() if grad.numel() > 1 else grad.new_zeros(())
+            generator = self._generator(grad.device)
+            noise = torch.randn(grad.shape, generator=generator, dtype=grad.dtype, device=grad.device)
+            result = grad * factor + noise * (std + OGM_NOISE_EPS * loss_scale)
+        if factor > 1.0 and grad.dtype == torch.float16:
+            # A device-side flag, read once per step() (one sync, only for float16 and factor > 1).
+            self._overflow.append((modality, (result.isinf() & grad.isfinite()).any()))
+        return result
 
     def _generator(self, device: torch.device) -> torch.Generator:
         key = str(device)
@@ -324,10 +483,98 @@ class Modulator:
             self._generators[key] = generator
         return self._generators[key]
 
+    def _attach_unfrozen(self, *, in_step: bool, fix_grads: bool = False) -> None:
+        """Hook pending (frozen at construction) parameters that are now trainable (grad mode).
+
+        A gradient such a parameter already holds did not pass through a hook: before the optimizer
+        step (``fix_grads``) it is modulated in place; after it (``in_step``) it is too late, so warn.
+        """
+        if not self._pending:
+            return
+        still_frozen: list[tuple[str, nn.Parameter]] = []
+        missed: list[str] = []
+        for modality, param in self._pending:
+            if not param.requires_grad:
+                still_frozen.append((modality, param))
+                continue
+            self._hook_parameter(modality, param)
+            if param.grad is not None:
+                if fix_grads:
+                    # GradScaler has unscaled gradients by now, hence loss_scale 1 for OGM-GE's eps term.
+                    modulated = self._modulate(modality, param.grad, 1.0)
+                    if modulated is not None:
+                        param.grad = modulated
+                elif in_step:
+                    missed.append(self._labels[id(param)])
+        self._pending = still_frozen
+        if missed:
+            self._warn_once(
+                "unfrozen",
+                f"{len(missed)} parameter(s) were unfrozen and trained one step before the Modulator saw them "
+                f"({', '.join(missed[:5])}{', ...' if len(missed) > 5 else ''}): that step was not modulated; "
+                "call set_epoch() after unfreezing, or pass optimizer= so they are caught before the optimizer step",
+            )
+
+    def _check_overflow(self) -> None:
+        if not self._overflow:
+            return
+        overflowed = sorted({modality for modality, flag in self._overflow if bool(flag)})
+        self._overflow.clear()
+        if overflowed:
+            factors = ", ".join(f"{name}: {self._factors[name]:g}" for name in overflowed)
+            self._warn_once(
+                "overflow",
+                f"multiplying float16 gradients by the coefficient ({factors}) overflowed some of them to inf; "
+                "keep the parameters in float32 and use torch.autocast with a GradScaler, or lower gamma_p",
+            )
+
+    def _check_epoch_given(self) -> None:
+        if self._epoch_given or "epoch" in self._warned:
+            return
+        if _depends_on_epoch(self.policy, step=self.clock.step):
+            self._warn_once(
+                "epoch",
+                f"step() before any set_epoch(): {self.policy!r} changes with the epoch, but this Modulator "
+                "stays at epoch 0 until told otherwise; call mod.set_epoch(epoch) at the start of every epoch",
+            )
+        self._warned.add("epoch")  # the rule is checked at the first step() only
+
+    def _guard_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Wrap ``optimizer.step`` so scaled learning rates are restored even when the step raises.
+
+        The wrapper is a bound method (LR schedulers wrap ``step.__func__``) with the class step's
+        signature (GradScaler inspects it); it calls whatever ``step`` was before it.
+        """
+        previous = optimizer.__dict__.get("step")  # an LR scheduler's wrapper, when one came first
+        modulator = weakref.ref(self)
+
+        def step(opt: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return previous(*args, **kwargs) if previous is not None else type(opt).step(opt, *args, **kwargs)
+            finally:
+                alive = modulator()
+                if alive is not None:
+                    alive._restore_lrs()
+
+        step.__signature__ = inspect.signature(type(optimizer).step)  # type: ignore[attr-defined]
+        optimizer.step = types.MethodType(step, optimizer)
+        self._handles.append(_StepGuard(optimizer, optimizer.step, previous))
+
+    def _restore_lrs(self) -> None:
+        for group, lr in reversed(self._saved_lrs):
+            group["lr"] = lr
+        self._saved_lrs.clear()
+
     def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._restore_lrs()  # left over only if a step raised past the guard (e.g. it was unwrapped)
         if self.mode != "lr":
+            self._attach_unfrozen(in_step=False, fix_grads=True)
             return
         self._require_observation("optimizer.step()")
+        if len(optimizer.param_groups) != self._group_count:
+            # add_param_group since the last step (e.g. unfrozen encoders): keep one modality per group.
+            _split_param_groups(optimizer, self._owner)
+            self._group_count = len(optimizer.param_groups)
         for group in optimizer.param_groups:
             modality = self._owner.get(id(group["params"][0])) if group["params"] else None
             if modality is not None and self._factors[modality] != 1.0:
@@ -335,22 +582,29 @@ class Modulator:
                 group["lr"] = group["lr"] * self._factors[modality]
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        for group, lr in self._saved_lrs:
-            group["lr"] = lr
-        self._saved_lrs.clear()
+        self._restore_lrs()
+        found_inf = getattr(optimizer, "found_inf", None)  # set by GradScaler around a fused step
+        if isinstance(found_inf, torch.Tensor):
+            self._found_inf.append(found_inf)
         self._optimizer_steps += 1
 
     def _check_hooks_ran(self) -> None:
         """Fail loudly if gradients reached the parameters without passing through the hooks."""
-        if self.mode != "grad" or self._hooks_verified or not self._handles:
+        if self.mode != "grad" or self._hooks_verified:
             return
         if self._hooks_ran:
             self._hooks_verified = True
-        elif any(p.grad is not None for params in self.params.values() for p in params):
+        elif any(p.grad is not None for p in self._hooked):
             raise RuntimeError(
                 "modality parameters have gradients that did not pass through the Modulator's hooks, so they "
                 "were not modulated; this training path (e.g. torch.func.functional_call on copies, FSDP flat "
                 "parameters) is not supported in mode='grad'; use mode='lr' with the optimizer"
+            )
+        elif self.optimizer is None:
+            self._warn_once(
+                "no-gradients",
+                "step() was called but no gradient has reached the modality parameters the Modulator hooks; "
+                "are these the encoders being trained (not a copy) and did backward() run before step()?",
             )
 
     def __repr__(self) -> str:
@@ -358,41 +612,127 @@ class Modulator:
         return f"Modulator({self.policy!r}, mode={self.mode!r}, {sizes})"
 
 
-def _resolve_parameters(modalities: Mapping[str, ParameterSource], policy: CoefficientPolicy) -> dict[str, list[Any]]:
-    """Modality -> its trainable parameters that the policy modulates; checks ownership and emptiness."""
-    names: dict[int, str] = {}
+class _StepGuard:
+    """Handle that undoes :meth:`Modulator._guard_step` on remove (if nobody wrapped the step since)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, guard: Any, previous: Any) -> None:
+        self.optimizer, self.guard, self.previous = optimizer, guard, previous
+
+    def remove(self) -> None:
+        if self.optimizer.__dict__.get("step") is self.guard:
+            if self.previous is None:
+                del self.optimizer.step
+            else:
+                self.optimizer.step = self.previous
+        # Otherwise something wrapped the guard since; it stays as a pass-through (nothing left to restore).
+
+
+def _resolve_parameters(
+    modalities: Mapping[str, ParameterSource], policy: CoefficientPolicy
+) -> tuple[dict[str, list[Any]], dict[int, str]]:
+    """Modality -> its parameters that the policy modulates (frozen ones included), and a label per id.
+
+    Checks that no parameter is claimed twice and that every modality has a trainable parameter now.
+    """
+    labels: dict[int, str] = {}
     params: dict[Any, Any] = {}
     groups: dict[str, list[int]] = {}
-    frozen: list[str] = []
     for modality, source in modalities.items():
         ids: list[int] = []
         for label, param in _named_parameters(modality, source):
-            names.setdefault(id(param), label)
-            if not param.requires_grad:
-                frozen.append(label)
-                continue
+            labels.setdefault(id(param), label)
             params[id(param)] = param
             ids.append(id(param))
+        if not any(params[key].requires_grad for key in ids):
+            found = f"all {len(ids)} are frozen" if ids else "none given"
+            raise ValueError(
+                f"modality {modality!r} has no trainable parameters ({found}); give it its encoder's "
+                "parameters and unfreeze at least one before building the Modulator"
+            )
         groups[modality] = ids
-    if frozen:
-        warnings.warn(
-            f"skipping {len(frozen)} frozen parameter(s) (requires_grad=False), which are not modulated: "
-            f"{', '.join(frozen[:5])}{', ...' if len(frozen) > 5 else ''}",
-            UserWarning,
-            stacklevel=3,
-        )
-    assigned = check_disjoint_assignment(groups, describe=lambda key: repr(names[key]))
+    assigned = check_disjoint_assignment(groups, describe=lambda key: repr(labels[key]))
     result: dict[str, list[Any]] = {}
     for modality, keys in assigned.items():
         selected = [params[key] for key in keys if policy.modulates(tuple(params[key].shape))]
-        if not selected:
+        if not any(p.requires_grad for p in selected):
             raise ValueError(
-                f"{policy!r} modulates none of modality {modality!r}'s parameters "
+                f"{policy!r} modulates none of modality {modality!r}'s trainable parameters "
                 f"(shapes {sorted({tuple(params[key].shape) for key in keys})}); "
                 "OGMGE(conv_kernels_only=True) needs 4-D conv kernels, use conv_kernels_only=False"
             )
         result[modality] = selected
-    return result
+    return result, labels
+
+
+def _check_unclaimed(params: Mapping[str, list[nn.Parameter]], labels: Mapping[int, str]) -> None:
+    """Refuse a parameter that another live Modulator already modulates (the two would multiply)."""
+    for tensors in params.values():
+        for param in tensors:
+            entry = _CLAIMS.get(id(param))
+            if entry is None or entry[0]() is not param:
+                continue
+            other = entry[1]()
+            if other is not None and other.active:
+                raise ValueError(
+                    f"parameter {labels[id(param)]!r} is already modulated by {other!r}; two Modulators on the "
+                    "same parameters multiply their coefficients. Call remove() on the first one (or leave its "
+                    "with block) before building another"
+                )
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside this module (the user's call)."""
+    frame = sys._getframe(1)  # the function about to call warnings.warn: stacklevel 1
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def _depends_on_epoch(policy: CoefficientPolicy, *, step: int) -> bool:
+    """Whether the policy's modulation at this step differs between epoch 0 and some later epoch."""
+    # Distinct scores, so that OGM-GE is away from its tie and its on/off epochs show.
+    scores = {name: float(index + 1) for index, name in enumerate(policy.modalities)}
+    first = policy.modulation(step=step, epoch=0, scores=scores)
+    return any(policy.modulation(step=step, epoch=epoch, scores=scores) != first for epoch in _PROBE_EPOCHS)
+
+
+def _restored_generators(states: Any) -> dict[str, torch.Generator]:
+    """Fresh generators set to the saved states; raises (changing nothing) if one is not valid."""
+    if not isinstance(states, Mapping):
+        raise ValueError(
+            f"Modulator state['generators'] must be a dict device -> generator state, got {type(states).__name__}"
+        )
+    generators: dict[str, torch.Generator] = {}
+    for device, generator_state in states.items():
+        where = f"Modulator state['generators'][{device!r}]"
+        if not isinstance(generator_state, torch.Tensor) or generator_state.dtype != torch.uint8:
+            raise ValueError(
+                f"{where} must be a uint8 tensor from torch.Generator.get_state(), got {generator_state!r}"
+            )
+        try:
+            generator = torch.Generator(device=torch.device(device))
+            generator.set_state(generator_state)
+        except (RuntimeError, TypeError, ValueError) as error:
+            raise ValueError(f"{where} is not a valid generator state for that device: {error}") from error
+        generators[str(torch.device(device))] = generator
+    return generators
+
+
+def _saved_coefficients(saved: Any, modalities: tuple[str, ...]) -> dict[str, float]:
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"Modulator state['coefficients'] must be a dict modality -> number, got {saved!r}")
+    check_same_modalities(saved.keys(), modalities, where="Modulator state['coefficients']")
+    factors: dict[str, float] = {}
+    for name in modalities:
+        value = saved[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(
+                f"Modulator state['coefficients'][{name!r}] is {value!r}; a coefficient is a finite number > 0"
+            )
+        factors[name] = float(value)
+    return factors
 
 
 def _named_parameters(modality: str, source: Any) -> Iterator[tuple[str, nn.Parameter]]:
@@ -416,16 +756,23 @@ def _named_parameters(modality: str, source: Any) -> Iterator[tuple[str, nn.Para
         yield f"{modality}[{index}] {tuple(param.shape)}", param
 
 
-def _check_in_optimizer(params: Mapping[str, list[nn.Parameter]], optimizer: torch.optim.Optimizer) -> None:
+def _check_in_optimizer(params: Mapping[str, list[nn.Parameter]], optimizer: torch.optim.Optimizer, mode: str) -> None:
+    """Every trainable modality parameter must be one the optimizer trains (frozen ones may join later)."""
     known = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for modality, tensors in params.items():
-        missing = [p for p in tensors if id(p) not in known]
+        missing = [p for p in tensors if p.requires_grad and id(p) not in known]
         if missing:
             shapes = ", ".join(str(tuple(p.shape)) for p in missing[:3])
+            why = (
+                "mode='lr' scales the learning rates of the optimizer's parameter groups"
+                if mode == "lr"
+                else "the Modulator would hook tensors that are not the ones being trained (e.g. a deep copy of "
+                "the encoder, or a model built twice)"
+            )
             raise ValueError(
                 f"{len(missing)} parameter(s) of modality {modality!r} (shapes {shapes}) are not in the optimizer; "
-                "mode='lr' scales the learning rates of the optimizer's parameter groups, so give the optimizer "
-                "every parameter, e.g. torch.optim.SGD(model.parameters(), lr=...)"
+                f"{why}. Pass the encoders of the model the optimizer trains, and give the optimizer every "
+                "parameter, e.g. torch.optim.SGD(model.parameters(), lr=...)"
             )
 
 
