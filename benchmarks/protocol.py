@@ -16,7 +16,18 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pdmp import OGMGE, PDMP, CoefficientPolicy, NoModulation, Ranking, accuracy, dependency, macro_f1
+from pdmp import (
+    OGMGE,
+    PDMP,
+    CoefficientPolicy,
+    InversePDMP,
+    NoModulation,
+    Ranking,
+    UniformScaling,
+    accuracy,
+    dependency,
+    macro_f1,
+)
 
 
 @dataclass(frozen=True)
@@ -41,10 +52,9 @@ class Method:
         if self.kind == "pdmp":
             return PDMP.from_ranking(ranking, **options)
         if self.kind == "symmetric":
-            gamma = options.pop("gamma_p")
-            return PDMP(ranking.order, ranking.dominant, gamma_p=gamma, gamma_r=gamma, **options)
+            return UniformScaling(ranking.order, options.pop("gamma_p"), **options)
         if self.kind == "inverse":
-            return PDMP(ranking.order, ranking.weakest, **options)
+            return InversePDMP.from_ranking(ranking, **options)
         if self.kind == "ogmge":
             options.setdefault("end_epoch", epochs)
             return OGMGE(ranking.order, **options)
@@ -135,30 +145,6 @@ def tuning_grids() -> dict[str, list[Method]]:
 
 def extra_controls() -> list[Method]:
     return [Method("inverse", "inverse", DEFAULT_PDMP)]
-
-
-def paired_difference(a: Sequence[float], b: Sequence[float], *, n_bootstrap: int = 10000, seed: int = 0) -> dict:
-    """Mean of ``a - b`` over paired seeds with a bootstrap 95% interval (resampling seeds).
-
-    With few seeds the interval is coarse (with 3 seeds, excluding 0 means only that all three
-    differences share a sign); a difference whose interval contains 0 is reported as "no significant
-    difference"; under 3 seeds no interval is given.
-    """
-    diffs = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if diffs.size == 0:
-        raise ValueError("no paired runs to compare")
-    if diffs.size < 3:  # a bootstrap over one or two seeds is no interval at all
-        return {"mean": float(diffs.mean()), "ci95": None, "n": int(diffs.size), "verdict": "too few seeds"}
-    rng = np.random.default_rng(seed)
-    means = diffs[rng.integers(0, diffs.size, size=(n_bootstrap, diffs.size))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    significant = not (low <= 0 <= high)
-    return {
-        "mean": float(diffs.mean()),
-        "ci95": [float(low), float(high)],
-        "n": int(diffs.size),
-        "verdict": ("better" if diffs.mean() > 0 else "worse") if significant else "no significant difference",
-    }
 
 
 def mean_std(values: Sequence[float]) -> str:

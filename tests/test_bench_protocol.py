@@ -5,23 +5,37 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.protocol import Method, TrainConfig, is_new_best, modulation_mode, paired_difference, summarise
-from pdmp import Ranking
+from benchmarks.protocol import Method, TrainConfig, is_new_best, modulation_mode, summarise
+from benchmarks.report import _best_unimodal, _difference, tuning_seeds
+from pdmp import Ranking, UniformScaling
 
 
-def test_paired_difference_verdicts() -> None:
-    better = paired_difference([0.80, 0.82, 0.85, 0.81], [0.70, 0.71, 0.74, 0.72])
-    assert better["verdict"] == "better" and better["ci95"][0] > 0
-    assert better["mean"] == pytest.approx(0.1025)
-    mixed = paired_difference([0.80, 0.70, 0.75], [0.75, 0.75, 0.75])
-    assert mixed["verdict"] == "no significant difference"
-    assert mixed["ci95"][0] < 0 < mixed["ci95"][1]
-    assert paired_difference([0.9, 0.8], [0.1, 0.2])["verdict"] == "too few seeds"
+def _run(method: str, seed: int, test: float, val: float) -> dict:
+    split = {"test": {"acc": test}, "val": {"acc": val}}
+    return {"seed": seed, "method": {"name": method}, "final": split, "best_val": split}
+
+
+def test_report_uses_paired_t_intervals_and_leaves_out_tuning_seeds() -> None:
+    group = [_run("pdmp[gp=5]", 100, 0.99, 0.99)]
+    group += [_run("pdmp_tuned", seed, 0.80 + 0.01 * seed, 0.8) for seed in (100, 0, 1, 2)]
+    group += [_run("joint", seed, 0.70, 0.7) for seed in (100, 0, 1, 2)]
+    assert tuning_seeds(group) == {100}
+    # Seeds 0-2 only: differences 0.10, 0.11, 0.12 -> mean 11.00 points, t-interval 11 ± 4.303 * 1 / sqrt(3).
+    text = _difference(group, "pdmp_tuned", "joint", "final")
+    assert text.startswith("+11.00 [+8.52, +13.48] **better**") and "n=3" in text
+    assert _difference(group, "pdmp_tuned", "joint", "final") != _difference(group, "joint", "pdmp_tuned", "final")
+
+
+def test_best_unimodal_is_chosen_on_validation_not_test() -> None:
+    group = [_run("unimodal:audio", s, test=0.9, val=0.6) for s in (0, 1)]
+    group += [_run("unimodal:image", s, test=0.5, val=0.7) for s in (0, 1)]
+    assert _best_unimodal(group, ["unimodal:audio", "unimodal:image"]) == "unimodal:image"
 
 
 def test_methods_build_the_policies_they_name() -> None:
     ranking = Ranking(order=("audio", "image"), scores={"audio": 0.9, "image": 0.5})
-    assert Method("s", "symmetric", {"gamma_p": 4.0}).policy(ranking, 10).coefficients() == {"audio": 4.0, "image": 4.0}
+    symmetric = Method("s", "symmetric", {"gamma_p": 4.0}).policy(ranking, 10)
+    assert isinstance(symmetric, UniformScaling) and symmetric.coefficients() == {"audio": 4.0, "image": 4.0}
     inverse = Method("i", "inverse", {"gamma_p": 10.0, "gamma_r": 0.5}).policy(ranking, 10)
     assert inverse.coefficients() == {"audio": 0.5, "image": 10.0}
     assert Method("o", "ogmge", {"alpha": 0.3}).policy(ranking, 7).get_config()["end_epoch"] == 7
