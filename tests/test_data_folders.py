@@ -112,7 +112,7 @@ def test_missing_files_listed_in_index_are_all_reported(tmp_path):
     assert wavs[0].stem in msg
     assert "1 of 30 samples listed in the index have no frames" in msg and frames.name in msg
     with pytest.warns(DatasetFolderWarning, match="3 of 30"):
-        ds = load_cremad(tmp_path, on_error="skip", **FAST)
+        ds = load_cremad(tmp_path, on_error="skip", val_fraction=0.25, **FAST)
     assert len(ds.train) + len(ds.val) + len(ds.test) == 26
     assert len(ds.metadata["skipped"]) == 4
 
@@ -128,7 +128,7 @@ def test_corrupt_audio_and_image_files(tmp_path):
         load_cremad(tmp_path, **FAST)
     assert bad_wav.name in str(err.value) and bad_img_dir.name in str(err.value)
     with pytest.warns(DatasetFolderWarning, match="unreadable"):
-        ds = load_cremad(tmp_path, on_error="skip", **FAST)
+        ds = load_cremad(tmp_path, on_error="skip", val_fraction=0.25, **FAST)
     assert len(ds.train) + len(ds.val) + len(ds.test) == 28
 
 

@@ -10,13 +10,23 @@ and :func:`tf_dataset` (frameworks are imported only when these are called).
 - :func:`load_mfeat`: UCI Multiple Features, three views pix/fou/mor by default (built-in).
 - :func:`load_cremad`, :func:`load_ave`, :func:`load_kinetics_sounds`: the paper's datasets from a
   local folder (see :mod:`pdmp.datasets.folders` for the layout).
+
+Guarantees: every argument is checked before anything is built or written; folder loaders never read
+a path that resolves outside the dataset root; cache files carry a content checksum verified on every
+load and are read without pickle; every split holds finite float32 inputs.
 """
 
 from pdmp.datasets._base import MultimodalDataset, Split, stratified_split
-from pdmp.datasets._cache import cache_dir
+from pdmp.datasets._cache import DatasetCacheError, cache_dir
 from pdmp.datasets._espeak import EspeakUnavailableError
 from pdmp.datasets.adapters import tf_dataset, torch_dataset, torch_loader
-from pdmp.datasets.av_digits import AV_DIGITS_REGIMES, UNDER_OPTIMIZATION_ENCODERS, AVDigitsConfig, load_av_digits
+from pdmp.datasets.av_digits import (
+    AV_DIGITS_REGIMES,
+    UNDER_OPTIMIZATION_ENCODERS,
+    AVDigitsConfig,
+    DatasetCacheWarning,
+    load_av_digits,
+)
 from pdmp.datasets.folders import (
     CREMAD_CLASSES,
     DatasetFolderError,
@@ -33,6 +43,8 @@ __all__ = [
     "MFEAT_VIEWS",
     "UNDER_OPTIMIZATION_ENCODERS",
     "AVDigitsConfig",
+    "DatasetCacheError",
+    "DatasetCacheWarning",
     "DatasetFolderError",
     "DatasetFolderWarning",
     "EspeakUnavailableError",

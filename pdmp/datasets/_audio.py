@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import wave
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from pdmp._validation import check_non_negative_finite, check_positive_finite, check_positive_int
 
 __all__ = ["MelConfig", "add_noise_at_snr", "fit_window", "log_mel", "read_wav", "trim_silence"]
 
@@ -21,6 +24,18 @@ class MelConfig:
     f_min: float = 20.0
     f_max: float = 8000.0
     top_db: float = 80.0
+
+    def __post_init__(self) -> None:
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
+            check_positive_int(getattr(self, name), name=f"mel.{name}")
+        f_min = check_non_negative_finite(self.f_min, name="mel.f_min")
+        f_max = check_positive_finite(self.f_max, name="mel.f_max")
+        if not f_min < f_max <= self.sample_rate / 2:
+            raise ValueError(
+                f"mel needs 0 <= f_min < f_max <= sample_rate / 2, got f_min={self.f_min!r}, "
+                f"f_max={self.f_max!r}, sample_rate={self.sample_rate!r}"
+            )
+        check_positive_finite(self.top_db, name="mel.top_db")
 
     def frames(self, n_samples: int) -> int:
         return 1 + n_samples // self.hop_length  # torchaudio's center=True
@@ -86,6 +101,8 @@ def add_noise_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float | None
     """
     if snr_db is None:
         return signal.astype(np.float32)
+    if not math.isfinite(snr_db):
+        raise ValueError(f"snr_db must be a finite number of dB or None (clean), got {snr_db!r}")
     p_signal = float(np.mean(signal[active] ** 2)) if active.any() else 0.0
     scale = np.sqrt(p_signal / (10.0 ** (snr_db / 10.0)))
     return (signal + scale * noise).astype(np.float32)

@@ -30,12 +30,29 @@ class Split:
         if labels.ndim != 1:
             raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
         object.__setattr__(self, "labels", labels.astype(np.int64, copy=False))
+        if (
+            labels.size
+            and labels.dtype.kind not in "iu"
+            and (labels.dtype.kind != "f" or not np.all(np.isfinite(labels) & (labels == np.round(labels))))
+        ):
+            raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
         fixed = {}
         for name, arr in self.inputs.items():
             arr = np.asarray(arr)
-            if arr.shape[0] != labels.shape[0]:
-                raise ValueError(f"modality {name!r} has {arr.shape[0]} rows but there are {labels.shape[0]} labels")
-            fixed[name] = arr.astype(np.float32, copy=False)
+            if arr.ndim == 0 or arr.shape[0] != labels.shape[0]:
+                rows = arr.shape[0] if arr.ndim else "no"
+                raise ValueError(f"modality {name!r} has {rows} rows but there are {labels.shape[0]} labels")
+            if arr.dtype.kind not in "iuf":
+                raise TypeError(f"modality {name!r} must hold real numbers, got dtype {arr.dtype}")
+            arr = arr.astype(np.float32, copy=False)
+            finite = np.isfinite(arr)
+            if not finite.all():
+                # Models silently train on NaN/inf (or produce NaN losses far from the cause): refuse here.
+                raise ValueError(
+                    f"modality {name!r} holds {int(arr.size - finite.sum())} non-finite value(s) "
+                    f"(first in row {int(np.argwhere(~finite)[0][0])}); check the data source or its standardisation"
+                )
+            fixed[name] = arr
         object.__setattr__(self, "inputs", fixed)
         for name, arr in self.extras.items():
             if len(arr) != labels.shape[0]:

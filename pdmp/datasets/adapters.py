@@ -10,12 +10,15 @@ from typing import Any
 
 import numpy as np
 
+from pdmp._validation import check_positive_int, check_seed
 from pdmp.datasets._base import Split
 
 __all__ = ["tf_dataset", "torch_dataset", "torch_loader"]
 
 
 def _modalities(split: Split, modalities: Sequence[str] | None) -> tuple[str, ...]:
+    if isinstance(modalities, (str, bytes)):
+        raise TypeError(f"modalities must be a list of names such as ['audio'], got the string {modalities!r}")
     mods = tuple(modalities) if modalities is not None else split.modalities
     unknown = [m for m in mods if m not in split.inputs]
     if unknown:
@@ -57,6 +60,8 @@ def torch_loader(
     **kwargs: Any,
 ) -> Any:
     """A ``torch.utils.data.DataLoader`` over :func:`torch_dataset` (batches of dicts; seeded shuffling)."""
+    check_positive_int(batch_size, name="batch_size")
+    check_seed(seed)
     import torch
     from torch.utils.data import DataLoader
 
@@ -78,9 +83,11 @@ def tf_dataset(
     ``channels_last=True`` moves the channel axis of image/spectrogram inputs last, as Keras' conv
     layers expect by default.
     """
+    check_positive_int(batch_size, name="batch_size")
+    check_seed(seed)
+    mods = _modalities(split, modalities)
     import tensorflow as tf
 
-    mods = _modalities(split, modalities)
     inputs = {}
     for m in mods:
         x = split.inputs[m]

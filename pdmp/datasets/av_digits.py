@@ -29,6 +29,7 @@ synthesiser route; a second call loads in well under a second.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import warnings
 import zlib
@@ -38,6 +39,15 @@ from typing import Any
 
 import numpy as np
 
+from pdmp._validation import (
+    check_bool,
+    check_non_negative_finite,
+    check_non_negative_int,
+    check_number,
+    check_positive_finite,
+    check_positive_int,
+    check_seed,
+)
 from pdmp.datasets import _cache
 from pdmp.datasets._audio import MelConfig, add_noise_at_snr, fit_window, log_mel, trim_silence
 from pdmp.datasets._base import MultimodalDataset, Split, stratified_split
@@ -50,7 +60,14 @@ from pdmp.datasets._espeak import (
 )
 from pdmp.datasets._sources import mnist5k
 
-__all__ = ["AV_DIGITS_REGIMES", "UNDER_OPTIMIZATION_ENCODERS", "AVDigitsConfig", "build_av_digits", "load_av_digits"]
+__all__ = [
+    "AV_DIGITS_REGIMES",
+    "UNDER_OPTIMIZATION_ENCODERS",
+    "AVDigitsConfig",
+    "DatasetCacheWarning",
+    "build_av_digits",
+    "load_av_digits",
+]
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ACCENTS = ("en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
@@ -164,6 +181,12 @@ VARIANTS = (
 _CACHE_VERSION = 4
 
 
+def _triple(value: Any, *, name: str) -> tuple[Any, Any, Any]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or len(value) != 3:
+        raise ValueError(f"{name} must be three values (train, val, test), got {value!r}")
+    return (value[0], value[1], value[2])
+
+
 @dataclass(frozen=True)
 class AVDigitsConfig:
     """The knobs of the audio-visual digits. Every field is part of the cache key.
@@ -194,7 +217,45 @@ class AVDigitsConfig:
     clip_seconds: float = 1.0
     mel: MelConfig = field(default_factory=MelConfig)
 
+    def __post_init__(self) -> None:
+        # Checked here, before any synthesis or cache write: a NaN SNR would build and cache all-NaN audio,
+        # a negative noise std would silently mean 0.
+        if self.audio_snr_db is not None:
+            snr = check_number(self.audio_snr_db, name="audio_snr_db")
+            if not math.isfinite(snr):
+                raise ValueError(
+                    f"audio_snr_db must be a finite number of dB or None (clean), got {self.audio_snr_db!r}"
+                )
+        check_non_negative_finite(self.image_noise_std, name="image_noise_std")
+        shift = check_number(self.time_shift, name="time_shift")
+        if not 0.0 <= shift <= 1.0:
+            raise ValueError(f"time_shift must be in [0, 1] (0 centres every word), got {self.time_shift!r}")
+        for name in ("time_masks", "time_mask_width", "freq_masks", "freq_mask_width"):
+            check_non_negative_int(getattr(self, name), name=name)
+        for name in ("n_train", "n_images"):
+            value = getattr(self, name)
+            if value is not None and check_non_negative_int(value, name=name) < 10:
+                raise ValueError(f"{name} must be an integer >= 10 or None, got {value!r}")
+        fractions = _triple(self.split_fractions, name="split_fractions")
+        for value in fractions:
+            check_non_negative_finite(value, name="split_fractions")
+        if not math.isclose(sum(float(v) for v in fractions), 1.0, abs_tol=1e-9):
+            raise ValueError(f"split_fractions must sum to 1 (train, val, test), got {self.split_fractions!r}")
+        speakers = _triple(self.n_speakers, name="n_speakers")
+        for value in speakers:
+            check_positive_int(value, name="n_speakers (train, val, test)")
+        object.__setattr__(self, "split_fractions", fractions)
+        object.__setattr__(self, "n_speakers", speakers)
+        check_positive_finite(self.clip_seconds, name="clip_seconds")
+        if not isinstance(self.mel, MelConfig):
+            raise TypeError(f"mel must be a pdmp.datasets MelConfig, got {type(self.mel).__name__}")
+
     def replace(self, **changes: Any) -> AVDigitsConfig:
+        """A copy with ``changes``; unknown field names are refused by name."""
+        known = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(changes) - set(known))
+        if unknown:
+            raise TypeError(f"unknown AVDigitsConfig field(s) {unknown}; known: {', '.join(known)}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -292,6 +353,9 @@ def build_av_digits(
     config: AVDigitsConfig, seed: int = 0, progress: bool = True
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Build the arrays (no cache). Returns flat arrays ``{split}/{what}`` and metadata."""
+    if not isinstance(config, AVDigitsConfig):
+        raise TypeError(f"config must be an AVDigitsConfig, got {type(config).__name__}")
+    seed = check_seed(seed)
     t0 = time.perf_counter()
     images, labels = mnist5k()
     parts = stratified_split(labels, config.split_fractions, _rng(seed, "split"))
@@ -375,6 +439,10 @@ def build_av_digits(
         arrays[f"{name}/labels"] = labels[idx].astype(np.int64)
         arrays[f"{name}/speaker"] = spk
         arrays[f"{name}/source_index"] = idx.astype(np.int64)
+    for key, array in arrays.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            # Never hand out (or cache) non-finite inputs; the config checks should make this unreachable.
+            raise ValueError(f"building the digits gave non-finite values in {key!r} with {config}; please report it")
     meta = {
         "config": config.to_dict(),
         "seed": seed,
@@ -403,6 +471,25 @@ def _apply_masks(spec: np.ndarray, config: AVDigitsConfig, rng: np.random.Genera
             spec[j, :, start[j] : start[j] + w[j], :] = 0.0
 
 
+class DatasetCacheWarning(UserWarning):
+    """A dataset cache file failed its content checksum and was rebuilt."""
+
+
+_CACHED_KEYS = ("image", "audio", "labels", "speaker", "source_index")
+
+
+def _check_cached_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """The arrays a cache must hold, float inputs finite: beyond the checksum, a guard against a wrong builder."""
+    missing = [f"{s}/{k}" for s in ("train", "val", "test") for k in _CACHED_KEYS if f"{s}/{k}" not in arrays]
+    if missing:
+        raise _cache.DatasetCacheError(f"dataset cache {str(path)!r} lacks array(s) {missing}; delete it to rebuild")
+    for key, array in arrays.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise _cache.DatasetCacheError(
+                f"dataset cache {str(path)!r}: array {key!r} holds non-finite values; delete it to rebuild"
+            )
+
+
 def _assemble(arrays: dict[str, np.ndarray], meta: dict[str, Any], name: str) -> MultimodalDataset:
     splits = {}
     for s in ("train", "val", "test"):
@@ -427,11 +514,20 @@ def load_av_digits(
 
     ``overrides`` replace config fields, e.g. ``load_av_digits("image_dominant", audio_snr_db=0.0)``.
     The result is cached under :func:`pdmp.datasets.cache_dir` (``$PDMP_CACHE_DIR`` overrides).
+
+    Every argument and config field is checked before anything is built or written. The cache file
+    carries a content checksum verified on every load; a file that fails it (altered, or written by
+    an older pdmp without one) is rebuilt with a :class:`DatasetCacheWarning` where eSpeak NG is
+    available, and raises :class:`~pdmp.datasets.DatasetCacheError` where it is not (a machine that
+    only loads caches built elsewhere).
     """
+    seed = check_seed(seed)
+    progress = check_bool(progress, name="progress")
+    use_cache = check_bool(use_cache, name="use_cache")
     if isinstance(regime, AVDigitsConfig):
         config, regime_name = regime, "custom"
     else:
-        if regime not in AV_DIGITS_REGIMES:
+        if not isinstance(regime, str) or regime not in AV_DIGITS_REGIMES:
             raise ValueError(f"unknown regime {regime!r}; known: {', '.join(AV_DIGITS_REGIMES)}")
         config, regime_name = AV_DIGITS_REGIMES[regime], regime
     if overrides:
@@ -445,7 +541,19 @@ def load_av_digits(
     for route in routes:
         key = _cache.config_hash({"v": _CACHE_VERSION, "seed": seed, "config": config.to_dict(), "synth": route})
         path = _cache.cache_dir(cache_dir) / f"av_digits-{key}.npz"
-        loaded = _cache.load_npz(path) if use_cache else None
+        try:
+            loaded = _cache.load_npz(path) if use_cache else None
+            if loaded is not None:
+                _check_cached_arrays(loaded[0], path)
+        except _cache.DatasetCacheError as error:
+            if synth == "unavailable":
+                raise _cache.DatasetCacheError(
+                    f"{error}. eSpeak NG is not available here to rebuild it: build the cache with this pdmp on a "
+                    "machine that has it (pip install 'espeakng-loader>=0.2.4,<0.3') and copy the file here"
+                ) from None
+            warnings.warn(f"{error}; rebuilding it", DatasetCacheWarning, stacklevel=2)
+            loaded = None
+            break
         if loaded is not None:
             break
     if loaded is None:

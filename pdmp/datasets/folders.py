@@ -29,6 +29,13 @@ clips tiled or cut to ``audio_seconds`` as OGM-GE does, standardised with traini
 ``visual`` ``(N, 3 * n_frames, H, W)`` in [0, 1]: ``n_frames`` frames at the middles of equal segments of the
 sorted frame files, RGB, resized to ``frame_size``, stacked frame-major along channels. Where there is no
 validation index, ``val_fraction`` of the training rows (class-stratified, seeded) becomes validation.
+
+Checked before any audio or image is read, each raising :class:`DatasetFolderError` that names the
+index file, the sample, the class or the split: a sample name that is absolute, contains ``..`` or
+resolves (also through a symlink) outside the dataset root is refused, so no file outside the root is
+ever read; a sample listed twice (in one split, or in train and test) is refused; every split must hold
+samples and every class of the validation/test splits must have training samples (and, when validation
+is carved from training, validation samples too).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from pdmp._validation import check_bool, check_number, check_positive_finite, check_positive_int, check_seed
 from pdmp.datasets._audio import MelConfig, log_mel, read_wav, resample
 from pdmp.datasets._base import MultimodalDataset, Split, stratified_split
 from pdmp.datasets.av_digits import _progress, _rng
@@ -116,10 +124,153 @@ def _read_ave_index(path: Path) -> list[_Row]:
     return rows
 
 
-def _frame_files(folder: Path) -> list[Path]:
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, with every symlink followed, lies inside the (resolved) ``root``."""
+    return path.resolve().is_relative_to(root)
+
+
+def _frame_files(folder: Path, root: Path) -> list[Path]:
+    """Frame images in ``folder``; a frame that resolves outside ``root`` (a symlink out) is refused."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in _FRAME_EXTS)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _FRAME_EXTS)
+    outside = [str(p) for p in files if not _inside(p, root)]
+    if outside:
+        raise DatasetFolderError(
+            f"frame file(s) {outside[:5]} resolve outside the dataset root {str(root)!r} (a symlink out of it); "
+            "refusing to read them: copy the files into the dataset folder"
+        )
+    return files
+
+
+def _unsafe_name(name: str) -> bool:
+    """A sample name that could address a file outside its folder: absolute, with '..', or with NUL."""
+    parts = name.replace("\\", "/").split("/")
+    return (
+        not name
+        or "\0" in name
+        or name.startswith(("/", "\\", "~"))
+        or (len(name) > 1 and name[1] == ":")  # a Windows drive
+        or any(part in ("..", ".") for part in parts)
+    )
+
+
+def _check_index_rows(
+    name: str,
+    root: Path,
+    indexes: dict[str, list[_Row]],
+    index_files: dict[str, str],
+    audio_dir: str,
+    frames_dir: str,
+) -> None:
+    """Refuse path traversal and samples listed twice, before any sample file is touched."""
+    for split, rows in indexes.items():
+        unsafe = [r.name for r in rows if _unsafe_name(r.name)]
+        if unsafe:
+            raise DatasetFolderError(
+                f"{name}: index {index_files[split]!r} lists sample name(s) {unsafe[:5]} that are absolute or "
+                "contain '..': a sample name must stay inside the dataset folder (path traversal refused)"
+            )
+        outside = [
+            r.name
+            for r in rows
+            if not (_inside(root / audio_dir / f"{r.name}.wav", root) and _inside(root / frames_dir / r.name, root))
+        ]
+        if outside:
+            raise DatasetFolderError(
+                f"{name}: index {index_files[split]!r} lists sample(s) {outside[:5]} whose files resolve outside "
+                f"the dataset root {str(root)!r} (through a symlink); refusing to read them"
+            )
+    where: dict[str, list[str]] = {}
+    for split, rows in indexes.items():
+        for r in rows:
+            where.setdefault(r.name, []).append(split)
+    twice = {sample: splits for sample, splits in where.items() if len(splits) > 1}
+    if twice:
+        shown = ", ".join(f"{sample!r} in {' and '.join(splits)}" for sample, splits in list(twice.items())[:5])
+        raise DatasetFolderError(
+            f"{name}: {len(twice)} sample(s) listed more than once: {shown}; a sample must be in exactly one "
+            "split (a sample in both train and test inflates the test score)"
+        )
+
+
+def _check_class_coverage(
+    name: str, class_names: Sequence[str], split_labels: dict[str, list[int]], carved: bool, val_fraction: float
+) -> None:
+    """Every split non-empty; every class evaluated has training samples. Raised before standardisation,
+    which would otherwise turn an empty training split into NaN inputs."""
+    train_counts = np.bincount(np.asarray(split_labels["train"], dtype=np.int64), minlength=len(class_names))
+    val_counts = np.bincount(np.asarray(split_labels["val"], dtype=np.int64), minlength=len(class_names))
+    for split in ("train", "val", "test"):
+        if split_labels[split]:
+            continue
+        detail = ""
+        if carved and split in ("train", "val"):
+            per_class = ", ".join(
+                f"{class_names[int(c)]!r} {int(train_counts[c] + val_counts[c])}"
+                for c in np.flatnonzero(train_counts + val_counts)
+            )
+            detail = (
+                f": val_fraction={val_fraction} of each class's training rows leaves none for {split} "
+                f"(training rows per class: {per_class}); add samples, change val_fraction or provide a "
+                "validation index"
+            )
+        raise DatasetFolderError(f"{name}: the {split} split is empty{detail or '; add samples to it'}")
+    for split in ("val", "test"):
+        missing = sorted(set(split_labels[split]) - set(split_labels["train"]))
+        if missing:
+            raise DatasetFolderError(
+                f"{name}: class {class_names[missing[0]]!r} has {split} samples but no training samples "
+                f"(the {split} split holds {split_labels[split].count(missing[0])} of it); every class needs "
+                "training samples"
+            )
+    if carved:
+        unseen = [class_names[int(c)] for c in np.flatnonzero(train_counts) if val_counts[c] == 0]
+        if unseen:
+            warnings.warn(
+                f"{name}: class(es) {unseen[:5]} have too few training rows for val_fraction={val_fraction} and "
+                "get no validation sample; validation scores ignore them",
+                DatasetFolderWarning,
+                stacklevel=4,
+            )
+
+
+def _check_options(
+    val_fraction: Any,
+    seed: Any,
+    audio_seconds: Any,
+    mel: Any,
+    n_frames: Any,
+    frame_size: Any,
+    progress: Any,
+    audio_dir: Any,
+    frames_dir: Any,
+    class_names: Any,
+    n_classes: Any,
+) -> None:
+    fraction = check_number(val_fraction, name="val_fraction")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    check_seed(seed)
+    check_positive_finite(audio_seconds, name="audio_seconds")
+    if not isinstance(mel, MelConfig):
+        raise TypeError(f"mel must be a pdmp.datasets MelConfig, got {type(mel).__name__}")
+    check_positive_int(n_frames, name="n_frames")
+    if isinstance(frame_size, (str, bytes)) or not isinstance(frame_size, (tuple, list)) or len(frame_size) != 2:
+        raise ValueError(f"frame_size must be (height, width), got {frame_size!r}")
+    for side in frame_size:
+        check_positive_int(side, name="frame_size")
+    check_bool(progress, name="progress")
+    for what, folder in (("audio_dir", audio_dir), ("frames_dir", frames_dir)):
+        if not isinstance(folder, str) or _unsafe_name(folder):
+            raise ValueError(f"{what} must be a folder name inside the dataset root, got {folder!r}")
+    if class_names is not None:
+        if isinstance(class_names, (str, bytes)) or not all(isinstance(c, str) for c in class_names):
+            raise TypeError(f"class_names must be a list of strings, got {class_names!r}")
+        if len(set(class_names)) != len(class_names):
+            raise ValueError(f"class_names has duplicates: {list(class_names)}")
+    if n_classes is not None:
+        check_positive_int(n_classes, name="n_classes")
 
 
 def _load_frames(files: list[Path], n_frames: int, size: tuple[int, int]) -> np.ndarray:
@@ -163,15 +314,32 @@ def load_av_folder(
     """The generic reader behind :func:`load_cremad`, :func:`load_ave` and :func:`load_kinetics_sounds`."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    _check_options(
+        val_fraction,
+        seed,
+        audio_seconds,
+        mel,
+        n_frames,
+        frame_size,
+        progress,
+        audio_dir,
+        frames_dir,
+        class_names,
+        n_classes,
+    )
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetFolderError(
             f"{name}: dataset folder {str(root)!r} does not exist (see pdmp.datasets.folders for the layout)"
         )
+    # Every path below is checked against the resolved root: nothing outside it is ever read.
+    root = root.resolve()
     indexes: dict[str, list[_Row]] = {}
     for split, fname in index_files.items():
         path = root / fname
         if path.is_file():
+            if not _inside(path, root):
+                raise DatasetFolderError(f"{name}: index file {str(path)!r} resolves outside the dataset root")
             indexes[split] = read_index(path)
         elif split != "val":
             raise DatasetFolderError(
@@ -183,6 +351,9 @@ def load_av_folder(
     for sub in (audio_dir, frames_dir):
         if not (root / sub).is_dir():
             raise DatasetFolderError(f"{name}: folder {str(root / sub)!r} is missing")
+        if not _inside(root / sub, root):
+            raise DatasetFolderError(f"{name}: folder {str(root / sub)!r} resolves outside the dataset root")
+    _check_index_rows(name, root, indexes, index_files, audio_dir, frames_dir)
 
     seen = sorted({r.label for rows in indexes.values() for r in rows})
     if class_names is None:
@@ -204,7 +375,7 @@ def load_av_folder(
         for r in rows:
             if not (root / audio_dir / f"{r.name}.wav").is_file():
                 missing_audio.append(r.name)
-            if not _frame_files(root / frames_dir / r.name):
+            if not _frame_files(root / frames_dir / r.name, root):
                 missing_frames.append(r.name)
     problems = []
     if missing_audio:
@@ -231,7 +402,7 @@ def load_av_folder(
             except ValueError as exc:
                 corrupt.append(f"{wav_path} ({exc})")
                 continue
-            files = _frame_files(root / frames_dir / r.name)
+            files = _frame_files(root / frames_dir / r.name, root)
             try:
                 img = _load_frames(files, n_frames, frame_size)
             except (OSError, ValueError, SyntaxError) as exc:
@@ -245,7 +416,8 @@ def load_av_folder(
     if corrupt:
         _report(name, [_list_problem("have unreadable audio or image files", corrupt, n_total)], on_error)
 
-    if "val" not in loaded:
+    carved = "val" not in loaded
+    if carved:
         tr_w, tr_f, tr_y, tr_n = loaded["train"]
         y = np.asarray(tr_y)
         val_idx, train_idx = stratified_split(y, (val_fraction, 1 - val_fraction), _rng(seed, f"{name}_val"))
@@ -255,6 +427,7 @@ def load_av_folder(
     else:
         val_source = index_files["val"]
 
+    _check_class_coverage(name, class_names, {k: list(v[2]) for k, v in loaded.items()}, carved, val_fraction)
     specs = {}
     for split in ("train", "val", "test"):
         w = loaded[split][0]

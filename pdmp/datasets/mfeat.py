@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from pdmp._validation import check_non_negative_finite, check_seed
 from pdmp.datasets._base import MultimodalDataset, Split, stratified_split
 from pdmp.datasets._sources import mfeat_folder
 from pdmp.datasets.av_digits import _rng
@@ -37,10 +38,20 @@ def load_mfeat(
     split_fractions: tuple[float, float, float] = (0.5, 0.25, 0.25),
 ) -> MultimodalDataset:
     """The UCI Multiple Features digits as a multimodal task over ``views`` (default tri-modal pix/fou/mor)."""
+    if isinstance(views, (str, bytes)):
+        raise TypeError(f"views must be a list of view names such as ('pix', 'fou'), got the string {views!r}")
     views = tuple(views)
     unknown = [v for v in views if v not in MFEAT_VIEWS]
     if unknown or not views:
         raise ValueError(f"unknown mfeat view {unknown[0] if unknown else None!r}; known: {', '.join(MFEAT_VIEWS)}")
+    if len(set(views)) != len(views):
+        raise ValueError(f"mfeat views {list(views)} name a view twice; list each view once")
+    seed = check_seed(seed)
+    if isinstance(split_fractions, (str, bytes)) or len(split_fractions) != 3:
+        raise ValueError(f"split_fractions must be three fractions (train, val, test), got {split_fractions!r}")
+    for fraction in split_fractions:
+        if check_non_negative_finite(fraction, name="split_fractions") <= 0:
+            raise ValueError(f"split_fractions must all be > 0 (every split needs samples), got {split_fractions!r}")
     data: dict[str, np.ndarray] = {}
     labels: np.ndarray | None = None
     for v in views:
