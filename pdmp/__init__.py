@@ -5,6 +5,7 @@ metrics. Framework adapters live in :mod:`pdmp.backends.torch` and :mod:`pdmp.ba
 imported only when asked for.
 """
 
+from pdmp.adaptive import AdaptivePDMP
 from pdmp.compare import Candidate, Study, StudyError, compare, default_candidates
 from pdmp.controls import InversePDMP, UniformScaling
 from pdmp.diagnostics import Dependency, dependency, modality_scores, softmax
@@ -29,6 +30,7 @@ __all__ = [
     "OGMGE",
     "OGM_NOISE_EPS",
     "PDMP",
+    "AdaptivePDMP",
     "Candidate",
     "Clock",
     "CoefficientPolicy",

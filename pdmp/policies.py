@@ -77,6 +77,22 @@ class CoefficientPolicy(ABC):
     kind: ClassVar[str]
     #: True when the policy needs per-modality logits of the current batch (OGM-GE).
     needs_logits: ClassVar[bool] = False
+    #: True when the policy learns from each step's per-modality batch scores (adaptive policies): the
+    #: adapters call :meth:`update` with the step's (all-reduced) scores *after* fixing its coefficients,
+    #: and save :meth:`state_dict` with their own state.
+    observes_scores: ClassVar[bool] = False
+
+    def update(self, scores: Mapping[str, float]) -> None:  # noqa: B027 - a no-op unless observes_scores
+        """Fold in one step's per-modality batch scores (only policies with :attr:`observes_scores`)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the policy has learnt during training (empty for stateless policies); JSON-serialisable."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; stateless policies accept only an empty dict."""
+        if state:
+            raise ValueError(f"{type(self).__name__} has no training state, got {dict(state)!r}")
 
     def __init__(self, modalities: Sequence[str]) -> None:
         self.modalities: tuple[str, ...] = check_modality_names(modalities, where=f"{type(self).__name__} modalities")
