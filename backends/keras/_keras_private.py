@@ -1,9 +1,12 @@
-"""The few Keras internals the stock TensorFlow ``train_step`` relies on, reached in one place.
+"""The few Keras internals the adapter relies on, reached in one place.
 
 ``ModulatedModel.train_step`` must behave like Keras's own so that the ``loss`` shown by ``fit()`` and
 user overrides of ``compute_loss`` keep working; that step uses ``Trainer._compute_loss`` (which
 tolerates ``compute_loss`` overrides without a ``training`` argument), ``Trainer._loss_tracker`` and
-``unscale_loss_for_distribution``. If a Keras release moves them, only this file changes.
+``unscale_loss_for_distribution`` (Keras >= 3.8, hence the lower bound in ``pyproject.toml``).
+Checking a model's structure (which layer is the head, what a ``ConcatHead`` concatenates) reads the
+functional graph: ``KerasTensor._keras_history`` and ``Operation._inbound_nodes``. If a Keras release
+moves them, only this file changes.
 """
 
 from __future__ import annotations
@@ -33,3 +36,15 @@ def output_in_caller(layer: keras.layers.Layer) -> Any:
     """
     generic_output: property = Operation.__dict__["output"]
     return generic_output.fget(layer)  # type: ignore[misc]
+
+
+def producing_layer(tensor: Any) -> Any:
+    """The layer (operation) whose call produced symbolic ``tensor``, or None for a model input."""
+    history = getattr(tensor, "_keras_history", None)
+    return None if history is None else history[0]
+
+
+def inbound_tensors(layer: Any) -> list[Any]:
+    """The symbolic tensors ``layer`` was first called on ([] for an input layer or an uncalled one)."""
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    return list(nodes[0].input_tensors) if nodes else []

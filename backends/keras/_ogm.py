@@ -24,7 +24,16 @@ def batch_scores(logits: Sequence[tf.Tensor], labels: tf.Tensor) -> tf.Tensor:
     first = tf.convert_to_tensor(logits[0])
     if labels.shape.rank is not None and labels.shape.rank == first.shape.rank and labels.shape[-1] != 1:
         labels = tf.argmax(labels, axis=-1)  # one-hot / probability targets
-    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)  # NaN casts to a negative index: caught below
+    # Out-of-range indices would make the gather fail deep inside TF (CPU) or read zeros (GPU).
+    classes = tf.shape(first)[-1]
+    message = "OGM-GE labels must be class indices in [0, number of classes); got"
+    checks = [
+        tf.debugging.assert_non_negative(labels, message=f"{message} a negative (or NaN) label"),
+        tf.debugging.assert_less(labels, classes, message=f"{message} a label >= the logits' width"),
+    ]
+    with tf.control_dependencies(checks):
+        labels = tf.identity(labels)
     scores = []
     for out in logits:
         probabilities = tf.nn.softmax(tf.cast(tf.stop_gradient(out), tf.float32), axis=-1)

@@ -12,6 +12,10 @@ What it does not scale: Keras applies decoupled ``weight_decay`` separately, wit
 rate, so decay is not multiplied (torch parameter groups would multiply it). Keras's SGD folds the
 learning rate into its momentum buffer (``m = mu * m - lr * g``), so a change of ``k`` affects new
 gradients only, where torch's SGD rescales the whole buffer; both agree while ``k`` is constant.
+
+That path is a Keras implementation detail, so it is checked: the wrapper counts the modality
+variables it scales (:func:`scaled_count`, at trace time in a traced step), and ``ModulatedModel``
+raises if an optimizer step updated modality variables without going through it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import tensorflow as tf
 Lookup = Callable[[Any], "tf.Tensor | None"]
 
 _MARK = "_pdmp_lr_lookup"
+_COUNT = "_pdmp_lr_scaled"
 
 
 def variable_keys(variable: keras.Variable) -> list[int]:
@@ -33,6 +38,12 @@ def variable_keys(variable: keras.Variable) -> list[int]:
     keys = [id(variable), id(backing)]
     keys.extend(id(component) for component in getattr(backing, "values", ()))  # tf.distribute replicas
     return keys
+
+
+def scaled_count(optimizer: Any) -> int:
+    """How often the installed wrapper has scaled a modality variable's learning rate (0 if never)."""
+    target = getattr(optimizer, "inner_optimizer", optimizer)
+    return int(getattr(target, _COUNT, 0))
 
 
 def install(optimizer: keras.optimizers.Optimizer, lookup: Lookup) -> None:
@@ -48,6 +59,7 @@ def install(optimizer: keras.optimizers.Optimizer, lookup: Lookup) -> None:
     def update_step(gradient: Any, variable: Any, learning_rate: Any) -> Any:
         multiplier = lookup(variable)
         if multiplier is not None:
+            object.__setattr__(target, _COUNT, scaled_count(target) + 1)
             rate = tf.convert_to_tensor(learning_rate)
             learning_rate = rate * tf.cast(multiplier, rate.dtype)
         return original(target, gradient, variable, learning_rate)

@@ -13,21 +13,27 @@ torch ``Modulator``                    Keras ``ModulatedModel``
 ``Modulator(modalities, policy,        ``ModulatedModel(model, modalities, policy, mode=...)``; the
 mode, optimizer)``                     optimizer is the one given to ``compile()``
 ``set_epoch(e)``                       ``set_epoch(e)`` (``fit()`` calls it at every epoch start)
-``step()``                             done in the graph: the step counter advances in ``train_step``
-                                       and ``fit()`` refreshes step-based schedules every batch
+``step()``                             ``fit()`` and ``train_on_batch`` count steps in the graph; a
+                                       loop of your own calls ``step()`` after each optimizer step
 ``observe(logits, labels)``            done in the graph from ``modality_logits`` (OGM-GE only)
 ``coefficients``                       ``coefficients`` (read from the non-trainable variables)
 ``state_dict()`` / ``load_state_dict``  the same; the state is also saved in ``.keras`` files
 =====================================  ===============================================================
 
 Where the decisions are made: the schedule (warm-up, ramp, end, gammas) is the core policy's, called
-in Python at batch/epoch boundaries; its result is written into non-trainable variables only when it
-changes, so the traced step reads variables and never retraces. OGM-GE needs this batch's logits, so
-its formula runs in the graph (:mod:`pdmp.backends.keras._ogm`, tested against the core).
+in Python at batch/epoch boundaries; its result is written into non-trainable variables, so the
+traced step reads variables and never retraces. The step and epoch counters are variables too, and
+they are the truth: the Python side re-reads them before it computes coefficients, so whatever
+restores the model's weights (``load_weights``, ``set_weights``, ``BackupAndRestore``,
+``EarlyStopping(restore_best_weights=True)``) also restores the schedule. A step is counted only when
+the optimizer took it (a ``LossScaleOptimizer`` step skipped for non-finite gradients is not).
+OGM-GE needs this batch's logits, so its formula runs in the graph
+(:mod:`pdmp.backends.keras._ogm`, tested against the core).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeAlias
 
@@ -35,11 +41,30 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pdmp._validation import check_disjoint_assignment, check_non_negative_int
+from pdmp._validation import (
+    check_disjoint_assignment,
+    check_labels,
+    check_non_negative_int,
+    check_positive_finite,
+    check_same_modalities,
+)
 from pdmp.backends.keras import _ogm, _optimizer_lr
-from pdmp.backends.keras._keras_private import compute_loss_like_keras, output_in_caller
+from pdmp.backends.keras._keras_private import (
+    compute_loss_like_keras,
+    inbound_tensors,
+    output_in_caller,
+    producing_layer,
+)
 from pdmp.backends.keras.heads import ConcatHead, LayerLogits, layer_logits_from_config
-from pdmp.policies import OGM_NOISE_EPS, OGMGE, Clock, CoefficientPolicy, policy_from_config
+from pdmp.policies import (
+    OGM_NOISE_EPS,
+    OGMGE,
+    PDMP,
+    Clock,
+    CoefficientPolicy,
+    NoModulation,
+    policy_from_config,
+)
 
 Mode = Literal["grad", "lr"]
 Member: TypeAlias = "keras.layers.Layer | keras.Variable | str"
@@ -63,8 +88,10 @@ class ModulatedModel(keras.Model):
     Args:
         model: a built Keras model; its forward pass is used unchanged.
         modalities: for each modality, its encoder given as a layer, a layer name, a variable, a
-            variable path, or a list of these. Every trainable variable of a listed layer belongs to
-            that modality. Leave fusion/head variables out: they are never modulated.
+            variable path, or a list of these. Every variable of a listed layer belongs to that
+            modality, also one that is frozen now: it is modulated once it is unfrozen and trains
+            (recompile after changing ``trainable``, as Keras requires). Leave fusion/head variables
+            out: they are never modulated, and the layer producing the model's output is refused.
         policy: a :class:`pdmp.CoefficientPolicy` (``PDMP``, ``OGMGE``, ``NoModulation``) over exactly
             these modality names.
         mode: ``"grad"`` multiplies gradients by ``k``; ``"lr"`` multiplies the learning rate the
@@ -74,8 +101,9 @@ class ModulatedModel(keras.Model):
             Nesterov or ``weight_decay`` (Keras's SGD uses ``lr * g`` only as a product and its weight
             decay is decoupled, so neither sees the difference), even while ``k`` changes. Under
             Adam/AdamW/RMSprop ``grad`` mode is nearly a no-op (they normalise the gradient's scale;
-            only epsilon notices) and ``lr`` mode is exactly ``k * lr`` for those variables. Gradient
-            clipping (``clipnorm``/``global_clipnorm``) sees the scaled gradients in ``grad`` mode.
+            only epsilon notices; ``compile()`` warns) and ``lr`` mode is exactly ``k * lr`` for those
+            variables. Gradient clipping (``clipnorm``/``global_clipnorm``) sees the scaled gradients in
+            ``grad`` mode.
         modality_logits: OGM-GE only: :class:`~pdmp.backends.keras.ConcatHead` /
             :class:`~pdmp.backends.keras.SumHeads` (layer names of a functional model; the logits come
             from the training forward pass itself), or ``fn(model, x, training) -> {modality: logits}``
@@ -85,6 +113,13 @@ class ModulatedModel(keras.Model):
             so it is reproducible and identical on every replica. Under ``tf.distribute`` it is added to
             each replica's gradient before the optimizer sums them, with that replica's gradient's
             standard deviation (the single-device reference adds it once, after reduction).
+
+    Training: ``fit()`` keeps the schedule by itself (``steps_per_execution > 1`` is refused for
+    policies whose coefficients change from step to step). ``train_on_batch`` counts its step; call
+    :meth:`set_epoch` at each epoch start. A loop of your own: compile the model with the optimizer
+    you apply, then per epoch :meth:`set_epoch`, per batch ``tape.gradient``,
+    :meth:`modulate_gradients` (for OGM-GE after :meth:`observe`), ``optimizer.apply_gradients`` and
+    :meth:`step` (outside ``tf.function``).
     """
 
     def __init__(
@@ -159,8 +194,10 @@ class ModulatedModel(keras.Model):
             name="pdmp_epoch",
         )  # fmt: skip
         self._clock = Clock()
-        self._written: tuple[float, ...] | None = None
         self._lr_lookup = _Hidden(self._lr_multiplier)
+        # step(): the optimizer's iteration count at the last counted step, to tell skipped steps apart.
+        self._iterations_seen = _Hidden(None)
+        self._epoch_was_set = False
         self.built = True
         self.update_coefficients()
 
@@ -170,7 +207,11 @@ class ModulatedModel(keras.Model):
         return self.inner_model(inputs, training=training)
 
     def train_step(self, data: Any) -> dict[str, Any]:
-        """Keras's TensorFlow ``train_step`` with :meth:`modulate_gradients` before ``apply_gradients``."""
+        """Keras's TensorFlow ``train_step`` with :meth:`modulate_gradients` before ``apply_gradients``.
+
+        The step counter advances by the optimizer's own iteration count, so a step that a
+        ``LossScaleOptimizer`` skipped (non-finite gradients) is not counted.
+        """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             y_pred, modality_logits = self._forward(x)
@@ -182,15 +223,22 @@ class ModulatedModel(keras.Model):
             gradients = tape.gradient(loss, variables)
             coefficients = None if modality_logits is None else self.observe(modality_logits, y)
             gradients = self.modulate_gradients(gradients, variables, coefficients=coefficients)
+            before = tf.convert_to_tensor(self.optimizer.iterations)
+            scaled = _optimizer_lr.scaled_count(self.optimizer)
             self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        self.pdmp_step.assign_add(1)
+            taken = tf.cast(tf.convert_to_tensor(self.optimizer.iterations) - before, tf.int64)
+            if self.mode == "lr":
+                self._check_lr_mode_applied(gradients, variables, scaled, taken)
+            self.pdmp_step.assign_add(taken)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def observe(self, modality_logits: Mapping[str, Any], labels: Any) -> tf.Tensor:
         """OGM-GE: set the coefficients from this batch's per-modality logits (in the graph).
 
         Scores are summed over replicas before use, so every replica computes the same coefficients.
-        Returns the coefficients, in :attr:`modalities` order.
+        Labels outside ``0..classes-1`` fail with an ``InvalidArgumentError`` naming them (TensorFlow
+        would otherwise gather garbage on some devices). Returns the coefficients, in
+        :attr:`modalities` order.
         """
         if not isinstance(self.policy, OGMGE):
             raise TypeError(f"observe() is for OGM-GE; policy {type(self.policy).__name__} needs no logits")
@@ -210,18 +258,25 @@ class ModulatedModel(keras.Model):
     ) -> list[Any]:
         """Scale (``grad`` mode) and, for OGM-GE, add noise to each modality variable's gradient.
 
-        Use it in a custom training loop between ``tape.gradient`` and ``apply_gradients``. Gradients
-        may be loss-scaled (mixed precision): scaling commutes with it, and OGM-GE's noise is drawn
-        from the unscaled gradient's standard deviation and scaled back. ``coefficients`` (in
+        Use it in a custom training loop between ``tape.gradient`` and ``apply_gradients``, and call
+        :meth:`step` after each optimizer step. Gradients may be loss-scaled (mixed precision): scaling
+        commutes with it, and OGM-GE's noise is drawn from the unscaled gradient's standard deviation
+        and scaled back (the loss scale is the compiled optimizer's). ``coefficients`` (in
         :attr:`modalities` order) default to the model's coefficient variables.
         """
         if coefficients is None:
             coefficients = tf.convert_to_tensor(self.pdmp_coefficients)
         noisy = self.policy.adds_noise
         if noisy:
-            loss_scale = tf.cast(self.optimizer.scale_loss(tf.constant(1.0)), tf.float32)
+            scale_loss = getattr(getattr(self, "optimizer", None), "scale_loss", None)
+            loss_scale = tf.constant(1.0) if scale_loss is None else tf.cast(scale_loss(tf.constant(1.0)), tf.float32)
             gate = tf.convert_to_tensor(self.pdmp_noise_gate)
-        if self.mode == "lr" and self.optimizer is not None:
+        if self.mode == "lr":
+            if getattr(self, "optimizer", None) is None:
+                raise RuntimeError(
+                    "mode='lr' scales the learning rate of the optimizer given to compile(), but this model is not "
+                    "compiled; call model.compile(optimizer=...) with the optimizer your loop applies"
+                )
             _optimizer_lr.install(self.optimizer, self._lr_lookup.value)
         result = list(gradients)
         index = self._index.value
@@ -248,6 +303,49 @@ class ModulatedModel(keras.Model):
             result[position] = scaled
         return result
 
+    def step(self) -> bool:
+        """Count one training step of a loop of your own; call it after ``optimizer.apply_gradients``.
+
+        It advances the step counter (step-unit schedules, and OGM-GE's noise, which is drawn per
+        step) and writes the coefficients of the next step. ``fit()`` and ``train_on_batch`` count
+        their steps themselves: do not call it there. A step the compiled optimizer did not take (a
+        ``LossScaleOptimizer`` skipped non-finite gradients) is not counted; returns whether it was.
+        It runs the policy in Python, so call it outside ``tf.function`` (your traced step may be one).
+        """
+        if not tf.executing_eagerly():
+            raise RuntimeError(
+                "ModulatedModel.step() computes the next coefficients in Python and cannot run inside "
+                "tf.function; call it after your (traced) training step, in the Python loop"
+            )
+        self._warn_if_epoch_never_set("step()")
+        counted = True
+        optimizer = getattr(self, "optimizer", None)  # None before compile()
+        if optimizer is not None:
+            iterations = int(optimizer.iterations.numpy())
+            counted = iterations != self._iterations_seen.value
+            if not counted and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                raise RuntimeError(
+                    f"ModulatedModel.step(): the compiled optimizer ({type(optimizer).__name__}) took no step since "
+                    "the last step()/set_epoch(), so the schedule cannot advance; compile the model with the "
+                    "optimizer your loop applies, and call step() once after each apply_gradients"
+                )
+            if counted and self.mode == "lr" and _optimizer_lr.scaled_count(optimizer) == 0:
+                raise RuntimeError(_lr_not_applied_message(optimizer))
+            self._iterations_seen.value = iterations
+        if counted:
+            self.pdmp_step.assign_add(1)
+        self._sync_clock()
+        self.update_coefficients()
+        return counted
+
+    def train_on_batch(self, *args: Any, **kwargs: Any) -> Any:
+        """``keras.Model.train_on_batch`` on the policy's schedule: it uses the coefficients of the
+        current step and counts the step it takes. Call :meth:`set_epoch` at each epoch start."""
+        self._warn_if_epoch_never_set("train_on_batch()")
+        self._sync_clock()
+        self.update_coefficients()
+        return super().train_on_batch(*args, **kwargs)
+
     def _forward(self, x: Any) -> tuple[Any, dict[str, Any] | None]:
         spec = self._logits.value
         if spec is None:
@@ -264,38 +362,71 @@ class ModulatedModel(keras.Model):
             return None
         return tf.convert_to_tensor(self.pdmp_coefficients)[modality]
 
+    def _check_lr_mode_applied(
+        self, gradients: Sequence[Any], variables: Sequence[Any], scaled_before: int, taken: tf.Tensor
+    ) -> None:
+        """Raise if ``apply_gradients`` updated modality variables without passing them through
+        ``update_step``, the one path where lr mode scales the learning rate (a Keras change would do that).
+
+        A traced step traces every branch, so the check holds there; eagerly, a branch not taken (a
+        skipped loss-scaled step, a gradient-accumulation step) calls nothing, so only updates count.
+        """
+        index = self._index.value
+        if not any(g is not None and id(v) in index for g, v in zip(gradients, variables, strict=True)):
+            return
+        if _optimizer_lr.scaled_count(self.optimizer) > scaled_before:
+            return
+        if tf.executing_eagerly() and (
+            getattr(self.optimizer, "gradient_accumulation_steps", None) or int(taken.numpy()) == 0
+        ):
+            return
+        raise RuntimeError(_lr_not_applied_message(self.optimizer))
+
     # -- the schedule -------------------------------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:
         """Tell the policy which epoch starts (0-based); ``fit()`` calls it for you."""
-        self._clock.epoch = check_non_negative_int(epoch, name="epoch")
-        self.pdmp_epoch.assign(self._clock.epoch)
+        epoch = check_non_negative_int(epoch, name="epoch")
+        self._epoch_was_set = True
+        self._sync_clock()
+        self._clock.epoch = epoch
+        self.pdmp_epoch.assign(epoch)
+        optimizer = getattr(self, "optimizer", None)  # None before compile()
+        if optimizer is not None:
+            self._iterations_seen.value = int(optimizer.iterations.numpy())
         self.update_coefficients()
 
     def update_coefficients(self) -> None:
         """Write the policy's coefficients for the current step/epoch into the model's variables.
 
-        ``fit()`` calls it at every batch and epoch start; with ``train_on_batch`` or a custom loop,
-        call :meth:`set_epoch` and this yourself. Variables are written only when a value changes.
+        ``fit()``, ``train_on_batch``, :meth:`step` and :meth:`set_epoch` call it for you. It always
+        writes: restored weights may hold other values than the ones this object last wrote.
         """
         if isinstance(self.policy, OGMGE):
-            values: tuple[float, ...] = (1.0 if self.policy.active(self._clock.epoch) else 0.0,)
-        elif self.policy.needs_logits:
-            raise NotImplementedError(f"{type(self.policy).__name__} needs logits and has no Keras implementation")
-        else:
-            modulation = self.policy.modulation(step=self._clock.step, epoch=self._clock.epoch)
-            values = (*(modulation.coefficients[name] for name in self.modalities), float(modulation.noise))
-        if values == self._written:
+            self.pdmp_noise_gate.assign(1.0 if self.policy.active(self._clock.epoch) else 0.0)
             return
-        if len(values) > 1:
-            self.pdmp_coefficients.assign(np.asarray(values[:-1], dtype=np.float32))
-        self.pdmp_noise_gate.assign(values[-1])
-        self._written = values
+        if self.policy.needs_logits:
+            raise NotImplementedError(f"{type(self.policy).__name__} needs logits and has no Keras implementation")
+        modulation = self.policy.modulation(step=self._clock.step, epoch=self._clock.epoch)
+        self.pdmp_coefficients.assign(np.asarray([modulation.coefficients[n] for n in self.modalities], np.float32))
+        self.pdmp_noise_gate.assign(float(modulation.noise))
 
     def _sync_clock(self) -> None:
-        """Adopt the step/epoch stored in the variables (after loading, or steps run outside fit())."""
+        """Adopt the step/epoch stored in the variables: they are restored with the weights and
+        advanced in the graph, so they, not the Python copy, are the truth."""
         self._clock.step = int(self.pdmp_step.numpy())
         self._clock.epoch = int(self.pdmp_epoch.numpy())
+
+    def _warn_if_epoch_never_set(self, where: str) -> None:
+        if self._epoch_was_set or not _depends_on_epoch(self.policy):
+            return
+        self._epoch_was_set = True  # warn once
+        warnings.warn(
+            f"ModulatedModel.{where} ran before any set_epoch(), and {self.policy!r} changes with the epoch: the "
+            "schedule stays at epoch 0 until you call model.set_epoch(epoch) at each epoch start",
+            UserWarning,
+            stacklevel=3,
+        )
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -304,7 +435,7 @@ class ModulatedModel(keras.Model):
 
     @property
     def step_count(self) -> int:
-        """Training steps taken (``train_step`` calls), as stored in the model."""
+        """Training steps the optimizer took while modulated, as stored in the model."""
         return int(self.pdmp_step.numpy())
 
     @property
@@ -319,7 +450,7 @@ class ModulatedModel(keras.Model):
 
     @property
     def modality_variables(self) -> dict[str, tuple[keras.Variable, ...]]:
-        """The variables each modality's coefficient applies to."""
+        """The variables each modality's coefficient applies to (frozen ones too: once they train)."""
         return dict(self._groups.value)
 
     def state_dict(self) -> dict[str, Any]:
@@ -335,7 +466,18 @@ class ModulatedModel(keras.Model):
         }
 
     def load_state_dict(self, state: Mapping[str, Any], *, strict: bool = True) -> None:
-        """Restore :meth:`state_dict`. With ``strict`` the saved policy must equal this model's."""
+        """Restore :meth:`state_dict`. With ``strict`` the saved policy must equal this model's.
+
+        Everything is checked before anything changes: a bad state leaves the model as it was.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict from ModulatedModel.state_dict(), got {type(state).__name__}")
+        missing = [key for key in ("policy", "clock", "coefficients") if key not in state]
+        if missing:
+            raise ValueError(
+                f"state lacks {missing}; pass the dict returned by ModulatedModel.state_dict() (keys policy, mode, "
+                "clock, coefficients, seed)"
+            )
         stored = policy_from_config(state["policy"])
         stored.check_modalities(self.modalities, where="ModulatedModel.load_state_dict")
         if state.get("mode", self.mode) != self.mode:
@@ -346,23 +488,64 @@ class ModulatedModel(keras.Model):
                 "build the model with the saved policy, or pass strict=False to keep the new one"
             )
         seed = check_non_negative_int(state.get("seed", self.seed), name="state['seed']")
+        clock = Clock()
+        if not isinstance(state["clock"], Mapping):
+            raise TypeError(f"state['clock'] must be a dict {{'step': ..., 'epoch': ...}}, got {state['clock']!r}")
+        clock.load_state_dict(state["clock"])
+        coefficients = state["coefficients"]
+        if not isinstance(coefficients, Mapping):
+            raise TypeError(f"state['coefficients'] must be a dict {{modality: coefficient}}, got {coefficients!r}")
+        check_same_modalities(coefficients, self.modalities, where="state['coefficients']")
+        values = [check_positive_finite(coefficients[n], name=f"state['coefficients'][{n!r}]") for n in self.modalities]
+        # Checked: now change state.
         if seed != self.seed:
             self.seed = seed
             self.train_function = None  # the seed is a trace-time constant: retrace
-        self._clock.load_state_dict(state["clock"])
-        self.pdmp_step.assign(self._clock.step)
-        self.pdmp_epoch.assign(self._clock.epoch)
-        coefficients = state.get("coefficients", {})
-        self.policy.check_modalities(list(coefficients), where="state['coefficients']")
-        self.pdmp_coefficients.assign(np.asarray([coefficients[n] for n in self.modalities], dtype=np.float32))
-        self._written = None
+        self._clock = clock
+        self.pdmp_step.assign(clock.step)
+        self.pdmp_epoch.assign(clock.epoch)
+        self.pdmp_coefficients.assign(np.asarray(values, dtype=np.float32))
         if not self.policy.needs_logits:
             self.update_coefficients()
 
-    # -- fit() ------------------------------------------------------------------------------------------
+    # -- compile() and fit() ------------------------------------------------------------------------------
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """``keras.Model.compile``; refuses ``steps_per_execution > 1`` with a step-by-step schedule and
+        warns (once) when ``mode="grad"`` meets an optimizer that normalises gradients away."""
+        steps = kwargs.get("steps_per_execution", args[6] if len(args) > 6 else 1)
+        _check_steps_per_execution(self.policy, steps)
+        super().compile(*args, **kwargs)
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        if self.mode == "grad" and not isinstance(self.policy, NoModulation) and _is_adaptive(optimizer):
+            warnings.warn(
+                f"mode='grad' with {type(optimizer).__name__}: it normalises each gradient by its own scale, so "
+                "multiplying gradients by the coefficients barely changes the updates (prioritisation is almost a "
+                "no-op). Use ModulatedModel(..., mode='lr') to scale each modality's learning rate instead, or SGD",
+                UserWarning,
+                stacklevel=2,
+            )
+        if self.mode == "lr" and self.optimizer is not None:
+            _optimizer_lr.install(self.optimizer, self._lr_lookup.value)
+        if self.optimizer is not None:
+            self._iterations_seen.value = int(self.optimizer.iterations.numpy())
+
+    def compile_from_config(self, config: Any) -> None:
+        """Compile on load as Keras does for models that keep its ``compile()`` (it skips overridden ones)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)  # optimizer variables, for the weights to load into
 
     def fit(self, *args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
-        """``keras.Model.fit`` plus a first callback that keeps the coefficients on the policy's schedule."""
+        """``keras.Model.fit`` plus a first callback that keeps the coefficients on the policy's schedule.
+
+        For OGM-GE, NumPy labels are checked before training (integer class indices below the number of
+        the model's outputs).
+        """
+        _check_steps_per_execution(self.policy, getattr(self, "steps_per_execution", 1))
+        if self.policy.needs_logits:
+            labels = kwargs["y"] if "y" in kwargs else (args[1] if len(args) > 1 else None)
+            _check_numpy_labels(labels, self.inner_model)
         schedule = _ScheduleCallback(self)
         if callbacks is None:
             callbacks = [schedule]
@@ -416,25 +599,101 @@ class ModulatedModel(keras.Model):
 
 
 class _ScheduleCallback(keras.callbacks.Callback):
-    """Advances the Python clock at batch/epoch boundaries and refreshes the coefficients."""
+    """Keeps the coefficient variables on the policy's schedule during ``fit()``.
+
+    The clock is read from the model's variables at each epoch start, after every ``on_train_begin``
+    has run (``BackupAndRestore`` restores the weights, clock included, there). Step-dependent
+    schedules re-read the step before every batch: a step the optimizer skipped was not counted.
+    """
 
     def __init__(self, owner: ModulatedModel) -> None:
         super().__init__()
         self._owner = _Hidden(owner)
-        self._begin = 0
-
-    def on_train_begin(self, logs: Any = None) -> None:
-        self._owner.value._sync_clock()
+        self._per_step = _depends_on_step(owner.policy)
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         self._owner.value.set_epoch(epoch)
 
     def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
-        self._begin = batch
-        self._owner.value.update_coefficients()
+        if self._per_step:
+            owner = self._owner.value
+            owner._sync_clock()
+            owner.update_coefficients()
 
-    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-        self._owner.value._clock.step += batch - self._begin + 1
+
+# -- what the policy depends on ------------------------------------------------------------------------------
+
+
+def _depends_on_step(policy: CoefficientPolicy) -> bool:
+    """Whether the policy's coefficients can change between two steps of one epoch (unknown policies: yes).
+
+    OGM-GE changes per batch too, but in the graph, from the batch's logits: nothing to refresh.
+    """
+    if isinstance(policy, (NoModulation, OGMGE)):
+        return False
+    return not (isinstance(policy, PDMP) and policy.unit == "epoch")
+
+
+def _depends_on_epoch(policy: CoefficientPolicy) -> bool:
+    if isinstance(policy, NoModulation):
+        return False
+    if isinstance(policy, PDMP):
+        return policy.unit == "epoch" and (policy.warmup > 0 or policy.ramp > 0 or policy.end is not None)
+    if isinstance(policy, OGMGE):
+        return policy.start_epoch > 0 or policy.end_epoch is not None
+    return True
+
+
+def _check_steps_per_execution(policy: CoefficientPolicy, steps: Any) -> None:
+    if isinstance(steps, int) and steps > 1 and _depends_on_step(policy):
+        raise ValueError(
+            f"steps_per_execution={steps} runs {steps} steps per call, but {policy!r} changes its coefficients "
+            "from step to step and they are refreshed between calls only, so the schedule would lag; compile with "
+            "steps_per_execution=1, or use an epoch-unit schedule (PDMP(..., unit='epoch'))"
+        )
+
+
+_ADAPTIVE_NAMES = ("Adam", "AdamW", "Adamax", "Nadam", "RMSprop", "Adagrad", "Adadelta", "Adafactor", "Lion", "Lamb")
+
+
+def _is_adaptive(optimizer: Any) -> bool:
+    """Optimizers whose update is (almost) invariant to a constant gradient multiplier."""
+    classes = tuple(getattr(keras.optimizers, name) for name in _ADAPTIVE_NAMES if hasattr(keras.optimizers, name))
+    return isinstance(optimizer, classes)
+
+
+def _lr_not_applied_message(optimizer: Any) -> str:
+    return (
+        f"mode='lr': {type(optimizer).__name__} updated the modality variables without calling its per-variable "
+        f"update_step(gradient, variable, learning_rate), where lr mode scales the learning rate (Keras "
+        f"{keras.__version__}). The coefficients were not applied; use mode='grad' with SGD, or a Keras version "
+        "pdmp supports (see pyproject.toml). In a loop of your own, compile the model with the optimizer you apply"
+    )
+
+
+def _check_numpy_labels(labels: Any, model: keras.Model) -> None:
+    """OGM-GE reads labels as class indices in the graph; refuse bad NumPy labels before training."""
+    if not isinstance(labels, (np.ndarray, list, tuple)):
+        return  # tensors and datasets: observe()'s in-graph assertions check them
+    array = np.asarray(labels)
+    classes = _output_width(model)
+    if array.ndim == 2 and array.shape[-1] == 1:
+        array = array[:, 0]
+    if array.ndim == 2 and array.shape[-1] == classes and classes > 1:
+        if array.dtype.kind not in "iuf" or not np.all(np.isfinite(array)):
+            raise ValueError("fit() y: one-hot labels contain NaN/inf or non-numbers; fix the targets")
+        return
+    check_labels(array, num_classes=classes, name="fit() y (OGM-GE class indices)")
+
+
+def _output_width(model: keras.Model) -> int | None:
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        return None
+    if not outputs or len(outputs) != 1 or outputs[0].shape[-1] is None:
+        return None
+    return int(outputs[0].shape[-1])
 
 
 # -- resolving modalities ----------------------------------------------------------------------------------
@@ -445,7 +704,8 @@ def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 
 def _resolve_modalities(model: keras.Model, modalities: Mapping[str, Any]) -> dict[str, tuple[keras.Variable, ...]]:
-    trainable = {id(v): v for v in model.trainable_weights}
+    """Each modality's variables, frozen ones included (they are modulated once they are unfrozen)."""
+    known = {id(v): v for v in model.weights}
     by_path: dict[str, list[keras.Variable]] = {}
     for variable in model.weights:
         by_path.setdefault(variable.path, []).append(variable)
@@ -456,17 +716,54 @@ def _resolve_modalities(model: keras.Model, modalities: Mapping[str, Any]) -> di
         ids: list[int] = []
         for item in items:
             for variable in _variables_of(item, model, by_path, layers, modality=name):
-                if id(variable) not in trainable:
-                    if any(variable is v for v in model.weights):
-                        continue  # frozen: not trained, so nothing to modulate
+                if id(variable) not in known:
                     raise ValueError(
                         f"modality {name!r}: variable {variable.path!r} is not a variable of model {model.name!r}; "
                         "list the encoders of the model you are wrapping"
                     )
                 ids.append(id(variable))
         groups[name] = ids
-    checked = check_disjoint_assignment(groups, describe=lambda key: repr(trainable[key].path), kind="variable")
-    return {name: tuple(trainable[key] for key in keys) for name, keys in checked.items()}  # type: ignore[index]
+    checked = check_disjoint_assignment(groups, describe=lambda key: repr(known[key].path), kind="variable")
+    head = {id(v): layer for layer in _head_layers(model) for v in layer.weights}
+    for name, keys in checked.items():
+        for key in keys:
+            if key in head:
+                raise ValueError(
+                    f"modality {name!r} includes {known[key].path!r} of layer {head[key].name!r}, which produces "
+                    f"model {model.name!r}'s output: the head is never modulated; list only {name!r}'s encoder"
+                )
+    return {name: tuple(known[key] for key in keys) for name, keys in checked.items()}  # type: ignore[index]
+
+
+def _head_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The layers with weights that produce the model's outputs (through weightless single-input layers
+    such as an activation or dropout); [] for a subclassed model, whose graph is unknown."""
+    try:
+        outputs = keras.tree.flatten(model.outputs)
+    except (AttributeError, ValueError, TypeError):
+        return []
+    heads = []
+    for tensor in outputs:
+        layer = _skip_weightless(producing_layer(tensor))
+        if isinstance(layer, keras.Model):
+            heads.extend(_head_layers(layer))  # a nested model: its own output layer is the head
+        elif layer is not None and layer.weights:
+            heads.append(layer)
+    return heads
+
+
+def _skip_weightless(layer: Any, *, stop: Any = ()) -> Any:
+    """Walk back from ``layer`` through weightless single-input layers (activation, dropout, ...),
+    stopping at a layer named in ``stop``."""
+    while (
+        layer is not None
+        and getattr(layer, "name", None) not in stop
+        and not isinstance(layer, keras.layers.Concatenate)
+        and not layer.weights
+        and len(inbound_tensors(layer)) == 1
+    ):
+        layer = producing_layer(inbound_tensors(layer)[0])
+    return layer
 
 
 def _variables_of(
@@ -546,5 +843,45 @@ def _tap_model(model: keras.Model, spec: LayerLogits) -> keras.Model:
             f"{type(spec).__name__}: model {model.name!r} has no top-level layer(s) {missing}; "
             f"its layers: {', '.join(sorted(names))}"
         )
+    if isinstance(spec, ConcatHead):
+        _check_concatenation_order(model, spec)
     tapped = {name: output_in_caller(model.get_layer(layer)) for name, layer in spec.taps().items()}
     return keras.Model(inputs, (output, tapped))
+
+
+def _check_concatenation_order(model: keras.Model, spec: ConcatHead) -> None:
+    """OGM-GE splits the head's kernel into blocks in ``spec.features`` order: that must be the order in
+    which the model concatenates the features, or equal-width blocks would be scored for the wrong
+    modality. Follows the graph from the head back to a last-axis ``Concatenate`` of the feature layers."""
+    head = model.get_layer(spec.head)
+    listed = list(spec.features.values())
+    fix = "pass modality_logits=fn(model, x, training) for another fusion"
+    inputs = inbound_tensors(head)
+    concat = _skip_weightless(producing_layer(inputs[0])) if len(inputs) == 1 else None
+    if not isinstance(concat, keras.layers.Concatenate):
+        found = "nothing" if concat is None else f"{type(concat).__name__} {concat.name!r}"
+        raise ValueError(
+            f"ConcatHead: head {spec.head!r} is not applied to a Concatenate of the features (it reads {found}); "
+            f"ConcatHead needs head(Concatenate()([{', '.join(listed)}])); {fix}"
+        )
+    rank = len(concat.output.shape)
+    if concat.axis not in (-1, rank - 1):
+        raise ValueError(
+            f"ConcatHead: {concat.name!r} concatenates on axis {concat.axis}, but the head's blocks are on the last "
+            f"axis; concatenate the features on axis -1, or {fix}"
+        )
+    sources = [_skip_weightless(producing_layer(t), stop=listed) for t in inbound_tensors(concat)]
+    order = [getattr(layer, "name", None) for layer in sources]
+    if order != listed:
+        by_layer = {layer: name for name, layer in spec.features.items()}
+        if sorted(map(str, order)) == sorted(listed):
+            right = {by_layer[layer]: layer for layer in order}
+            raise ValueError(
+                f"ConcatHead: {concat.name!r} concatenates {order} in this order, but features lists {listed}; "
+                f"OGM-GE would score the wrong blocks of head {spec.head!r}. List them in concatenation order: "
+                f"ConcatHead({spec.head!r}, {right})"
+            )
+        raise ValueError(
+            f"ConcatHead: {concat.name!r} concatenates the outputs of {order}, not the feature layers {listed}; "
+            f"name the layers whose outputs are concatenated into head {spec.head!r}, or {fix}"
+        )
