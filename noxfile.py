@@ -57,7 +57,9 @@ def _pytest(session: nox.Session, python: str, *args: str) -> None:
 def tests_core(session: nox.Session) -> None:
     """Core tests in a venv with numpy and test tools only: proves ``import pdmp`` needs no framework."""
     session.install("-e", ".[test]")
-    core_tests = sorted(str(path) for path in (ROOT / "tests").glob("test_core_*.py"))
+    core_tests = sorted(
+        str(path) for pattern in ("test_core_*.py", "test_probes_core.py") for path in (ROOT / "tests").glob(pattern)
+    )
     session.run("python", "-m", "pytest", *core_tests, *session.posargs)
 
 

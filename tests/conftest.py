@@ -2,8 +2,9 @@
 
 ``test_torch_*`` and ``test_data_*`` (datasets build spectrograms with torchaudio) need torch,
 ``test_keras_*`` needs Keras on TensorFlow, ``test_parity_*`` needs both, ``test_bench_*`` (the benchmark
-pipeline) needs both and the data dependencies; ``test_core_*`` needs
-numpy only and runs in the framework-free ``tests-core`` session.
+pipeline) needs both and the data dependencies; ``test_core_*`` and ``test_probes_core`` need
+numpy only and run in the framework-free ``tests-core`` session; the other ``test_probes_*`` files
+(bad-input suites) go with their backend.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ MARKS_BY_PREFIX = {
     "test_keras_": ("keras",),
     "test_parity_": ("parity", "torch", "keras"),
     "test_bench_": ("bench",),
+    "test_probes_torch": ("torch",),
+    "test_probes_datasets": ("torch",),
+    "test_probes_keras": ("keras",),
 }
 
 
