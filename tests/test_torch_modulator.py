@@ -491,3 +491,136 @@ def test_step_without_optimizer_counts_every_call_and_clock_is_checked() -> None
     with pytest.raises(ValueError, match="epoch must be an integer >= 0"):
         mod.set_epoch(-1)
     assert np.isfinite(list(mod.coefficients.values())).all()
+
+
+# ------------------------------------------------------------------- lr mode under exceptions
+
+
+def failing_closure() -> torch.Tensor:
+    raise RuntimeError("CUDA out of memory (simulated)")
+
+
+@pytest.mark.parametrize("scheduler", [False, True], ids=["plain", "with-lr-scheduler"])
+def test_lr_mode_keeps_the_base_lr_when_optimizer_step_raises(scheduler: bool) -> None:
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    mod = Modulator(groups(model), pdmp(), mode="lr", optimizer=optimizer)
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5) if scheduler else None
+    seen: list[list[float]] = []
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(sorted(g["lr"] for g in opt.param_groups)))
+    weights = copy.deepcopy(model.state_dict())
+    for _ in range(3):  # a closure that raises, retried: the scaling must not compound
+        with pytest.raises(RuntimeError, match="out of memory"):
+            optimizer.step(failing_closure)
+        assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.1, 0.1]
+    oom = optimizer.register_step_pre_hook(lambda opt, args, kwargs: failing_closure())  # raises after the scaling
+    with pytest.raises(RuntimeError, match="out of memory"):
+        optimizer.step()
+    oom.remove()
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.1, 0.1]
+    assert all(torch.equal(value, weights[name]) for name, value in model.state_dict().items())
+    assert mod.step() is False and mod.step_count == 0  # no step was taken
+    train(model, mod, optimizer, steps=1)
+    assert seen[-1] == sorted([0.1 * GAMMA_P, 0.1 * GAMMA_R, 0.1])  # scaled exactly once, from the base
+    if schedule is not None:
+        schedule.step()
+    base = 0.05 if scheduler else 0.1
+    assert [g["lr"] for g in optimizer.param_groups] == [base, base, base]
+    mod.remove()
+    assert "step" not in vars(optimizer) or scheduler  # unwrapped unless a scheduler wrapped the guard since
+
+
+# -------------------------------------------------------------- schedules against literal numbers
+
+
+def test_step_schedule_and_gradients_match_literal_coefficients() -> None:
+    """warmup=2, ramp=3 (steps), gamma 10 / 0.5: k = 1 + (gamma - 1) * min(1, (t - 1) / 3) from t = 2."""
+    expected_audio = [1.0, 1.0, 4.0, 7.0, 10.0, 10.0]
+    expected_image = [1.0, 1.0, 5 / 6, 2 / 3, 0.5, 0.5]
+    reference = grads_of(make_model())
+    model = make_model()
+    mod = Modulator(groups(model), pdmp(warmup=2, ramp=3, unit="step"))
+    for t in range(6):
+        assert mod.step_count == t
+        assert mod.coefficients["audio"] == expected_audio[t]
+        assert mod.coefficients["image"] == pytest.approx(expected_image[t], rel=1e-15, abs=0)
+        grads = grads_of(model)  # same weights and batch every time: only the coefficient changes
+        torch.testing.assert_close(grads["audio.0.weight"], reference["audio.0.weight"] * expected_audio[t])
+        torch.testing.assert_close(grads["image.0.bias"], reference["image.0.bias"] * expected_image[t])
+        assert torch.equal(grads["head.weight"], reference["head.weight"])
+        mod.step()
+
+
+# ------------------------------------------------------------------------ lifecycle warnings
+
+
+def test_forgetting_set_epoch_under_an_epoch_schedule_warns_once() -> None:
+    model = make_model()
+    mod = Modulator(groups(model), pdmp(warmup=1))  # epoch-unit warm-up
+    grads_of(model)
+    with pytest.warns(UserWarning, match=r"step\(\) before any set_epoch\(\): PDMP\(.*call mod.set_epoch\(epoch\)"):
+        mod.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grads_of(model)
+        mod.step()  # once only
+        for policy in (pdmp(warmup=1, unit="step"), pdmp()):  # nothing depends on the epoch: no warning
+            other = make_model()
+            quiet = Modulator(groups(other), policy)
+            grads_of(other)
+            quiet.step()
+        called = make_model()
+        told = Modulator(groups(called), pdmp(warmup=1))
+        told.set_epoch(0)
+        grads_of(called)
+        told.step()
+
+
+def test_ogmge_epoch_window_counts_as_an_epoch_schedule() -> None:
+    model = make_model()
+    mod = Modulator(groups(model), OGMGE(["audio", "image"], start_epoch=2))
+    ogm_grads(model, mod)
+    with pytest.warns(UserWarning, match=r"step\(\) before any set_epoch\(\): OGMGE"):
+        mod.step()
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad])
+def test_grad_mode_under_an_adaptive_optimizer_warns_at_construction(optimizer: type) -> None:
+    model = make_model()
+    name = optimizer.__name__
+    with pytest.warns(UserWarning, match=rf"mode='grad' with {name}: .*barely changes training; use mode='lr'"):
+        Modulator(groups(model), pdmp(), optimizer=optimizer(model.parameters(), lr=1e-3))
+
+
+def test_grad_mode_under_sgd_and_lr_mode_under_adam_do_not_warn() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = make_model()
+        Modulator(groups(model), pdmp(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+        other = make_model()
+        Modulator(groups(other), pdmp(), mode="lr", optimizer=torch.optim.Adam(other.parameters(), lr=1e-3))
+
+
+def test_float16_gradients_overflowed_by_a_coefficient_warn_at_step() -> None:
+    def backward(model: TwoTower) -> None:
+        a, v, y = batch(0)
+        # A loss large enough that audio's float16 gradients are finite but overflow when multiplied by 10.
+        (nn.functional.cross_entropy(model(a.half(), v.half()).float(), y) * 150000.0).backward()
+
+    plain = make_model().half()
+    backward(plain)
+    assert all(torch.isfinite(p.grad).all() for p in plain.parameters())
+    model = make_model().half()
+    mod = Modulator(groups(model), pdmp())  # gamma_p = 10
+    backward(model)
+    assert torch.isinf(model.audio[0].weight.grad).any()
+    with pytest.warns(UserWarning, match=r"float16 gradients by the coefficient \(audio: 10\) overflowed"):
+        mod.step()
+
+
+def test_without_an_optimizer_a_modulator_over_a_copy_warns_at_the_first_step() -> None:
+    model = make_model()
+    mod = Modulator(groups(copy.deepcopy(model)), pdmp())  # hooks the copy; the model trains unmodulated
+    grads_of(model)
+    with pytest.warns(UserWarning, match=r"no gradient has reached .*not a copy"):
+        mod.step()
