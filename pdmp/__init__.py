@@ -21,7 +21,7 @@ from pdmp.policies import (
     policy_from_config,
     register_policy,
 )
-from pdmp.ranking import Ranking, RankingFileError, RankingWarning, rank_modalities
+from pdmp.ranking import Ranking, RankingFileError, RankingWarning, combine_rankings, rank_modalities
 from pdmp.stats import PairedDifference, paired_difference
 
 __version__ = "0.1.0"
@@ -47,6 +47,7 @@ __all__ = [
     "UniformScaling",
     "__version__",
     "accuracy",
+    "combine_rankings",
     "compare",
     "default_candidates",
     "dependency",

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,8 @@ _FILE_FIELDS = (
     "n_bootstrap",
     "seed",
     "budget",
+    "seed_scores",
+    "seed_agreement",
 )
 
 
@@ -83,6 +85,10 @@ class Ranking:
         seed: the bootstrap seed.
         budget: free-form provenance of how the unimodal models were trained (epochs, subset
             fraction, ...); stored in the file.
+        seed_scores: with unimodal models trained over several seeds (:func:`combine_rankings`), each
+            modality's score per training seed; ``scores`` are their means.
+        seed_agreement: the fraction of training seeds whose own ranking puts ``dominant`` on top
+            (ties split evenly): the training-seed counterpart of ``stability``.
 
     Every field is checked and normalised at construction (scores to ``float``, NumPy integers to
     ``int``, ``budget`` to its JSON form), so a ranking that exists can always be saved.
@@ -97,6 +103,8 @@ class Ranking:
     n_bootstrap: int = 0
     seed: int | None = None
     budget: dict[str, Any] = field(default_factory=dict)
+    seed_scores: dict[str, list[float]] | None = None
+    seed_agreement: float | None = None
 
     def __post_init__(self) -> None:
         order = check_modality_names(self.order, where="Ranking field 'order'")
@@ -139,7 +147,10 @@ class Ranking:
             budget = _json_budget(self.budget)
         except (TypeError, ValueError) as error:
             raise type(error)(f"Ranking field 'budget': {error}") from None
+        seed_scores, seed_agreement = _check_seed_fields(self.seed_scores, self.seed_agreement, order, scores)
         normalised: tuple[tuple[str, Any], ...] = (
+            ("seed_scores", seed_scores),
+            ("seed_agreement", seed_agreement),
             ("order", order),
             ("scores", scores),
             ("n_bootstrap", n_bootstrap),
@@ -180,7 +191,11 @@ class Ranking:
             "n_bootstrap": self.n_bootstrap,
             "seed": self.seed,
             "budget": self.budget,
-        }
+        } | (
+            {"seed_scores": self.seed_scores, "seed_agreement": self.seed_agreement}
+            if self.seed_scores is not None
+            else {}
+        )
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, two-space indent, trailing newline. Equal rankings give equal bytes."""
@@ -233,6 +248,8 @@ class Ranking:
                 n_bootstrap=data.get("n_bootstrap", 0),
                 seed=data.get("seed"),
                 budget=data.get("budget", {}),
+                seed_scores=data.get("seed_scores"),
+                seed_agreement=data.get("seed_agreement"),
             )
         except (TypeError, ValueError) as error:
             raise RankingFileError(f"{source}: invalid ranking: {error}") from error
@@ -270,6 +287,108 @@ class Ranking:
         except ValueError as error:
             raise RankingFileError(f"{source}: {error}") from None
         return cls.from_dict(data, source=source)
+
+
+def _check_seed_fields(
+    seed_scores: Any, seed_agreement: Any, order: tuple[str, ...], scores: Mapping[str, float]
+) -> tuple[dict[str, list[float]] | None, float | None]:
+    """Per-training-seed scores (their means must be ``scores``) and the seed agreement, checked together."""
+    if seed_scores is None and seed_agreement is None:
+        return None, None
+    if seed_scores is None or seed_agreement is None:
+        raise ValueError("Ranking fields 'seed_scores' and 'seed_agreement' go together; give both or neither")
+    if not isinstance(seed_scores, Mapping) or set(seed_scores) != set(order):
+        raise ValueError(
+            f"Ranking field 'seed_scores' must map every modality to its per-seed scores, got {seed_scores!r}"
+        )
+    result: dict[str, list[float]] = {}
+    for name in order:
+        values = seed_scores[name]
+        if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, np.ndarray)):
+            raise ValueError(f"Ranking field 'seed_scores' of {name!r} must be a list of numbers, got {values!r}")
+        result[name] = [check_number(v, name=f"Ranking field 'seed_scores' of {name!r}") for v in values]
+        if not all(math.isfinite(v) for v in result[name]):
+            raise ValueError(f"Ranking field 'seed_scores' of {name!r} holds a non-finite score: {values!r}")
+        if not math.isclose(
+            float(np.mean(result[name])) if result[name] else math.nan, scores[name], rel_tol=1e-9, abs_tol=1e-12
+        ):
+            raise ValueError(
+                f"Ranking: the score of {name!r} ({scores[name]!r}) is not the mean of its seed_scores {result[name]!r}"
+            )
+    counts = {len(values) for values in result.values()}
+    if len(counts) != 1 or counts == {0}:
+        raise ValueError(
+            f"Ranking field 'seed_scores' needs the same number (>= 1) of seeds per modality, got {seed_scores!r}"
+        )
+    agreement = check_number(seed_agreement, name="Ranking field 'seed_agreement'")
+    if not 0.0 <= agreement <= 1.0:
+        raise ValueError(f"Ranking field 'seed_agreement' must be in [0, 1], got {seed_agreement!r}")
+    return result, agreement
+
+
+def combine_rankings(rankings: Sequence[Ranking], *, warn: bool = True) -> Ranking:
+    """One ranking from unimodal models trained over several seeds (one :class:`Ranking` per seed).
+
+    Scores are the per-seed means; ``seed_agreement`` is the fraction of seeds whose own ranking has
+    the combined dominant modality on top (ties split evenly); ``stability`` is the mean of the
+    per-seed bootstrap stabilities (when every ranking has one). The two answer different questions:
+    the bootstrap resamples the *evaluation* samples of fixed models, the seeds retrain the models.
+    A :class:`RankingWarning` says when they disagree (the bootstrap trusts a top that another
+    training seed reverses), and when the combined margin is small.
+    """
+    items = list(rankings)
+    if not items or not all(isinstance(item, Ranking) for item in items):
+        raise TypeError(
+            f"combine_rankings needs a non-empty list of pdmp.Ranking (one per training seed), got {rankings!r}"
+        )
+    first = items[0]
+    for index, item in enumerate(items[1:], start=1):
+        if set(item.order) != set(first.order) or item.metric != first.metric:
+            raise ValueError(
+                f"combine_rankings: ranking {index} has modalities {sorted(item.order)} / metric {item.metric!r}, "
+                f"ranking 0 has {sorted(first.order)} / {first.metric!r}; combine rankings of the same models only"
+            )
+    per_seed = {name: [item.scores[name] for item in items] for name in first.order}
+    means = {name: float(np.mean(values)) for name, values in per_seed.items()}
+    order = order_by_score(means)
+    agreement = 0.0
+    for item in items:
+        best = max(item.scores.values())
+        tied = [name for name, value in item.scores.items() if value == best]
+        agreement += (1.0 / len(tied)) if order[0] in tied else 0.0
+    agreement /= len(items)
+    with_bootstrap = [item for item in items if item.stability is not None]
+    stability = (
+        float(np.mean([item.stability for item in with_bootstrap])) if len(with_bootstrap) == len(items) else None
+    )
+    n_bootstrap = first.n_bootstrap if stability is not None else 0
+    combined = Ranking(
+        order=order,
+        scores=means,
+        metric=first.metric,
+        stability=stability,
+        n_bootstrap=n_bootstrap,
+        seed=first.seed if stability is not None else None,
+        budget={**first.budget, "training_seeds": len(items)},
+        seed_scores=per_seed,
+        seed_agreement=agreement,
+    )
+    if warn and stability is not None and agreement < 1.0 and stability - agreement > 0.2:
+        warnings.warn(
+            f"the bootstrap over evaluation samples keeps {order[0]!r} on top in {stability:.0%} of resamples, "
+            f"but only {agreement:.0%} of the {len(items)} training seeds put it on top: the ranking depends on "
+            "the training seed; train the unimodal models longer or on more data",
+            RankingWarning,
+            stacklevel=2,
+        )
+    elif warn and agreement < 1.0:
+        warnings.warn(
+            f"{order[0]!r} is on top for {agreement:.0%} of the {len(items)} training seeds only; "
+            "the dominant modality is uncertain",
+            RankingWarning,
+            stacklevel=2,
+        )
+    return combined
 
 
 def _refuse_constant(name: str) -> Any:
