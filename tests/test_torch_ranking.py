@@ -118,3 +118,20 @@ def test_dropout_draws_depend_on_the_seed_only_not_on_the_global_rng() -> None:
     # ... and the seed does matter (dropout masks and initialisation change with it).
     other = rank_unimodal(factories, train, val, epochs=2, lr=0.1, batch_size=16, seed=1, progress=False)
     assert other.scores != scores[0]
+
+
+def test_a_callable_metric_works_with_unpaired_validation_sets() -> None:
+    """The callable itself reaches the core's scoring, not its name (which it could not resolve)."""
+    train, _ = dataset(90, seed=0)
+    val, _ = dataset(60, seed=1)
+    val["weak"] = (val["weak"][0][:30], val["weak"][1][:30])  # unpaired: ranked by scores
+
+    def error_rate_complement(labels: np.ndarray, predicted: np.ndarray) -> float:
+        return float(np.mean(labels == predicted))
+
+    ranking = rank_unimodal(
+        FACTORIES, train, val, epochs=1, lr=0.1, batch_size=16, metric=error_rate_complement, progress=False
+    )
+    assert ranking.metric == "error_rate_complement" and ranking.dominant == "strong"
+    accuracy = rank_unimodal(FACTORIES, train, val, epochs=1, lr=0.1, batch_size=16, progress=False)
+    assert ranking.scores == accuracy.scores  # the same function as "accuracy", so the same scores
