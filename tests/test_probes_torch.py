@@ -228,6 +228,26 @@ def test_lr_mode_refuses_an_earlier_scheduler_without_splitting_groups() -> None
     assert scheduler.get_last_lr() == [0.1]
 
 
+def test_lr_mode_refuses_a_mixed_group_added_under_a_scheduler_and_steps_nothing() -> None:
+    model = make_model()
+    model.image.requires_grad_(False)
+    model.image[0].weight.requires_grad_(True)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    mod = Modulator(groups(model), pdmp(), mode="lr", optimizer=optimizer)
+    torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    model.image[0].bias.requires_grad_(True)
+    extra = nn.Parameter(torch.zeros(3))  # a head parameter in the same new group: mixes modalities
+    optimizer.add_param_group({"params": [model.image[0].bias, extra]})
+    before = optimizer_snapshot(optimizer)
+    weights = copy.deepcopy(model.state_dict())
+    plain_grads(model)
+    with pytest.raises(ValueError, match=r"add one parameter group per modality"):
+        optimizer.step()
+    assert optimizer_snapshot(optimizer) == before
+    assert all(torch.equal(value, weights[name]) for name, value in model.state_dict().items())
+    assert mod.step() is False
+
+
 def test_a_second_modulator_on_the_same_parameters_is_refused() -> None:
     model = make_model()
     reference = plain_grads(make_model())

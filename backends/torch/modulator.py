@@ -573,7 +573,7 @@ class Modulator:
         self._require_observation("optimizer.step()")
         if len(optimizer.param_groups) != self._group_count:
             # add_param_group since the last step (e.g. unfrozen encoders): keep one modality per group.
-            _split_param_groups(optimizer, self._owner)
+            _split_param_groups(optimizer, self._owner, added=True)
             self._group_count = len(optimizer.param_groups)
         for group in optimizer.param_groups:
             modality = self._owner.get(id(group["params"][0])) if group["params"] else None
@@ -694,8 +694,11 @@ def _depends_on_epoch(policy: CoefficientPolicy, *, step: int) -> bool:
     """Whether the policy's modulation at this step differs between epoch 0 and some later epoch."""
     # Distinct scores, so that OGM-GE is away from its tie and its on/off epochs show.
     scores = {name: float(index + 1) for index, name in enumerate(policy.modalities)}
-    first = policy.modulation(step=step, epoch=0, scores=scores)
-    return any(policy.modulation(step=step, epoch=epoch, scores=scores) != first for epoch in _PROBE_EPOCHS)
+    try:
+        first = policy.modulation(step=step, epoch=0, scores=scores)
+        return any(policy.modulation(step=step, epoch=epoch, scores=scores) != first for epoch in _PROBE_EPOCHS)
+    except Exception:  # a user policy that cannot answer made-up scores: no warning, no failure
+        return False
 
 
 def _restored_generators(states: Any) -> dict[str, torch.Generator]:
@@ -776,11 +779,12 @@ def _check_in_optimizer(params: Mapping[str, list[nn.Parameter]], optimizer: tor
             )
 
 
-def _split_param_groups(optimizer: torch.optim.Optimizer, owner: Mapping[int, str]) -> None:
+def _split_param_groups(optimizer: torch.optim.Optimizer, owner: Mapping[int, str], *, added: bool = False) -> None:
     """Split parameter groups so that each holds one modality (or only unmodulated parameters).
 
     Optimizer state is keyed by parameter, so it survives; LR schedulers hold one entry per group,
-    so one created earlier would be silently misaligned, which is refused.
+    so one created earlier would be silently misaligned, which is refused. ``added``: the groups were
+    added (``add_param_group``) after the Modulator was built.
     """
     new_groups: list[dict[str, Any]] = []
     changed = False
@@ -797,9 +801,14 @@ def _split_param_groups(optimizer: torch.optim.Optimizer, owner: Mapping[int, st
     if not changed:
         return
     if any("initial_lr" in group for group in optimizer.param_groups):
+        fix = (
+            "add one parameter group per modality (e.g. optimizer.add_param_group({'params': encoder.parameters()}))"
+            if added
+            else "create the Modulator first and the LR scheduler after it"
+        )
         raise ValueError(
             "the optimizer already has an LR scheduler (its groups carry 'initial_lr'); mode='lr' splits parameter "
-            "groups per modality, so create the Modulator first and the LR scheduler after it"
+            f"groups that mix modalities, which would misalign the scheduler, so {fix}"
         )
     optimizer.param_groups[:] = new_groups
 
