@@ -296,7 +296,7 @@ class Modulator:
         backward pass is scaled by the coefficients of its own micro-batch.
         """
         self._check_open("observe()")
-        if not self.policy.needs_logits:
+        if not (self.policy.needs_logits or self.policy.observes_scores):
             return
         if not isinstance(logits, Mapping) or not logits:
             raise TypeError(f"observe: logits must be a dict modality -> tensor, got {type(logits).__name__}")
@@ -308,6 +308,11 @@ class Modulator:
             names = list(scores)
             reduced = all_reduce_sum([scores[name] for name in names], device=device, group=self.process_group)
             scores = dict(zip(names, reduced, strict=True))
+        if self.policy.observes_scores:
+            # This step's coefficients were fixed from earlier batches; this batch informs the next steps.
+            self.policy.update(scores)
+            self._observed = True
+            return
         self._apply(self.policy.modulation(step=self.clock.step, epoch=self.clock.epoch, scores=scores))
         if self._noise and self.scaler is not None and self.scaler.is_enabled():
             self._loss_scale = float(self.scaler.get_scale())
@@ -323,6 +328,12 @@ class Modulator:
         self._attach_unfrozen(in_step=True)
         self._check_overflow()
         self._check_epoch_given()
+        if self.policy.observes_scores and not self._observed:
+            raise RuntimeError(
+                f"{type(self.policy).__name__} learns from every batch: call mod.observe(logits, labels) after "
+                "the forward pass of each step (concat_head_logits / sum_head_logits split a fusion head); "
+                "without it the coefficients would silently stay at 1"
+            )
         self._observed = False
         if self.optimizer is not None:
             taken = self._optimizer_steps != self._steps_seen
@@ -371,6 +382,8 @@ class Modulator:
             "coefficients": dict(self._factors),
             "seed": self.seed,
             "generators": {device: gen.get_state() for device, gen in self._generators.items()},
+            # What an adaptive policy has learnt (empty for the others): resuming needs it too.
+            "policy_state": self.policy.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any], *, strict: bool = True) -> None:
@@ -405,7 +418,13 @@ class Modulator:
         seed = check_non_negative_int(state["seed"], name="state['seed']")
         generators = _restored_generators(state["generators"])
         factors = _saved_coefficients(state["coefficients"], self.policy.modalities)
+        policy_state = state.get("policy_state", {})  # absent in checkpoints of stateless policies
+        try:
+            policy_from_config(self.policy.get_config()).load_state_dict(policy_state)  # check on a copy first
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"Modulator state['policy_state'] does not fit {self.policy!r}: {error}") from error
         # Everything is valid: assign.
+        self.policy.load_state_dict(policy_state)
         self.clock.step, self.clock.epoch = clock.step, clock.epoch
         self.seed = seed
         self._generators = generators
