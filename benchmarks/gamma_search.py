@@ -10,9 +10,10 @@ For one built-in AV-digits regime (torch, CNN encoders, concat, the main benchma
 2. :func:`pdmp.search.search` runs successive halving within each family (PDMP, uniform scaling,
    inverse PDMP, joint training at other learning rates; 9/9/9/4 candidates) on the *tuning seeds*,
    choosing by final-epoch validation accuracy;
-3. :func:`pdmp.compare` trains joint, PDMP at its defaults and every family's choice on the
-   *evaluation seeds* (disjoint from the tuning seeds) and reports paired differences with paired
-   Student-t intervals, against joint training and against joint training at the tuned learning rate.
+3. :func:`pdmp.compare` trains joint, PDMP at its defaults, every family's choice and the adaptive
+   rule (:class:`pdmp.AdaptivePDMP`, untuned) on the *evaluation seeds* (disjoint from the tuning
+   seeds) and reports paired differences with paired Student-t intervals, against joint training and
+   against joint training at the tuned learning rate.
 
 Everything is written under ``--out`` (default ``results/gamma-search/<regime>``): the search's rung
 studies, ``evaluation.json`` (resumable), ``summary.md`` and a plot.
@@ -75,9 +76,10 @@ def make_train(
 
 
 def evaluation_candidates(ranking: pdmp.Ranking, chosen: Sequence[Candidate]) -> list[Candidate]:
-    """joint, PDMP and uniform scaling at their defaults, then each family's choice (renamed ``<family>_tuned``)."""
+    """joint, PDMP and uniform scaling at their defaults, each family's choice (renamed ``<family>_tuned``),
+    and the adaptive rule with its defaults (untuned: one configuration for every setting)."""
     defaults = [c for c in default_candidates(ranking, gamma_p=10.0, gamma_r=0.5, warmup=1) if c.name != "inverse"]
-    return defaults + list(chosen)
+    return [*defaults, *chosen, Candidate("adaptive", pdmp.AdaptivePDMP.from_ranking(ranking))]
 
 
 def main(argv: list[str] | None = None) -> int:
