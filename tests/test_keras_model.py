@@ -297,3 +297,14 @@ def test_other_keras_backends_are_refused_with_the_reason() -> None:
     assert result.returncode != 0
     assert "ImportError: pdmp.backends.keras supports KERAS_BACKEND in ['tensorflow']" in result.stderr
     assert "running on 'torch'" in result.stderr and "pdmp.backends.torch" in result.stderr
+
+
+def test_a_modality_holding_the_head_layer_is_refused() -> None:
+    """The layer producing the output is the head, never modulated: also behind an activation layer."""
+    with pytest.raises(ValueError, match=r"modality 'audio' includes 'head/kernel' of layer 'head', which produces"):
+        ModulatedModel(build(), {"audio": ["audio_enc", "head"], "visual": "visual_enc"}, PDMP(NAMES, "audio"))
+    inner = build()
+    probabilities = keras.Model(inner.inputs, keras.layers.Softmax(name="softmax")(inner.output))
+    with pytest.raises(ValueError, match=r"'head/bias' of layer 'head', which produces model"):
+        ModulatedModel(probabilities, {"audio": "audio_enc", "visual": ["visual_enc", "head/bias"]}, PDMP(NAMES, "audio"))
+    ModulatedModel(probabilities, ENCODERS, PDMP(NAMES, "audio"))  # the encoders alone are fine

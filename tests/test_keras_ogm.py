@@ -121,11 +121,11 @@ def test_sum_head_logits_are_each_heads_output() -> None:
 # -- fit() ---------------------------------------------------------------------------------------------
 
 
-def build(fusion: str = "concat", seed: int = 0) -> keras.Model:
+def build(fusion: str = "concat", seed: int = 0, width: int = 6) -> keras.Model:
     keras.utils.set_random_seed(seed)
     a, v = keras.Input((3,), name="a"), keras.Input((4,), name="v")
-    fa = keras.layers.Dense(6, activation="tanh", name="audio_enc")(a)
-    fv = keras.layers.Dense(6, activation="tanh", name="visual_enc")(v)
+    fa = keras.layers.Dense(width, activation="tanh", name="audio_enc")(a)
+    fv = keras.layers.Dense(width, activation="tanh", name="visual_enc")(v)
     if fusion == "concat":
         out = keras.layers.Dense(3, name="head")(keras.layers.Concatenate()([fa, fv]))
     else:
@@ -212,11 +212,21 @@ def test_ogm_is_inactive_outside_its_epochs_and_then_plain_training() -> None:
 
 
 def test_ogm_noise_reaches_both_encoders_with_the_gradients_scale_and_spares_the_head() -> None:
+    """One SGD(1.0) step with and without noise: the difference is -noise, N(0, std(g) + 1e-8) per element.
+
+    Wide encoders (768 and 1024 kernel entries) make the sample standard deviation of the noise a
+    sharp estimate: with n entries, (n - 1) * (s / sigma)^2 follows chi^2(n - 1), and the bounds below
+    are its 1e-6 two-sided quantiles (about +-13%), so a wrong scale (the loss-scaled gradient, the
+    head's, a missing noise) fails while correct noise fails once in a million runs.
+    """
+    chi2 = pytest.importorskip("scipy.stats").chi2
     x, y = data(64)
     spec = ConcatHead("head", {"audio": "audio_enc", "visual": "visual_enc"})
     runs = {}
     for noise in (False, True):
-        model = ModulatedModel(build(), ENCODERS, OGMGE(NAMES, alpha=0.6, noise=noise), modality_logits=spec, seed=7)
+        model = ModulatedModel(
+            build(width=256), ENCODERS, OGMGE(NAMES, alpha=0.6, noise=noise), modality_logits=spec, seed=7
+        )
         model.compile(keras.optimizers.SGD(1.0), LOSS, jit_compile=False)
         if noise:
             inner = model.inner_model
@@ -228,13 +238,87 @@ def test_ogm_noise_reaches_both_encoders_with_the_gradients_scale_and_spares_the
             }
         model.fit(x, y, batch_size=len(y), epochs=1, verbose=0)
         runs[noise] = {v.path: v.numpy() for v in model.inner_model.trainable_weights}
+    checked = 0
     for path in runs[False]:
         difference = runs[True][path] - runs[False][path]  # = -lr * noise
         if path.startswith("head/"):
             np.testing.assert_array_equal(difference, 0.0)
         elif path.endswith("kernel"):
-            ratio = difference.std() / (grads[path].std() + 1e-8)
-            assert 0.4 < ratio < 2.0, (path, ratio)
+            n = difference.size
+            sigma = grads[path].std(ddof=1) + 1e-8
+            low, high = (np.sqrt(chi2.ppf(q, n - 1) / (n - 1)) for q in (5e-7, 1 - 5e-7))
+            ratio = difference.std(ddof=1) / sigma
+            assert low < ratio < high, (path, n, low, ratio, high)
+            assert abs(difference.mean()) < 6 * sigma / np.sqrt(n), (path, difference.mean())
+            checked += 1
+    assert checked == 2
+
+
+def test_ogm_noise_stream_after_reloading_a_keras_file_equals_the_uninterrupted_run(tmp_path: object) -> None:
+    x, y = data()
+    spec = ConcatHead("head", {"audio": "audio_enc", "visual": "visual_enc"})
+
+    def make(seed: int) -> ModulatedModel:
+        model = ModulatedModel(build(), ENCODERS, OGMGE(NAMES, alpha=0.6), modality_logits=spec, seed=seed)
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.9), LOSS, jit_compile=False)
+        return model
+
+    straight, other_seed = make(3), make(4)
+    for model in (straight, other_seed):
+        model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+    first = make(3)
+    first.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    path = os.path.join(str(tmp_path), "ogm.keras")
+    first.save(path)
+    loaded = keras.saving.load_model(path)
+    loaded.fit(x, y, batch_size=8, epochs=3, initial_epoch=1, shuffle=False, verbose=0)
+    assert loaded.state_dict() == straight.state_dict()
+    for got, want, other in zip(
+        loaded.inner_model.trainable_weights,
+        straight.inner_model.trainable_weights,
+        other_seed.inner_model.trainable_weights,
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=got.path)
+        if got.path.startswith(("audio_enc/", "visual_enc/")):
+            assert not np.array_equal(want.numpy(), other.numpy()), got.path  # the noise does matter
+
+
+def test_bad_labels_fail_before_training_with_ogm() -> None:
+    x, y = data()
+    spec = ConcatHead("head", {"audio": "audio_enc", "visual": "visual_enc"})
+    model = ModulatedModel(build(), ENCODERS, OGMGE(NAMES), modality_logits=spec)
+    model.compile(keras.optimizers.SGD(0.1), LOSS, jit_compile=False)
+    before = [v.numpy() for v in model.weights]
+    too_big = y.copy()
+    too_big[5] = 3
+    with pytest.raises(ValueError, match=r"fit\(\) y \(OGM-GE class indices\) contains class index 3 but there are 3"):
+        model.fit(x, too_big, batch_size=8, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"fit\(\) y \(OGM-GE class indices\) must hold integer class indices"):
+        model.fit(x, np.where(np.arange(16) == 2, np.nan, y), batch_size=8, epochs=1, verbose=0)
+    for got, want in zip(model.weights, before, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want, err_msg=got.path)  # nothing trained, clock untouched
+    dataset = tf.data.Dataset.from_tensor_slices((x, too_big)).batch(8)  # not checkable up front: in the graph
+    with pytest.raises(tf.errors.InvalidArgumentError, match="OGM-GE labels must be class indices"):
+        model.fit(dataset, epochs=1, verbose=0)
+
+
+def test_concat_head_must_list_the_features_in_concatenation_order() -> None:
+    wrong = ConcatHead("head", {"visual": "visual_enc", "audio": "audio_enc"})  # equal widths: undetectable later
+    with pytest.raises(ValueError, match=r"concatenates \['audio_enc', 'visual_enc'\] in this order.*"
+                       r"ConcatHead\('head', \{'audio': 'audio_enc', 'visual': 'visual_enc'\}\)"):
+        ModulatedModel(build(), ENCODERS, OGMGE(NAMES), modality_logits=wrong)
+    with pytest.raises(ValueError, match=r"head 'audio_head' is not applied to a Concatenate"):
+        ModulatedModel(
+            build("sum"), ENCODERS, OGMGE(NAMES), modality_logits=ConcatHead("audio_head", dict(ENCODERS))
+        )
+    # Weightless layers in between (dropout on the features and on the fusion) keep the order readable.
+    a, v = keras.Input((3,), name="a"), keras.Input((4,), name="v")
+    fa = keras.layers.Dense(6, name="audio_enc")(a)
+    fv = keras.layers.Dense(6, name="visual_enc")(v)
+    fused = keras.layers.Dropout(0.1)(keras.layers.Concatenate()([keras.layers.Dropout(0.1)(fa), fv]))
+    inner = keras.Model({"a": a, "v": v}, keras.layers.Dense(3, name="head")(fused))
+    ModulatedModel(inner, ENCODERS, OGMGE(NAMES), modality_logits=ConcatHead("head", dict(ENCODERS)))
 
 
 def test_conv_kernels_only_needs_conv_kernels() -> None:

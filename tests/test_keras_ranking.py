@@ -88,3 +88,16 @@ def test_rank_unimodal_bad_input_names_the_fix() -> None:
         rank_unimodal(
             {"clear": factory, "noise": lambda: keras.layers.Dense(3)}, train, val, epochs=1, lr=0.1, progress=False
         )
+
+
+def test_rank_unimodal_refuses_labels_the_models_cannot_score_before_training(capsys: pytest.CaptureFixture) -> None:
+    """A label >= the number of classes would be scored as a miss; it is refused before any model trains."""
+    train, val = split(30)
+    factories = {"clear": factory, "noise": factory}
+    bad_val = {**val, "noise": (val["noise"][0], np.where(np.arange(10) == 4, 3, val["noise"][1]))}
+    with pytest.raises(ValueError, match=r"val\['noise'\] labels contains class index 3 but there are 3 classes"):
+        rank_unimodal(factories, train, bad_val, epochs=1, lr=0.1, progress=True)
+    assert "rank clear" not in capsys.readouterr().out  # not even the first modality trained
+    bad_train = {**train, "clear": (train["clear"][0], np.where(np.arange(20) == 0, np.nan, train["clear"][1]))}
+    with pytest.raises(ValueError, match=r"train\['clear'\] labels must hold integer class indices"):
+        rank_unimodal(factories, bad_train, val, epochs=1, lr=0.1, progress=False)

@@ -68,19 +68,25 @@ def rank_unimodal(
     resolve_metric(metric)  # fail before training on an unknown metric
     verbose = 1 if progress else 0
 
+    arrays = {
+        name: (*_as_arrays(train[name], where=f"train[{name!r}]"), *_as_arrays(val[name], where=f"val[{name!r}]"))
+        for name in names
+    }
+    for name in names:  # every label against its model's number of classes, before any model trains
+        x_train, y_train, _, y_val = arrays[name]
+        classes = _output_width(_make_model(factories, name, seed), x_train)
+        check_labels(y_train, num_classes=classes, name=f"train[{name!r}] labels")
+        check_labels(y_val, num_classes=classes, name=f"val[{name!r}] labels")
+
     logits: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
     train_samples: dict[str, int] = {}
     for index, name in enumerate(names):
-        x_train, y_train = _as_arrays(train[name], where=f"train[{name!r}]")
-        x_val, y_val = _as_arrays(val[name], where=f"val[{name!r}]")
+        x_train, y_train, x_val, y_val = arrays[name]
         n_subset = max(1, round(subset * len(y_train)))
         chosen = np.random.default_rng(seed).permutation(len(y_train))[:n_subset]
         train_samples[name] = n_subset
-        keras.utils.set_random_seed(seed)
-        model = factories[name]()
-        if not isinstance(model, keras.Model):
-            raise TypeError(f"factories[{name!r}]() returned {type(model).__name__}; it must return a keras.Model")
+        model = _make_model(factories, name, seed)
         model.compile(
             optimizer=make_optimizer(float(lr)),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -115,6 +121,25 @@ def _optimizer_factory(optimizer: str | OptimizerFactory) -> tuple[OptimizerFact
     if not callable(optimizer):
         raise TypeError(f"optimizer must be a name or f(lr) returning a Keras optimizer, got {optimizer!r}")
     return optimizer, getattr(optimizer, "__name__", type(optimizer).__name__)
+
+
+def _make_model(factories: Mapping[str, Callable[[], keras.Model]], name: str, seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)  # the same initial weights every time it is called
+    model = factories[name]()
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"factories[{name!r}]() returned {type(model).__name__}; it must return a keras.Model")
+    return model
+
+
+def _output_width(model: keras.Model, x: np.ndarray) -> int:
+    """The number of classes the model scores: the width of its output on one sample."""
+    out = model(x[:1], training=False)
+    if len(out.shape) != 2:
+        raise ValueError(
+            f"{model.name!r} returns shape {tuple(out.shape)} for one sample; rank_unimodal needs (batch, classes) "
+            "logits"
+        )
+    return int(out.shape[-1])
 
 
 def _as_arrays(data: Any, *, where: str) -> tuple[np.ndarray, np.ndarray]:
