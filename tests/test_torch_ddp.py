@@ -53,6 +53,7 @@ def train(scenario: str, rank: int, world: int) -> dict[str, Any]:
         optimizer=optimizer,
         sync=scenario != "ogm-nosync",
     )
+    mod.set_epoch(0)  # OGM-GE's window is in epochs
     history = []
     local = GLOBAL_BATCH // world
     for step in range(STEPS):
