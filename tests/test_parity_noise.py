@@ -104,6 +104,7 @@ def torch_noise(seed: int, draws: int) -> tuple[dict[str, np.ndarray], dict[str,
     raw_np = {key: g.numpy().copy() for key, g in zip(params, raw, strict=True)}
     samples: dict[str, list[np.ndarray]] = {key: [] for key in params}
     with Modulator(dict(encoders.items()), OGMGE(NAMES, alpha=0.8, noise=True), seed=seed) as mod:
+        mod.set_epoch(0)
         for _ in range(draws):
             out, features = forward()
             mod.observe(concat_head_logits(head, features), labels)
