@@ -305,6 +305,8 @@ def test_a_modality_holding_the_head_layer_is_refused() -> None:
         ModulatedModel(build(), {"audio": ["audio_enc", "head"], "visual": "visual_enc"}, PDMP(NAMES, "audio"))
     inner = build()
     probabilities = keras.Model(inner.inputs, keras.layers.Softmax(name="softmax")(inner.output))
-    with pytest.raises(ValueError, match=r"'head/bias' of layer 'head', which produces model"):
-        ModulatedModel(probabilities, {"audio": "audio_enc", "visual": ["visual_enc", "head/bias"]}, PDMP(NAMES, "audio"))
+    with pytest.raises(ValueError, match=r"'head/bias' of layer 'head', which produces the output of model"):
+        ModulatedModel(
+            probabilities, {"audio": "audio_enc", "visual": ["visual_enc", "head/bias"]}, PDMP(NAMES, "audio")
+        )
     ModulatedModel(probabilities, ENCODERS, PDMP(NAMES, "audio"))  # the encoders alone are fine

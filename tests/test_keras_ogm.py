@@ -305,13 +305,14 @@ def test_bad_labels_fail_before_training_with_ogm() -> None:
 
 def test_concat_head_must_list_the_features_in_concatenation_order() -> None:
     wrong = ConcatHead("head", {"visual": "visual_enc", "audio": "audio_enc"})  # equal widths: undetectable later
-    with pytest.raises(ValueError, match=r"concatenates \['audio_enc', 'visual_enc'\] in this order.*"
-                       r"ConcatHead\('head', \{'audio': 'audio_enc', 'visual': 'visual_enc'\}\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"concatenates \['audio_enc', 'visual_enc'\] in this order.*"
+        r"ConcatHead\('head', \{'audio': 'audio_enc', 'visual': 'visual_enc'\}\)",
+    ):
         ModulatedModel(build(), ENCODERS, OGMGE(NAMES), modality_logits=wrong)
     with pytest.raises(ValueError, match=r"head 'audio_head' is not applied to a Concatenate"):
-        ModulatedModel(
-            build("sum"), ENCODERS, OGMGE(NAMES), modality_logits=ConcatHead("audio_head", dict(ENCODERS))
-        )
+        ModulatedModel(build("sum"), ENCODERS, OGMGE(NAMES), modality_logits=ConcatHead("audio_head", dict(ENCODERS)))
     # Weightless layers in between (dropout on the features and on the fusion) keep the order readable.
     a, v = keras.Input((3,), name="a"), keras.Input((4,), name="v")
     fa = keras.layers.Dense(6, name="audio_enc")(a)

@@ -116,7 +116,13 @@ def test_backup_and_restore_after_a_preemption_resumes_the_step_ramp_exactly(tmp
     # A new process: a freshly built model, the same fit() call.
     second, seen = compile_(wrap(policy, build(seed=5)), keras.optimizers.SGD(0.05, momentum=0.9)), Recorder()
     second.fit(
-        x, y, batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[keras.callbacks.BackupAndRestore(backup), seen]
+        x,
+        y,
+        batch_size=4,
+        epochs=3,
+        shuffle=False,
+        verbose=0,
+        callbacks=[keras.callbacks.BackupAndRestore(backup), seen],
     )
     assert seen.seen == straight_seen.seen[8:]  # epoch 2 only, at steps 8..11 of the ramp
     assert seen.seen[0] == {"audio": pytest.approx(1 - 0.75 * 6 / 6), "visual": pytest.approx(6.0)}
@@ -175,7 +181,7 @@ def test_custom_loop_with_step_follows_the_schedule_and_equals_fit() -> None:
             loss = loss_fn(yb, model(xb, training=True))
         variables = model.trainable_weights
         grads = model.modulate_gradients(tape.gradient(loss, variables), variables)
-        model.optimizer.apply_gradients(zip(grads, variables))
+        model.optimizer.apply_gradients(zip(grads, variables, strict=True))
 
     used = []
     for epoch in range(2):
@@ -184,7 +190,12 @@ def test_custom_loop_with_step_follows_the_schedule_and_equals_fit() -> None:
             used.append(model.coefficients)
             train(xb, yb)
             assert model.step() is True
-    assert used[:4] == [UP, {"audio": 2.5, "visual": 0.75}, {"audio": 4.0, "visual": 0.5}, {"audio": 4.0, "visual": 0.5}]
+    assert used[:4] == [
+        UP,
+        {"audio": 2.5, "visual": 0.75},
+        {"audio": 4.0, "visual": 0.5},
+        {"audio": 4.0, "visual": 0.5},
+    ]
     assert model.step_count == 8
     for path, value in weights(by_fit).items():
         np.testing.assert_allclose(weights(model)[path], value, rtol=1e-6, atol=1e-7, err_msg=path)
@@ -212,7 +223,7 @@ def test_ogm_noise_differs_from_step_to_step_in_a_custom_loop() -> None:
     drawn = []
     for _ in range(3):
         drawn.append([g.numpy() for g in model.modulate_gradients(raw, variables, coefficients=ones)])
-        model.optimizer.apply_gradients(zip(raw, variables))
+        model.optimizer.apply_gradients(zip(raw, variables, strict=True))
         model.step()
     encoder = [i for i, v in enumerate(variables) if modality_of(v.path)]
     for i in encoder:
@@ -231,19 +242,22 @@ def test_steps_skipped_by_the_loss_scale_optimizer_are_not_counted() -> None:
     model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[seen])
     # Steps 0, (1 skipped), 1, 2: warm-up (steps 0-1) covers the third batch too.
     assert seen.seen == [UP, UP, UP, {"audio": 4.0, "visual": 0.5}]
-    assert model.step_count == 3 == int(model.optimizer.iterations.numpy())
+    assert model.step_count == 3 == int(model.optimizer.inner_optimizer.iterations.numpy())
     assert all(np.isfinite(value).all() for value in weights(model).values())
 
 
 def test_custom_loop_step_does_not_count_a_skipped_loss_scaled_step() -> None:
     x, y = data()
-    model = compile_(wrap(PDMP(NAMES, "audio", unit="step", warmup=1)), keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)))
+    model = compile_(
+        wrap(PDMP(NAMES, "audio", unit="step", warmup=1)),
+        keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)),
+    )
     model.set_epoch(0)
     variables = model.trainable_weights
     grads = [tf.convert_to_tensor(g) for g in gradients(model.inner_model, x, y).values()]
-    model.optimizer.apply_gradients(zip([g * np.inf for g in grads], variables))
+    model.optimizer.apply_gradients(zip([g * np.inf for g in grads], variables, strict=True))
     assert model.step() is False and model.step_count == 0 and model.coefficients == UP
-    model.optimizer.apply_gradients(zip(grads, variables))
+    model.optimizer.apply_gradients(zip(grads, variables, strict=True))
     assert model.step() is True and model.step_count == 1 and model.coefficients == STEADY
 
 

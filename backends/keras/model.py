@@ -223,10 +223,10 @@ class ModulatedModel(keras.Model):
             gradients = tape.gradient(loss, variables)
             coefficients = None if modality_logits is None else self.observe(modality_logits, y)
             gradients = self.modulate_gradients(gradients, variables, coefficients=coefficients)
-            before = tf.convert_to_tensor(self.optimizer.iterations)
+            before = tf.convert_to_tensor(_iterations(self.optimizer))
             scaled = _optimizer_lr.scaled_count(self.optimizer)
             self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-            taken = tf.cast(tf.convert_to_tensor(self.optimizer.iterations) - before, tf.int64)
+            taken = tf.cast(tf.convert_to_tensor(_iterations(self.optimizer)) - before, tf.int64)
             if self.mode == "lr":
                 self._check_lr_mode_applied(gradients, variables, scaled, taken)
             self.pdmp_step.assign_add(taken)
@@ -321,9 +321,10 @@ class ModulatedModel(keras.Model):
         counted = True
         optimizer = getattr(self, "optimizer", None)  # None before compile()
         if optimizer is not None:
-            iterations = int(optimizer.iterations.numpy())
+            iterations = int(_iterations(optimizer).numpy())
             counted = iterations != self._iterations_seen.value
-            if not counted and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            accumulating = getattr(optimizer, "gradient_accumulation_steps", None)
+            if not counted and not accumulating and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
                 raise RuntimeError(
                     f"ModulatedModel.step(): the compiled optimizer ({type(optimizer).__name__}) took no step since "
                     "the last step()/set_epoch(), so the schedule cannot advance; compile the model with the "
@@ -393,7 +394,7 @@ class ModulatedModel(keras.Model):
         self.pdmp_epoch.assign(epoch)
         optimizer = getattr(self, "optimizer", None)  # None before compile()
         if optimizer is not None:
-            self._iterations_seen.value = int(optimizer.iterations.numpy())
+            self._iterations_seen.value = int(_iterations(optimizer).numpy())
         self.update_coefficients()
 
     def update_coefficients(self) -> None:
@@ -528,7 +529,7 @@ class ModulatedModel(keras.Model):
         if self.mode == "lr" and self.optimizer is not None:
             _optimizer_lr.install(self.optimizer, self._lr_lookup.value)
         if self.optimizer is not None:
-            self._iterations_seen.value = int(self.optimizer.iterations.numpy())
+            self._iterations_seen.value = int(_iterations(self.optimizer).numpy())
 
     def compile_from_config(self, config: Any) -> None:
         """Compile on load as Keras does for models that keep its ``compile()`` (it skips overridden ones)."""
@@ -662,6 +663,12 @@ def _is_adaptive(optimizer: Any) -> bool:
     return isinstance(optimizer, classes)
 
 
+def _iterations(optimizer: Any) -> Any:
+    """The optimizer's count of the updates it applied (a ``LossScaleOptimizer``'s inner optimizer's:
+    before Keras 3.9 the wrapper's own count never advanced)."""
+    return getattr(optimizer, "inner_optimizer", optimizer).iterations
+
+
 def _lr_not_applied_message(optimizer: Any) -> str:
     return (
         f"mode='lr': {type(optimizer).__name__} updated the modality variables without calling its per-variable "
@@ -679,7 +686,7 @@ def _check_numpy_labels(labels: Any, model: keras.Model) -> None:
     classes = _output_width(model)
     if array.ndim == 2 and array.shape[-1] == 1:
         array = array[:, 0]
-    if array.ndim == 2 and array.shape[-1] == classes and classes > 1:
+    if array.ndim == 2 and array.shape[-1] == classes and classes is not None and classes > 1:
         if array.dtype.kind not in "iuf" or not np.all(np.isfinite(array)):
             raise ValueError("fit() y: one-hot labels contain NaN/inf or non-numbers; fix the targets")
         return
@@ -730,7 +737,8 @@ def _resolve_modalities(model: keras.Model, modalities: Mapping[str, Any]) -> di
             if key in head:
                 raise ValueError(
                     f"modality {name!r} includes {known[key].path!r} of layer {head[key].name!r}, which produces "
-                    f"model {model.name!r}'s output: the head is never modulated; list only {name!r}'s encoder"
+                    f"the output of model {model.name!r}: the head is never modulated; list only the encoder of "
+                    f"{name!r}"
                 )
     return {name: tuple(known[key] for key in keys) for name, keys in checked.items()}  # type: ignore[index]
 
