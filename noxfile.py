@@ -38,7 +38,8 @@ def _frameworks_python(session: nox.Session, extras: str = "all,test") -> str:
     """
     python = FRAMEWORKS_VENV / "bin" / "python"
     if not python.exists():
-        session.run(sys.executable, "-m", "venv", str(FRAMEWORKS_VENV))
+        # virtualenv (a nox dependency) brings its own pip: works where the base Python has no ensurepip.
+        session.run(sys.executable, "-m", "virtualenv", "--quiet", str(FRAMEWORKS_VENV))
         session.run(str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip", external=True)
     stamp = FRAMEWORKS_VENV / "pdmp-stamp"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
@@ -58,7 +59,9 @@ def tests_core(session: nox.Session) -> None:
     """Core tests in a venv with numpy and test tools only: proves ``import pdmp`` needs no framework."""
     session.install("-e", ".[test]")
     core_tests = sorted(
-        str(path) for pattern in ("test_core_*.py", "test_probes_core.py") for path in (ROOT / "tests").glob(pattern)
+        str(path)
+        for pattern in ("test_core_*.py", "test_probes_core.py", "test_bootstrap_*.py")
+        for path in (ROOT / "tests").glob(pattern)
     )
     session.run("python", "-m", "pytest", *core_tests, *session.posargs)
 
@@ -71,6 +74,33 @@ def tests_torch(session: nox.Session) -> None:
 @nox.session(name="tests-keras", venv_backend="none", tags=["tests"])
 def tests_keras(session: nox.Session) -> None:
     _pytest(session, _frameworks_python(session), "-m", "keras and not parity and not bench", "tests/")
+
+
+def _oldest_allowed(extra: str) -> list[str]:
+    """The extra's requirements pinned to their lower bounds' release series (``keras>=3.8`` -> ``keras~=3.8.0``)."""
+    import tomllib  # Python >= 3.11, like the interpreter that runs nox here
+
+    requirements = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][extra]
+    pins = []
+    for requirement in requirements:
+        name, _, bounds = requirement.partition(">=")
+        lowest = bounds.split(",")[0].strip()
+        if not lowest:
+            raise ValueError(f"pyproject.toml: {requirement!r} in [{extra}] has no lower bound to test")
+        pins.append(f"{name.strip()}~={lowest}.0" if lowest.count(".") == 1 else f"{name.strip()}=={lowest}")
+    return pins
+
+
+@nox.session(name="tests-keras-oldest")
+def tests_keras_oldest(session: nox.Session) -> None:
+    """Keras tests against the oldest releases pyproject.toml allows (keras 3.8 on tensorflow-cpu 2.16).
+
+    Its own venv of about 1.5 GB, so it is not in the ``tests`` tag: run it after changing the Keras
+    adapter or the bound (``nox -s tests-keras-oldest``).
+    """
+    session.install("-e", ".[test]", *_oldest_allowed("keras"))
+    session.run("python", "-m", "pytest", "-m", "keras and not parity and not bench", "tests/", *session.posargs,
+                env=FRAMEWORK_ENV)  # fmt: skip
 
 
 @nox.session(venv_backend="none", tags=["tests"])
