@@ -72,6 +72,9 @@ class ConcatHead:
 
     ``features`` maps each modality to the layer whose output is that modality's feature vector,
     in concatenation order; ``head`` names the ``Dense`` layer applied to the concatenation.
+    ``ModulatedModel`` checks both against the model's graph (a last-axis ``Concatenate`` of exactly
+    these layers, in this order, under the head) and refuses anything else: a wrong order would score
+    the wrong kernel blocks without any shape error when the features have equal widths.
     """
 
     head: str

@@ -243,6 +243,8 @@ class ModulatedModel(keras.Model):
         if not isinstance(self.policy, OGMGE):
             raise TypeError(f"observe() is for OGM-GE; policy {type(self.policy).__name__} needs no logits")
         self.policy.check_modalities(list(modality_logits), where="ModulatedModel.observe logits")
+        width = modality_logits[self.modalities[0]].shape[-1]
+        _check_numpy_labels(labels, None if width is None else int(width), where="observe() labels")
         scores = _ogm.batch_scores([modality_logits[name] for name in self.modalities], labels)
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
@@ -546,7 +548,7 @@ class ModulatedModel(keras.Model):
         _check_steps_per_execution(self.policy, getattr(self, "steps_per_execution", 1))
         if self.policy.needs_logits:
             labels = kwargs["y"] if "y" in kwargs else (args[1] if len(args) > 1 else None)
-            _check_numpy_labels(labels, self.inner_model)
+            _check_numpy_labels(labels, _output_width(self.inner_model), where="fit() y")
         schedule = _ScheduleCallback(self)
         if callbacks is None:
             callbacks = [schedule]
@@ -678,19 +680,18 @@ def _lr_not_applied_message(optimizer: Any) -> str:
     )
 
 
-def _check_numpy_labels(labels: Any, model: keras.Model) -> None:
-    """OGM-GE reads labels as class indices in the graph; refuse bad NumPy labels before training."""
+def _check_numpy_labels(labels: Any, classes: int | None, *, where: str) -> None:
+    """OGM-GE reads labels as class indices in the graph; refuse bad NumPy labels before any work."""
     if not isinstance(labels, (np.ndarray, list, tuple)):
-        return  # tensors and datasets: observe()'s in-graph assertions check them
+        return  # tensors and datasets: the in-graph assertions of _ogm.batch_scores check them
     array = np.asarray(labels)
-    classes = _output_width(model)
     if array.ndim == 2 and array.shape[-1] == 1:
         array = array[:, 0]
     if array.ndim == 2 and array.shape[-1] == classes and classes is not None and classes > 1:
         if array.dtype.kind not in "iuf" or not np.all(np.isfinite(array)):
-            raise ValueError("fit() y: one-hot labels contain NaN/inf or non-numbers; fix the targets")
+            raise ValueError(f"{where}: one-hot labels contain NaN/inf or non-numbers; fix the targets")
         return
-    check_labels(array, num_classes=classes, name="fit() y (OGM-GE class indices)")
+    check_labels(array, num_classes=classes, name=f"{where} (OGM-GE class indices)")
 
 
 def _output_width(model: keras.Model) -> int | None:
