@@ -21,7 +21,16 @@ from pdmp.policies import (
     policy_from_config,
     register_policy,
 )
-from pdmp.ranking import Ranking, RankingFileError, RankingWarning, combine_rankings, rank_modalities
+from pdmp.ranking import (
+    Ranking,
+    RankingFileError,
+    RankingWarning,
+    UnderOptimization,
+    combine_rankings,
+    rank_modalities,
+    under_optimization,
+)
+from pdmp.search import SearchResult, gamma_grid, search_gammas
 from pdmp.stats import PairedDifference, paired_difference
 
 __version__ = "0.1.0"
@@ -42,8 +51,10 @@ __all__ = [
     "Ranking",
     "RankingFileError",
     "RankingWarning",
+    "SearchResult",
     "Study",
     "StudyError",
+    "UnderOptimization",
     "UniformScaling",
     "__version__",
     "accuracy",
@@ -51,11 +62,14 @@ __all__ = [
     "compare",
     "default_candidates",
     "dependency",
+    "gamma_grid",
     "macro_f1",
     "modality_scores",
     "paired_difference",
     "policy_from_config",
     "rank_modalities",
     "register_policy",
+    "search_gammas",
     "softmax",
+    "under_optimization",
 ]

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -617,11 +617,14 @@ def check_unimodal_request(
     n_bootstrap: Any = 0,
     seed: Any = 0,
     warn_margin: Any = 0.01,
+    lr_optional: bool = False,
 ) -> tuple[tuple[str, ...], int, int]:
     """Validate the arguments shared by the adapters' ``rank_unimodal``; return (names, epochs, batch_size).
 
     Called before any training: the ranking options (``metric``, ``n_bootstrap``, ``seed``,
     ``warn_margin``) are checked here too (:func:`check_ranking_options`), so a bad one fails at once.
+    With ``lr_optional=True``, ``lr=None`` is accepted: the caller's optimizer factory sets its own
+    learning rate (the adapter then checks that its optimizer does not need one).
     """
     for what, value in (("factories", factories), ("train", train), ("val", val)):
         if not isinstance(value, Mapping):
@@ -639,12 +642,127 @@ def check_unimodal_request(
     batch_size = check_non_negative_int(batch_size, name="batch_size")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    if isinstance(lr, (bool, np.bool_)) or not (
-        isinstance(lr, (int, float, np.integer, np.floating)) and math.isfinite(lr) and lr > 0
+    if not (lr is None and lr_optional) and (
+        isinstance(lr, (bool, np.bool_))
+        or not (isinstance(lr, (int, float, np.integer, np.floating)) and math.isfinite(lr) and lr > 0)
     ):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     check_ranking_options(metric=metric, n_bootstrap=n_bootstrap, seed=seed, warn_margin=warn_margin)
     return names, epochs, batch_size
+
+
+def check_training_seeds(seed: Any = None, seeds: Any = None) -> tuple[int, ...]:
+    """The training seeds of a ``rank_unimodal`` call: ``seeds``, or ``(seed,)``, or ``(0,)``.
+
+    ``seeds`` must be a non-empty list of distinct integers >= 0; passing ``seed`` as well is refused
+    (which one would count?). Checked before any training.
+    """
+    if seeds is None:
+        return (0 if seed is None else check_seed(seed),)
+    if seed is not None:
+        raise ValueError(
+            f"pass seed={seed!r} or seeds={seeds!r}, not both; "
+            "seeds=(0, 1, 2) trains every unimodal model once per seed"
+        )
+    if isinstance(seeds, (str, bytes, Mapping)) or not isinstance(seeds, Iterable):
+        raise TypeError(
+            f"seeds must be a list of integers such as (0, 1, 2), got {type(seeds).__name__} {seeds!r}; "
+            "for a single training seed pass seed="
+        )
+    result = tuple(check_seed(value, name=f"seeds entry {value!r}") for value in seeds)
+    if not result:
+        raise ValueError("seeds is empty; pass at least one training seed, e.g. seeds=(0, 1, 2)")
+    duplicates = sorted({value for value in result if result.count(value) > 1})
+    if duplicates:
+        raise ValueError(
+            f"seeds {list(result)} repeat {duplicates}; a repeated seed retrains the same model and would "
+            "inflate the seed agreement, pass distinct seeds"
+        )
+    return result
+
+
+@dataclass(frozen=True)
+class UnderOptimization:
+    """Does the multimodal model end below its best unimodal model? (See :func:`under_optimization`.)
+
+    Attributes:
+        metric: the metric both scores are in (the ranking's).
+        fused_score: the multimodal model's score (the mean, when several were given).
+        best_modality: the ranking's dominant modality.
+        best_unimodal_score: its unimodal score.
+        gap: ``best_unimodal_score - fused_score``; positive when the multimodal model is below its best
+            unimodal model, by that much.
+        under_optimized: ``gap > tolerance``.
+        tolerance: the margin the gap had to exceed.
+    """
+
+    metric: str
+    fused_score: float
+    best_modality: str
+    best_unimodal_score: float
+    gap: float
+    under_optimized: bool
+    tolerance: float
+
+
+def under_optimization(
+    ranking: Ranking,
+    fused_score: float | Sequence[float],
+    *,
+    tolerance: float = 0.0,
+    metric: str | None = None,
+) -> UnderOptimization:
+    """Compare a multimodal model's held-out score with the best unimodal score of ``ranking``.
+
+    The paper's under-optimization is a multimodal model that scores *below* its best unimodal
+    counterpart. The comparison is fair only when the unimodal models of the ranking were trained
+    with the multimodal model's recipe and budget (not a cheap ranking budget: under-trained unimodal
+    models hide the effect) and both are evaluated on the same samples.
+
+    Args:
+        ranking: the unimodal ranking (its ``scores`` are the unimodal scores; with several training
+            seeds, their means).
+        fused_score: the multimodal model's score in the ranking's metric, or one score per training
+            seed (their mean is compared).
+        tolerance: ``under_optimized`` is ``gap > tolerance``; e.g. ``0.01`` ignores a shortfall of
+            one accuracy point or less.
+        metric: if given, the metric ``fused_score`` is in; it must be the ranking's.
+    """
+    if not isinstance(ranking, Ranking):
+        raise TypeError(f"under_optimization needs a pdmp.Ranking, got {type(ranking).__name__} {ranking!r}")
+    if metric is not None and metric != ranking.metric:
+        raise ValueError(
+            f"fused_score is in metric {metric!r} but the ranking's scores are in {ranking.metric!r}; "
+            "compare scores of the same metric"
+        )
+    if isinstance(fused_score, np.ndarray) and fused_score.ndim == 0:
+        fused_score = fused_score[()]
+    if isinstance(fused_score, (str, bytes)) or (
+        not isinstance(fused_score, Iterable) and not isinstance(fused_score, (int, float, np.integer, np.floating))
+    ):
+        raise TypeError(f"fused_score must be a number or a list of numbers, got {type(fused_score).__name__}")
+    values = (
+        [check_number(value, name="fused_score entry") for value in fused_score]
+        if isinstance(fused_score, Iterable)
+        else [check_number(fused_score, name="fused_score")]
+    )
+    if not values:
+        raise ValueError("fused_score is empty; pass the multimodal model's score (or one per training seed)")
+    if not all(math.isfinite(value) for value in values):
+        raise ValueError(f"fused_score must be finite, got {fused_score!r}")
+    margin = check_non_negative_finite(tolerance, name="tolerance")
+    fused = float(np.mean(values))
+    best = ranking.scores[ranking.dominant]
+    gap = best - fused
+    return UnderOptimization(
+        metric=ranking.metric,
+        fused_score=fused,
+        best_modality=ranking.dominant,
+        best_unimodal_score=best,
+        gap=gap,
+        under_optimized=gap > margin,
+        tolerance=margin,
+    )
 
 
 def rank_unimodal_outputs(
