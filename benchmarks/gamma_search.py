@@ -7,7 +7,7 @@ For one built-in AV-digits regime (torch, CNN encoders, concat, the main benchma
 
 1. the ranking is the main benchmark's stage-1 ranking (``benchmarks/reported/main``: validation
    accuracy of unimodal models, seed 0) unless ``--ranking`` names another file;
-2. :func:`pdmp.search.search` runs successive halving within each family (PDMP, uniform scaling,
+2. :func:`pdmp.search_gammas` runs successive halving within each family (PDMP, uniform scaling,
    inverse PDMP, joint training at other learning rates; 9/9/9/4 candidates) on the *tuning seeds*,
    choosing by final-epoch validation accuracy;
 3. :func:`pdmp.compare` trains joint, PDMP at its defaults, every family's choice and the adaptive
@@ -34,7 +34,7 @@ from typing import Any
 import pdmp
 from benchmarks.protocol import ENCODER_OVERRIDES, TrainConfig, environment
 from pdmp.compare import Candidate, Study, compare, default_candidates
-from pdmp.search import gamma_grid, search
+from pdmp.search import gamma_grid, search_gammas
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_RANKINGS = ROOT / "reported" / "main"
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     train = make_train(dataset_name, data)
     started = time.perf_counter()
 
-    result = search(
+    result = search_gammas(
         train,
         gamma_grid(ranking, lr_scales=LR_SCALES, warmup=1),
         args.tuning_seeds,

@@ -1,6 +1,6 @@
 """Choosing the gammas on validation, with the controls searched at the same budget. Framework-free.
 
-:func:`search` runs successive halving (Jamieson & Talwalkar, 2016) *within each family* of
+:func:`search_gammas` runs successive halving (Jamieson & Talwalkar, 2016) *within each family* of
 candidates (PDMP, uniform scaling, inverse PDMP, and optionally joint training at other learning
 rates): every candidate trains on the tuning seeds at a small budget, the best ``1/eta`` by mean
 validation metric go on to the next, larger budget, and the last rung's best is the family's choice.
@@ -33,7 +33,7 @@ from pdmp.controls import InversePDMP, UniformScaling
 from pdmp.policies import PDMP, NoModulation
 from pdmp.ranking import Ranking
 
-__all__ = ["SearchResult", "gamma_grid", "search"]
+__all__ = ["SearchResult", "gamma_grid", "search_gammas"]
 
 #: Default grids: 9 candidates per family, so every family gets the same search budget. Small gamma_r
 #: values hold back a weak branch that memorises the training set (the under-optimization regime).
@@ -142,7 +142,7 @@ class SearchResult:
         return "\n".join(lines)
 
 
-def search(
+def search_gammas(
     train: TrainFunction,
     families: Mapping[str, Iterable[Candidate]],
     tuning_seeds: Iterable[int],

@@ -13,7 +13,7 @@ import pdmp
 from pdmp.compare import Candidate, Study, StudyError, compare, default_candidates
 from pdmp.controls import InversePDMP, UniformScaling
 from pdmp.policies import POLICIES, CoefficientPolicy, Modulation, policy_from_config, register_policy
-from pdmp.search import gamma_grid, search
+from pdmp.search import gamma_grid, search_gammas
 from pdmp.stats import paired_difference, seeds_needed, sign_flip_p_value, student_t_quantile
 
 RANKING = pdmp.Ranking(order=("audio", "image", "text"), scores={"audio": 0.8, "image": 0.5, "text": 0.4})
@@ -341,7 +341,7 @@ def test_search_halves_within_each_family_and_marks_tuning_seeds(tmp_path):
     calls: list = []
     families = gamma_grid(RANKING, lr_scales=(0.5, 2.0))
     assert {name: len(c) for name, c in families.items()} == {"pdmp": 9, "uniform": 9, "inverse": 9, "joint_lr": 2}
-    result = search(
+    result = search_gammas(
         budget_train(calls),
         families,
         tuning_seeds=[7, 8],
@@ -363,7 +363,7 @@ def test_search_halves_within_each_family_and_marks_tuning_seeds(tmp_path):
     assert "pdmp[gp=5,gr=0.1]" in result.to_markdown()
     # Resuming from the folder repeats nothing.
     calls.clear()
-    again = search(
+    again = search_gammas(
         budget_train(calls),
         families,
         tuning_seeds=[7, 8],
@@ -382,10 +382,10 @@ def test_search_bad_arguments():
     families = gamma_grid(RANKING)
     train = budget_train([])
     with pytest.raises(ValueError, match="looks like a test metric"):
-        search(train, families, [0], metric="test_acc", budgets=(1, 2), progress=False)
+        search_gammas(train, families, [0], metric="test_acc", budgets=(1, 2), progress=False)
     with pytest.raises(ValueError, match="increasing"):
-        search(train, families, [0], metric="val_acc", budgets=(2, 1), progress=False)
+        search_gammas(train, families, [0], metric="val_acc", budgets=(2, 1), progress=False)
     with pytest.raises(ValueError, match="eta"):
-        search(train, families, [0], metric="val_acc", budgets=(1,), eta=1, progress=False)
+        search_gammas(train, families, [0], metric="val_acc", budgets=(1,), eta=1, progress=False)
     with pytest.raises(ValueError, match="unknown metric 'val_f1'"):
-        search(train, families, [0], metric="val_f1", budgets=(1,), progress=False)
+        search_gammas(train, families, [0], metric="val_f1", budgets=(1,), progress=False)
