@@ -203,8 +203,9 @@ def test_mixed_float16_encoders_train_with_autowrapped_loss_scaling() -> None:
     k = {"audio": 3.0, "visual": 0.5, None: 1.0}
     for path, value in weights(model).items():
         update, expected = value - before[path], -0.1 * k[modality_of(path)] * grads[path]
-        # float16 activations: about 3 significant digits; a wrong coefficient is off by 50% or more.
-        np.testing.assert_allclose(update, expected, rtol=1e-2, atol=1e-2 * np.abs(expected).max(), err_msg=path)
+        # The reference runs the same float16 forward pass: measured error 3e-6 of the largest update;
+        # a wrong coefficient is off by 50% or more.
+        np.testing.assert_allclose(update, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max(), err_msg=path)
 
 
 # -- saving -------------------------------------------------------------------------------------------
