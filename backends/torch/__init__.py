@@ -4,13 +4,18 @@
   modulation through autograd / optimizer hooks; works with AMP, DDP, ``torch.compile`` and gradient
   accumulation.
 * :func:`concat_head_logits`, :func:`sum_head_logits`: per-modality logits for OGM-GE.
-* :func:`rank_unimodal`: stage 1, unimodal training on a budget, returning the core's ``Ranking``.
+* :func:`rank_unimodal`: stage 1, unimodal training on a budget (the user's optimizer and LR schedule,
+  one or several training seeds), returning the core's ``Ranking`` or, with ``return_details=True``,
+  a :class:`UnimodalReport` (trained models, validation logits, per-epoch :class:`TrainingCurve`).
+* :func:`dependency_shares`: each modality's dependency share of a fused model over a dataset.
 
 Every decision about coefficients or rankings is made by :mod:`pdmp` (NumPy); nothing here computes one.
 """
 
+from .dependency import dependency_shares
 from .heads import concat_head_logits, sum_head_logits
 from .modulator import Mode, Modulator
-from .ranking import rank_unimodal
+from .ranking import TrainingCurve, UnimodalReport, rank_unimodal
 
 __all__ = ["Mode", "Modulator", "concat_head_logits", "rank_unimodal", "sum_head_logits"]
+__all__ += ["TrainingCurve", "UnimodalReport", "dependency_shares"]

@@ -1,7 +1,10 @@
 """Stage 1 in torch: train one unimodal model per modality on a budget, evaluate, rank (in the core).
 
 The budget (epochs, fraction of the training set) is what makes ranking cheap; it is recorded in the
-returned :class:`~pdmp.Ranking` (and so in its file) so a ranking says how it was obtained.
+returned :class:`~pdmp.Ranking` (and so in its file) so a ranking says how it was obtained. The
+training recipe (optimizer, learning-rate schedule, weight decay) can be the one of the multimodal
+model, so that stage 1 ranks the modalities under the conditions of stage 2, and training can be
+repeated over several seeds (:func:`pdmp.combine_rankings` then records how often the seeds agree).
 """
 
 from __future__ import annotations
@@ -9,24 +12,141 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pdmp._validation import check_labels
+from pdmp._validation import check_bool, check_labels, check_non_negative_finite
 from pdmp.metrics import Metric
-from pdmp.ranking import Ranking, check_unimodal_request, rank_unimodal_outputs
+from pdmp.ranking import (
+    Ranking,
+    RankingWarning,
+    check_training_seeds,
+    check_unimodal_request,
+    combine_rankings,
+    rank_unimodal_outputs,
+)
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-OPTIMIZERS: dict[str, Callable[[Any, float], torch.optim.Optimizer]] = {
-    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
-    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
-    "adamw": lambda params, lr: torch.optim.AdamW(params, lr=lr),
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": lambda params, lr, **options: torch.optim.SGD(params, lr=lr, momentum=0.9, **options),
+    "adam": lambda params, lr, **options: torch.optim.Adam(params, lr=lr, **options),
+    "adamw": lambda params, lr, **options: torch.optim.AdamW(params, lr=lr, **options),
 }
+SCHEDULER_INTERVALS = ("epoch", "step")
+
+
+@dataclass(frozen=True)
+class TrainingCurve:
+    """Per-epoch training curve of one unimodal model: entry ``e`` of every field is epoch ``e``.
+
+    Attributes:
+        train_loss: mean cross-entropy over the epoch's mini-batches (in training mode, as trained).
+        train_accuracy: fraction of the epoch's training samples classified correctly while training
+            (in training mode, before each step's update; dropout on).
+        val_loss: cross-entropy on the whole validation set after the epoch (evaluation mode).
+        val_accuracy: accuracy on the whole validation set after the epoch (evaluation mode).
+        lr: learning rate of the first parameter group during the epoch (at its first step).
+    """
+
+    train_loss: tuple[float, ...]
+    train_accuracy: tuple[float, ...]
+    val_loss: tuple[float, ...]
+    val_accuracy: tuple[float, ...]
+    lr: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class UnimodalReport:
+    """What :func:`rank_unimodal` trained, besides the ranking (``return_details=True``).
+
+    Attributes:
+        ranking: the ranking :func:`rank_unimodal` returns without details (over several training
+            seeds: the combined one, with ``seed_scores`` and ``seed_agreement``).
+        seeds: the training seeds, in training order.
+        rankings: per training seed, the ranking of that seed's models alone.
+        models: per training seed, per modality, the trained model (in evaluation mode, on the
+            training device).
+        val_logits: per training seed, per modality, the model's validation logits
+            ``(samples, classes)`` as float64 NumPy arrays (what the ranking was computed from).
+        val_labels: per modality, the validation labels.
+        curves: per training seed, per modality, the per-epoch :class:`TrainingCurve`.
+    """
+
+    ranking: Ranking
+    seeds: tuple[int, ...]
+    rankings: dict[int, Ranking]
+    models: dict[int, dict[str, nn.Module]]
+    val_logits: dict[int, dict[str, np.ndarray]]
+    val_labels: dict[str, np.ndarray]
+    curves: dict[int, dict[str, TrainingCurve]]
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """The checked training recipe: how to build each model's optimizer and scheduler."""
+
+    make_optimizer: Callable[[Any], torch.optim.Optimizer]
+    make_scheduler: SchedulerFactory | None
+    interval: str
+    budget: dict[str, Any]
+
+
+@overload
+def rank_unimodal(
+    factories: Mapping[str, Callable[[], nn.Module]],
+    train: Mapping[str, tuple[Any, Any]],
+    val: Mapping[str, tuple[Any, Any]],
+    *,
+    epochs: int,
+    subset: float = ...,
+    lr: float | None = ...,
+    optimizer: str | OptimizerFactory = ...,
+    weight_decay: float | None = ...,
+    scheduler: SchedulerFactory | None = ...,
+    scheduler_interval: Literal["epoch", "step"] = ...,
+    batch_size: int = ...,
+    seed: int | None = ...,
+    seeds: Sequence[int] | None = ...,
+    metric: str | Metric = ...,
+    device: str | torch.device = ...,
+    progress: bool = ...,
+    n_bootstrap: int = ...,
+    warn_margin: float = ...,
+    return_details: Literal[False] = ...,
+) -> Ranking: ...
+
+
+@overload
+def rank_unimodal(
+    factories: Mapping[str, Callable[[], nn.Module]],
+    train: Mapping[str, tuple[Any, Any]],
+    val: Mapping[str, tuple[Any, Any]],
+    *,
+    epochs: int,
+    subset: float = ...,
+    lr: float | None = ...,
+    optimizer: str | OptimizerFactory = ...,
+    weight_decay: float | None = ...,
+    scheduler: SchedulerFactory | None = ...,
+    scheduler_interval: Literal["epoch", "step"] = ...,
+    batch_size: int = ...,
+    seed: int | None = ...,
+    seeds: Sequence[int] | None = ...,
+    metric: str | Metric = ...,
+    device: str | torch.device = ...,
+    progress: bool = ...,
+    n_bootstrap: int = ...,
+    warn_margin: float = ...,
+    return_details: Literal[True],
+) -> UnimodalReport: ...
 
 
 def rank_unimodal(
@@ -36,16 +156,21 @@ def rank_unimodal(
     *,
     epochs: int,
     subset: float = 1.0,
-    lr: float,
+    lr: float | None = None,
     optimizer: str | OptimizerFactory = "sgd",
+    weight_decay: float | None = None,
+    scheduler: SchedulerFactory | None = None,
+    scheduler_interval: Literal["epoch", "step"] = "epoch",
     batch_size: int = 64,
-    seed: int = 0,
+    seed: int | None = None,
+    seeds: Sequence[int] | None = None,
     metric: str | Metric = "accuracy",
     device: str | torch.device = "cpu",
     progress: bool = True,
     n_bootstrap: int = 0,
     warn_margin: float = 0.01,
-) -> Ranking:
+    return_details: bool = False,
+) -> Ranking | UnimodalReport:
     """Train each modality's unimodal model (encoder + own head) on a budget and rank the modalities.
 
     Args:
@@ -58,17 +183,43 @@ def rank_unimodal(
         epochs: passes over the training subset.
         subset: fraction of each training set used (the same seeded sample indices for every modality
             of equal size, so paired data stays paired).
-        lr: learning rate.
-        optimizer: ``"sgd"`` (momentum 0.9), ``"adam"``, ``"adamw"``, or ``f(params, lr)`` / ``f(params)``
-            returning a torch optimizer.
-        batch_size, seed: mini-batch size; seed of the subset, shuffling, model initialisation and
-            everything the models draw while training (dropout): the same seed gives the same ranking
-            whatever the caller's global RNG state, which is left untouched (CPU and the training device).
+        lr: learning rate; required with a named optimizer or a factory ``f(params, lr)``, optional
+            with a factory ``f(params)`` that sets its own.
+        optimizer: ``"sgd"`` (momentum 0.9), ``"adam"``, ``"adamw"``, or a factory: ``f(params)``
+            (e.g. ``lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)``, the
+            recipe of the multimodal model) or ``f(params, lr)``, returning a torch optimizer over
+            (some of) the given parameters.
+        weight_decay: with a named optimizer, its weight decay (``None``: the optimizer's default,
+            0 for SGD and Adam, 0.01 for AdamW). A factory sets its own, so then it must stay ``None``.
+        scheduler: ``f(optimizer)`` returning a torch LR scheduler for that optimizer (e.g.
+            ``lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)``), or ``None``.
+            ``ReduceLROnPlateau`` is stepped with the epoch's validation loss.
+        scheduler_interval: ``"epoch"`` (default): ``scheduler.step()`` after every epoch, the usual
+            torch convention; ``"step"``: after every optimizer step (e.g. ``OneCycleLR``; an epoch
+            has ``ceil(round(subset * len(train)) / batch_size)`` steps).
+        batch_size: mini-batch size.
+        seed: the training seed (default 0): seed of the subset, shuffling, model initialisation and
+            everything the models draw while training (dropout), and of the bootstrap. The same seed
+            gives the same ranking whatever the caller's global RNG state, which is left untouched
+            (CPU and the training device).
+        seeds: instead of ``seed``, several training seeds, e.g. ``(0, 1, 2)``: every unimodal model
+            is trained once per seed (each seed as ``seed`` would be) and the per-seed rankings are
+            combined by :func:`pdmp.combine_rankings`: scores are the seed means, ``seed_agreement``
+            says how often a seed puts the dominant modality on top (beside the bootstrap
+            ``stability``), and a :class:`~pdmp.RankingWarning` says when they disagree. Costs one
+            training per seed.
         metric: ``"accuracy"``, ``"macro_f1"`` or ``f(labels, predicted_classes)``.
         device: where to train.
-        progress: show a tqdm bar per modality.
+        progress: show a tqdm bar per modality (and seed).
         n_bootstrap, warn_margin: passed to :func:`pdmp.rank_modalities`.
+        return_details: return a :class:`UnimodalReport` (the ranking plus the trained models, their
+            validation logits and per-epoch training curves) instead of the ranking alone. The
+            curves need a validation pass per epoch; the ranking is the same either way.
+
+    Every argument, every label and every model's optimizer and scheduler are checked before the
+    first model trains (each factory is called once ahead for that, with the first seed).
     """
+    training_seeds = check_training_seeds(seed, seeds)
     names, epochs, batch_size = check_unimodal_request(
         factories,
         train,
@@ -79,96 +230,340 @@ def rank_unimodal(
         lr=lr,
         metric=metric,
         n_bootstrap=n_bootstrap,
-        seed=seed,
+        seed=training_seeds[0],
         warn_margin=warn_margin,
+        lr_optional=True,
     )
-    make_optimizer, optimizer_name = _optimizer_factory(optimizer)
+    for name in names:
+        if not callable(factories[name]):
+            raise TypeError(
+                f"factories[{name!r}] is a {type(factories[name]).__name__}, not a callable; pass a function "
+                "returning a fresh model, e.g. lambda: nn.Linear(16, classes)"
+            )
+    return_details = check_bool(return_details, name="return_details")
+    progress = check_bool(progress, name="progress")
+    recipe = _recipe(optimizer, lr, weight_decay, scheduler, scheduler_interval)
     device = torch.device(device)
     # Every modality's data and labels are checked before the first model trains.
     data = {
         name: (_as_tensors(train[name], where=f"train[{name!r}]"), _as_tensors(val[name], where=f"val[{name!r}]"))
         for name in names
     }
-    # The largest label anywhere, and where: checked against each model's output width at its first batch.
-    top_label, top_where = max(
-        (int(y.max()), f"{split}[{name!r}]")
-        for name, ((_, y_train), (_, y_val)) in data.items()
-        for split, y in (("train", y_train), ("val", y_val))
-    )
-
-    logits: dict[str, np.ndarray] = {}
-    labels: dict[str, np.ndarray] = {}
+    first: tuple[torch.optim.Optimizer, float, Any] | None = None
+    for name in names:
+        # Only the first modality's optimizer is kept (for the budget): the others' models are freed at once.
+        built = _preflight(name, factories[name], data[name], recipe, training_seeds[0], device, batch_size)
+        first = first or built
+    assert first is not None
+    opt, initial_lr, schedule = first
+    recipe_budget = dict(recipe.budget)
+    if not isinstance(optimizer, str):
+        # A factory's settings are only known once it has built an optimizer: record what it built.
+        group = opt.param_groups[0]
+        recipe_budget |= {"optimizer_class": type(opt).__name__, "lr": initial_lr}
+        if isinstance(group.get("weight_decay"), (int, float)):
+            recipe_budget["weight_decay"] = float(group["weight_decay"])
+        if lr is not None and not math.isclose(initial_lr, lr):
+            warnings.warn(
+                f"lr={lr!r} is not used: the optimizer factory sets its own learning rate ({initial_lr!r}); "
+                "drop lr= or make the factory take it, f(params, lr)",
+                UserWarning,
+                stacklevel=2,
+            )
+    plateau = isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    if schedule is not None:
+        recipe_budget["scheduler_class"] = type(schedule).__name__
+    del first, built, opt, schedule
+    # A validation pass per epoch only when something reads it: the curves, or a plateau scheduler.
+    validate_each_epoch = return_details or plateau
+    per_seed: dict[int, Ranking] = {}
+    models: dict[int, dict[str, nn.Module]] = {}
+    logits: dict[int, dict[str, np.ndarray]] = {}
+    curves: dict[int, dict[str, TrainingCurve]] = {}
+    labels = {name: data[name][1][1].numpy() for name in names}
     train_samples: dict[str, int] = {}
-    for index, name in enumerate(names):
-        (x_train, y_train), (x_val, y_val) = data[name]
-        generator = torch.Generator().manual_seed(seed)
-        n_subset = max(1, round(subset * len(y_train)))
-        chosen = torch.randperm(len(y_train), generator=generator)[:n_subset]
-        x_train, y_train = x_train[chosen], y_train[chosen]
-        train_samples[name] = n_subset
-        bar = tqdm(
-            total=epochs * math.ceil(n_subset / batch_size),
-            desc=f"rank {name} ({index + 1}/{len(names)})",
-            unit="batch",
-            disable=not progress,
-            leave=True,
-        )
-        with _seeded_rng(seed, device), bar:
-            model = factories[name]().to(device)
-            opt = make_optimizer(model.parameters(), lr)
-            model.train()
-            checked = False
-            for _ in range(epochs):
-                order = torch.randperm(n_subset, generator=generator)
-                for start in range(0, n_subset, batch_size):
-                    batch = order[start : start + batch_size]
-                    output = model(x_train[batch].to(device))
-                    if not checked:
-                        _check_output_width(output, name, top_label, top_where)
-                        checked = True
-                    loss = nn.functional.cross_entropy(output, y_train[batch].to(device))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-            model.eval()
-            with torch.no_grad():
-                starts = range(0, len(y_val), batch_size)
-                outputs = [model(x_val[s : s + batch_size].to(device)).float().cpu() for s in starts]
-        logits[name] = torch.cat(outputs).numpy().astype(np.float64)
-        labels[name] = y_val.numpy()
+    total = len(names) * len(training_seeds)
+    for seed_index, training_seed in enumerate(training_seeds):
+        models[training_seed], logits[training_seed], curves[training_seed] = {}, {}, {}
+        for index, name in enumerate(names):
+            position = seed_index * len(names) + index + 1
+            label = name if seeds is None else f"{name}, seed {training_seed}"
+            model, output, curve, train_samples[name] = _train_one(
+                factories[name],
+                data[name],
+                recipe,
+                seed=training_seed,
+                epochs=epochs,
+                subset=subset,
+                batch_size=batch_size,
+                device=device,
+                validate_each_epoch=validate_each_epoch,
+                bar_desc=f"rank {label} ({position}/{total})",
+                progress=progress,
+            )
+            logits[training_seed][name] = output
+            if return_details:
+                models[training_seed][name] = model
+                curves[training_seed][name] = curve
+        budget = {
+            "backend": "torch",
+            "epochs": epochs,
+            "subset": float(subset),
+            "train_samples": dict(train_samples),
+            "batch_size": batch_size,
+            **recipe_budget,
+        } | ({"seed": training_seed} if seeds is None else {"seeds": list(training_seeds)})
+        with warnings.catch_warnings():
+            if seeds is not None:
+                # One warning for the combined ranking below, not one per seed.
+                warnings.simplefilter("ignore", RankingWarning)
+            per_seed[training_seed] = rank_unimodal_outputs(
+                logits[training_seed],
+                labels,
+                budget=budget,
+                metric=metric,
+                n_bootstrap=n_bootstrap,
+                seed=training_seed,
+                warn_margin=warn_margin,
+            )
 
-    budget = {
-        "backend": "torch",
-        "epochs": epochs,
-        "subset": float(subset),
-        "train_samples": train_samples,
-        "batch_size": batch_size,
-        "lr": float(lr),
-        "optimizer": optimizer_name,
-        "seed": seed,
-    }
-    return rank_unimodal_outputs(
-        logits, labels, budget=budget, metric=metric, n_bootstrap=n_bootstrap, seed=seed, warn_margin=warn_margin
+    if seeds is None:
+        ranking = per_seed[training_seeds[0]]
+    else:
+        ranking = combine_rankings([per_seed[s] for s in training_seeds])
+        if ranking.margin < warn_margin:
+            warnings.warn(
+                f"modalities {ranking.order[0]!r} and {ranking.order[1]!r} are within {ranking.margin:.4g} "
+                f"{ranking.metric} on average over the training seeds (below warn_margin={warn_margin}); "
+                "the dominant modality is uncertain, evaluate on more held-out samples or train longer",
+                RankingWarning,
+                stacklevel=2,
+            )
+    if not return_details:
+        return ranking
+    return UnimodalReport(
+        ranking=ranking,
+        seeds=training_seeds,
+        rankings=per_seed,
+        models=models,
+        val_logits=logits,
+        val_labels=labels,
+        curves=curves,
     )
 
 
-def _optimizer_factory(optimizer: str | OptimizerFactory) -> tuple[Callable[[Any, float], torch.optim.Optimizer], str]:
+def _train_one(
+    factory: Callable[[], nn.Module],
+    data: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    recipe: _Recipe,
+    *,
+    seed: int,
+    epochs: int,
+    subset: float,
+    batch_size: int,
+    device: torch.device,
+    validate_each_epoch: bool,
+    bar_desc: str,
+    progress: bool,
+) -> tuple[nn.Module, np.ndarray, TrainingCurve, int]:
+    """Train one unimodal model with one seed; return it, its validation logits, its curve, its sample count."""
+    (x_train, y_train), (x_val, y_val) = data
+    generator = torch.Generator().manual_seed(seed)
+    n_subset = max(1, round(subset * len(y_train)))
+    chosen = torch.randperm(len(y_train), generator=generator)[:n_subset]
+    x_train, y_train = x_train[chosen], y_train[chosen]
+    history: dict[str, list[float]] = {key: [] for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")}
+    lrs: list[float] = []
+    bar = tqdm(
+        total=epochs * math.ceil(n_subset / batch_size),
+        desc=bar_desc,
+        unit="batch",
+        disable=not progress,
+        leave=True,
+    )
+    with _seeded_rng(seed, device), bar:
+        model = factory().to(device)
+        opt = recipe.make_optimizer(model.parameters())
+        schedule = recipe.make_scheduler(opt) if recipe.make_scheduler is not None else None
+        for epoch in range(epochs):
+            model.train()
+            lrs.append(float(opt.param_groups[0]["lr"]))
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            order = torch.randperm(n_subset, generator=generator)
+            for start in range(0, n_subset, batch_size):
+                batch = order[start : start + batch_size]
+                target = y_train[batch].to(device)
+                output = model(x_train[batch].to(device))
+                loss = nn.functional.cross_entropy(output, target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if schedule is not None and recipe.interval == "step":
+                    schedule.step()
+                # Accumulated on the device: no extra host sync per step beyond the progress bar's.
+                loss_sum += loss.detach().double() * len(batch)
+                correct += (output.detach().argmax(dim=1) == target).sum()
+                bar.update(1)
+                if progress:
+                    bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            history["train_loss"].append(float(loss_sum) / n_subset)
+            history["train_accuracy"].append(int(correct) / n_subset)
+            last = epoch == epochs - 1
+            if validate_each_epoch or last:
+                outputs = _predict(model, x_val, batch_size, device)
+                if validate_each_epoch:
+                    val_loss = float(nn.functional.cross_entropy(outputs, y_val))
+                    history["val_loss"].append(val_loss)
+                    history["val_accuracy"].append(float((outputs.argmax(dim=1) == y_val).double().mean()))
+            if schedule is not None and recipe.interval == "epoch":
+                if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    schedule.step(val_loss)
+                else:
+                    schedule.step()
+    model.eval()
+    curve = TrainingCurve(**{key: tuple(values) for key, values in history.items()}, lr=tuple(lrs))
+    return model, outputs.numpy().astype(np.float64), curve, n_subset
+
+
+def _predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Logits of ``x`` in evaluation mode, as float32 on the CPU."""
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(x[s : s + batch_size].to(device)).float().cpu() for s in range(0, len(x), batch_size)])
+
+
+def _recipe(optimizer: Any, lr: float | None, weight_decay: Any, scheduler: Any, interval: Any) -> _Recipe:
+    """Check the optimizer, learning rate, weight decay and scheduler arguments together."""
+    if interval not in SCHEDULER_INTERVALS:
+        raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {interval!r}")
+    if scheduler is not None and not callable(scheduler):
+        raise TypeError(
+            f"scheduler must be a callable f(optimizer) returning a torch LR scheduler, got {scheduler!r}; e.g. "
+            "scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)"
+        )
+    budget: dict[str, Any] = {}
     if isinstance(optimizer, str):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}, or pass a callable")
-        return OPTIMIZERS[optimizer], optimizer
-    if not callable(optimizer):
-        raise TypeError(f"optimizer must be a name or a callable returning a torch optimizer, got {optimizer!r}")
-    name = getattr(optimizer, "__name__", type(optimizer).__name__)
+        if lr is None:
+            raise ValueError(f"optimizer={optimizer!r} needs a learning rate: pass lr=, e.g. lr=1e-3")
+        named = OPTIMIZERS[optimizer]
+        options = {}
+        if weight_decay is not None:
+            options["weight_decay"] = check_non_negative_finite(weight_decay, name="weight_decay")
+            budget["weight_decay"] = options["weight_decay"]
+        make: Callable[[Any], torch.optim.Optimizer] = lambda params: named(params, lr, **options)  # noqa: E731
+        budget = {"lr": float(lr), "optimizer": optimizer, **budget}
+    else:
+        if not callable(optimizer):
+            raise TypeError(
+                f"optimizer must be a name or a callable returning a torch optimizer, got {optimizer!r}; "
+                "e.g. optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)"
+            )
+        if weight_decay is not None:
+            raise ValueError(
+                f"weight_decay={weight_decay!r} goes with a named optimizer; your optimizer factory sets its own, "
+                "e.g. lambda params: torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)"
+            )
+        takes_lr = _passes_lr(optimizer, lr)
+        factory = optimizer
+        make = (lambda params: factory(params, lr)) if takes_lr else (lambda params: factory(params))
+        budget = {"optimizer": getattr(optimizer, "__name__", type(optimizer).__name__)}
+    if scheduler is not None:
+        budget["scheduler"] = getattr(scheduler, "__name__", type(scheduler).__name__)
+        budget["scheduler_interval"] = interval
+    return _Recipe(make_optimizer=make, make_scheduler=scheduler, interval=interval, budget=budget)
+
+
+def _passes_lr(factory: Callable[..., Any], lr: float | None) -> bool:
+    """Whether to call ``factory(params, lr)`` rather than ``factory(params)``.
+
+    A second positional parameter receives ``lr``; without ``lr`` it must have a default (as
+    ``torch.optim.AdamW`` itself has), else the factory cannot be called.
+    """
     try:
-        takes_lr = len(inspect.signature(optimizer).parameters) >= 2
-    except (TypeError, ValueError):
-        takes_lr = True
-    if takes_lr:
-        return optimizer, name
-    return (lambda params, lr: optimizer(params)), name
+        parameters = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):  # no signature (some builtins): trust what the caller passed
+        return lr is not None
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return lr is not None
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2:
+        return False
+    if lr is None and positional[1].default is inspect.Parameter.empty:
+        raise ValueError(
+            f"the optimizer factory takes a learning rate ({positional[1].name!r}): pass lr=, "
+            "or give a factory f(params) that sets its own"
+        )
+    return lr is not None
+
+
+def _preflight(
+    name: str,
+    factory: Callable[[], nn.Module],
+    data: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    recipe: _Recipe,
+    seed: int,
+    device: torch.device,
+    batch_size: int,
+) -> tuple[torch.optim.Optimizer, float, Any]:
+    """Build one model, its optimizer and scheduler, and score one batch, so that a bad factory or
+    label fails before any model trains. Runs in a forked RNG, trains nothing; returns the optimizer,
+    its initial learning rate and the scheduler built (their settings go into the budget)."""
+    (x_train, y_train), (_, y_val) = data
+    with _seeded_rng(seed, device):
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"factories[{name!r}]() returned {type(model).__name__}; it must return a torch nn.Module")
+        model = model.to(device)
+        opt = recipe.make_optimizer(model.parameters())
+        _check_optimizer(opt, model, name)
+        # Read before the scheduler exists: some schedulers change the learning rate when built.
+        lr = float(opt.param_groups[0]["lr"])
+        schedule = None
+        if recipe.make_scheduler is not None:
+            schedule = recipe.make_scheduler(opt)
+            _check_scheduler(schedule, opt, recipe.interval)
+        model.eval()
+        with torch.no_grad():
+            output = model(x_train[: min(batch_size, len(x_train))].to(device))
+    top = max((int(y_train.max()), f"train[{name!r}]"), (int(y_val.max()), f"val[{name!r}]"))
+    _check_output_width(output, name, *top)
+    return opt, lr, schedule
+
+
+def _check_optimizer(opt: Any, model: nn.Module, name: str) -> None:
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise TypeError(
+            f"the optimizer factory returned {type(opt).__name__} {opt!r} for {name!r}; it must return a "
+            "torch.optim.Optimizer built on the parameters it is given"
+        )
+    owned = {id(p) for p in model.parameters()}
+    given = [p for group in opt.param_groups for p in group["params"]]
+    if not given or any(id(p) not in owned for p in given):
+        raise ValueError(
+            f"the optimizer factory's optimizer for {name!r} does not optimize the model it was given "
+            f"({len(given)} parameter(s), {sum(id(p) not in owned for p in given)} foreign); build it on the "
+            "params argument: lambda params: torch.optim.AdamW(params, ...)"
+        )
+
+
+def _check_scheduler(schedule: Any, opt: torch.optim.Optimizer, interval: str) -> None:
+    plateau = isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    if not (isinstance(schedule, torch.optim.lr_scheduler.LRScheduler) or plateau):
+        raise TypeError(
+            f"the scheduler factory returned {type(schedule).__name__} {schedule!r}; it must return a torch LR "
+            "scheduler built on the optimizer it is given, e.g. lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1)"
+        )
+    if schedule.optimizer is not opt:
+        raise ValueError(
+            "the scheduler factory's scheduler drives another optimizer; build it on the optimizer it is given"
+        )
+    if plateau and interval != "epoch":
+        raise ValueError(
+            "ReduceLROnPlateau steps on the validation loss once per epoch; use scheduler_interval='epoch'"
+        )
 
 
 @contextlib.contextmanager
@@ -190,10 +585,10 @@ def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
 
 
 def _check_output_width(output: torch.Tensor, name: str, top_label: int, top_where: str) -> None:
-    if output.ndim != 2:
+    if not isinstance(output, torch.Tensor) or output.ndim != 2:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise ValueError(
-            f"the unimodal model of {name!r} returned shape {tuple(output.shape)}; it must return class logits "
-            "of shape (batch, classes)"
+            f"the unimodal model of {name!r} returned {shape}; it must return class logits of shape (batch, classes)"
         )
     if top_label >= output.shape[1]:
         raise ValueError(
@@ -219,4 +614,4 @@ def _as_tensors(data: Any, *, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-__all__ = ["rank_unimodal"]
+__all__ = ["TrainingCurve", "UnimodalReport", "rank_unimodal"]
