@@ -8,14 +8,28 @@
   one or several training seeds), returning the core's ``Ranking`` or, with ``return_details=True``,
   a :class:`UnimodalReport` (trained models, validation logits, per-epoch :class:`TrainingCurve`).
 * :func:`dependency_shares`: each modality's dependency share of a fused model over a dataset.
+* :func:`training_log`: the values to log (coefficients, dependency shares) in a hand-written loop.
+* :class:`~pdmp.backends.torch.lightning.PDMPCallback`: the same in a Lightning ``Trainer``; imported
+  on first use, so this package does not need lightning.
 
 Every decision about coefficients or rankings is made by :mod:`pdmp` (NumPy); nothing here computes one.
 """
 
 from .dependency import dependency_shares
 from .heads import concat_head_logits, sum_head_logits
+from .logs import training_log
 from .modulator import Mode, Modulator
 from .ranking import TrainingCurve, UnimodalReport, rank_unimodal
 
 __all__ = ["Mode", "Modulator", "concat_head_logits", "rank_unimodal", "sum_head_logits"]
 __all__ += ["TrainingCurve", "UnimodalReport", "dependency_shares"]
+__all__ += ["training_log"]  # not PDMPCallback: a star import must not need lightning
+
+
+def __getattr__(name: str) -> object:
+    # PDMPCallback is imported on first use: importing this package must not require lightning.
+    if name == "PDMPCallback":
+        from .lightning import PDMPCallback
+
+        return PDMPCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,270 @@
+"""PyTorch Lightning callback: PDMP (or OGM-GE, ...) in a ``lightning.Trainer`` with one line.
+
+:class:`PDMPCallback` builds a :class:`~pdmp.backends.torch.Modulator` when fitting starts and drives it
+from the Trainer; every coefficient is still decided by the core policy and applied by the Modulator.
+
+* **Epochs**: ``set_epoch(trainer.current_epoch)`` at the start of every training epoch.
+* **Steps**: ``step()`` after every training batch. The Modulator is given the Trainer's optimizer, so
+  only steps the optimizer really took advance the schedule: micro-batches of gradient accumulation
+  do not, nor do steps that 16-bit mixed precision's ``GradScaler`` skipped (inf/NaN gradients).
+* **Logits** (OGM-GE, :class:`~pdmp.AdaptivePDMP`, dependency logs): in ``training_step`` the module
+  stores ``self.pdmp_logits = (per_modality_logits, labels)``; the callback hands them to
+  ``Modulator.observe`` just before backward (``on_before_backward``) and then clears the attribute, so
+  stale logits are never reused.
+* **Checkpoints**: the Modulator's ``state_dict`` (clock, coefficients, noise generators, what an
+  adaptive policy has learnt) is the callback's state in Lightning checkpoints, so
+  ``trainer.fit(model, ckpt_path=...)`` continues with the coefficients of an uninterrupted run.
+* **Logs**: :func:`~pdmp.backends.torch.training_log`'s values (``pdmp/coef_<modality>``, and
+  ``pdmp/share_<modality>`` when logits were stored) through ``LightningModule.log``.
+
+Needs the ``lightning`` package (``pip install "pdmp[lightning]"``); the standalone
+``pytorch_lightning`` package has its own ``Callback`` class and is not supported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import torch
+
+try:
+    from lightning.pytorch import Callback
+except ImportError as error:  # pragma: no cover - exercised only without lightning
+    raise ImportError(
+        "pdmp.backends.torch.lightning needs the lightning package: pip install 'pdmp[lightning]' "
+        "(or pip install 'lightning>=2.4')"
+    ) from error
+
+from pdmp.policies import CoefficientPolicy
+
+from .logs import training_log
+from .modulator import Mode, Modulator, ParameterSource
+
+#: The LightningModule attribute that carries ``(per_modality_logits, labels)`` from ``training_step``.
+LOGITS_ATTRIBUTE = "pdmp_logits"
+
+EncoderSpec = Mapping[str, str] | Callable[[Any], Mapping[str, ParameterSource]]
+LogMode = Literal["step", "epoch"] | None
+
+
+class PDMPCallback(Callback):
+    """Modulate each modality's encoder of a LightningModule with a core policy during ``Trainer.fit``.
+
+    Args:
+        encoders: where each modality's encoder is in the LightningModule: a dict modality -> attribute
+            path (``{"audio": "audio", "image": "backbone.image"}``: a submodule, a parameter or an
+            iterable of parameters), or a function ``module -> {modality: encoder module or parameters}``
+            (e.g. ``lambda m: {"audio": m.audio, "image": m.image}``). Use attribute paths with
+            ``strategy="ddp_spawn"``, which pickles callbacks (a lambda cannot be pickled).
+        policy: the core policy (:class:`~pdmp.PDMP`, :class:`~pdmp.OGMGE`, :class:`~pdmp.AdaptivePDMP`,
+            ...); its modality names must equal the keys of ``encoders``. Adaptive policies learn in place,
+            so give each ``fit`` a fresh policy object (a checkpoint restores what it had learnt).
+        mode: ``"grad"`` (scale gradients; use with SGD) or ``"lr"`` (scale each modality's learning
+            rate; use with Adam/AdamW). With ``"lr"`` and an LR scheduler, give every modality's encoder
+            its own parameter group in ``configure_optimizers`` (the scheduler exists before the callback
+            could split mixed groups).
+        seed: seed of OGM-GE's gradient noise; the same on every DDP rank.
+        sync: all-reduce OGM-GE's scores across DDP ranks (every rank then uses the global batch's
+            coefficients).
+        log_every: ``"step"`` logs each training batch's values (written at the Trainer's
+            ``log_every_n_steps``), ``"epoch"`` their mean over the epoch's batches (reduced across
+            ranks), ``None`` logs nothing. In ``"step"`` mode under DDP the shares are rank 0's batch
+            (the coefficients are the same on every rank).
+
+    The Trainer must have exactly one optimizer. The :class:`Modulator` exists from ``on_fit_start``
+    until the end of ``fit`` (:attr:`modulator`); afterwards its hooks are removed and
+    :meth:`state_dict` still returns the final state.
+    """
+
+    def __init__(
+        self,
+        encoders: EncoderSpec,
+        policy: CoefficientPolicy,
+        mode: Mode = "grad",
+        *,
+        seed: int = 0,
+        sync: bool = True,
+        log_every: LogMode = "step",
+    ) -> None:
+        super().__init__()
+        if not (callable(encoders) or isinstance(encoders, Mapping)):
+            raise TypeError(
+                "encoders must be a dict modality -> attribute path of its encoder in the LightningModule "
+                f"(e.g. {{'audio': 'audio'}}) or a function module -> {{modality: encoder}}, got {encoders!r}"
+            )
+        if not isinstance(policy, CoefficientPolicy):
+            raise TypeError(f"policy must be a pdmp CoefficientPolicy (PDMP, OGMGE, ...), got {type(policy).__name__}")
+        if log_every not in ("step", "epoch", None):
+            raise ValueError(f"log_every must be 'step', 'epoch' or None (no logging), got {log_every!r}")
+        self.encoders = encoders
+        self.policy = policy
+        self.mode: Mode = mode
+        self.seed = seed
+        self.sync = sync
+        # Not "self.log": Lightning sets a callback's log attribute to LightningModule.log.
+        self.log_every = log_every
+        #: The Modulator of the running ``fit`` (None before it; removed, its hooks gone, after it).
+        self.modulator: Modulator | None = None
+        self._state: dict[str, Any] | None = None  # loaded from a checkpoint before the Modulator exists
+        self._observed: tuple[Mapping[str, torch.Tensor], Any] | None = None
+
+    # ------------------------------------------------------------------------------ fit lifecycle
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        # The optimizers exist from here on (Strategy.setup), and optimizer states are restored only
+        # after this hook, so lr mode's split parameter groups match a checkpoint saved with them.
+        optimizers = list(trainer.optimizers)
+        if len(optimizers) != 1:
+            raise ValueError(
+                f"PDMPCallback needs exactly one optimizer, found {len(optimizers)}; return a single optimizer "
+                "from configure_optimizers (one parameter group per modality is fine)"
+            )
+        if self.policy.needs_logits and self.mode == "lr" and pl_module.automatic_optimization:
+            # Lightning calls optimizer.step(closure): the learning rates would be set before the
+            # closure's training_step has produced this batch's logits.
+            raise ValueError(
+                f"{type(self.policy).__name__} sets coefficients from each batch's logits, which mode='lr' cannot "
+                "apply under Lightning's automatic optimization; use mode='grad' (OGM-GE's own mechanism)"
+            )
+        modalities = self._resolve_encoders(pl_module)
+        try:
+            modulator = Modulator(
+                modalities,
+                self.policy,
+                mode=self.mode,
+                optimizer=optimizers[0],
+                scaler=getattr(trainer.precision_plugin, "scaler", None),  # 16-mixed only
+                seed=self.seed,
+                sync=self.sync,
+            )
+        except ValueError as error:
+            if "LR scheduler" not in str(error):
+                raise
+            raise ValueError(
+                f"{error}. Under Lightning: in configure_optimizers give each modality's encoder its own "
+                "parameter group, e.g. SGD([{'params': self.audio.parameters()}, {'params': self.image.parameters()}, "
+                "{'params': self.head.parameters()}], lr=...)"
+            ) from error
+        if self._state is not None:
+            modulator.load_state_dict(self._state)
+            self._state = None
+        self.modulator = modulator
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._require_modulator("on_train_epoch_start").set_epoch(trainer.current_epoch)
+
+    def on_before_backward(self, trainer: Any, pl_module: Any, loss: torch.Tensor) -> None:
+        modulator = self._require_modulator("on_before_backward")
+        stored = getattr(pl_module, LOGITS_ATTRIBUTE, None)
+        if stored is None:
+            if modulator.policy.needs_logits or modulator.policy.observes_scores:
+                raise RuntimeError(
+                    f"{type(modulator.policy).__name__} needs each batch's per-modality logits: in training_step set "
+                    f"self.{LOGITS_ATTRIBUTE} = (concat_head_logits(self.head, features), y) before returning the "
+                    "loss (sum_head_logits for a sum-fusion head)"
+                )
+            return
+        if not (isinstance(stored, tuple) and len(stored) == 2):
+            raise TypeError(
+                f"{type(pl_module).__name__}.{LOGITS_ATTRIBUTE} must be a tuple (per_modality_logits, labels), "
+                f"got {type(stored).__name__}"
+            )
+        setattr(pl_module, LOGITS_ATTRIBUTE, None)  # one batch's logits serve one backward pass
+        logits, labels = stored
+        modulator.observe(logits, labels)
+        self._observed = (logits, labels)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        modulator = self._require_modulator("on_train_batch_end")
+        if self.log_every is not None:
+            # Before step(): the coefficients this batch was trained with.
+            observed = self._observed or (None, None)
+            epoch = self.log_every == "epoch"
+            for name, value in training_log(modulator, *observed).items():
+                # batch_size=1: an epoch value is the mean over batches; reduce across ranks only then.
+                pl_module.log(name, value, on_step=not epoch, on_epoch=epoch, batch_size=1, sync_dist=epoch)
+        self._observed = None
+        modulator.step()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            self._release()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._release()  # a failed fit must not leave hooks on the user's model
+
+    # -------------------------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"modulator": Modulator.state_dict()}``; empty before the first ``fit`` started."""
+        if self.modulator is not None and self.modulator.active:
+            return {"modulator": self.modulator.state_dict()}
+        return {"modulator": self._state} if self._state is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; Lightning calls it before ``on_fit_start`` when resuming."""
+        if not state_dict:
+            return
+        if "modulator" not in state_dict:
+            raise ValueError(
+                f"not a PDMPCallback state (keys {sorted(state_dict)}); pass what PDMPCallback.state_dict() returned"
+            )
+        if self.modulator is not None and self.modulator.active:  # strategies that restore after setup
+            self.modulator.load_state_dict(state_dict["modulator"])
+        else:
+            self._state = state_dict["modulator"]
+
+    # ---------------------------------------------------------------------------------- internals
+
+    def _resolve_encoders(self, pl_module: Any) -> Mapping[str, ParameterSource]:
+        if not isinstance(self.encoders, Mapping):
+            modalities = self.encoders(pl_module)
+            if not isinstance(modalities, Mapping):
+                raise TypeError(
+                    f"PDMPCallback encoders function returned {type(modalities).__name__}; "
+                    "it must return a dict modality -> encoder module or parameters"
+                )
+            return modalities
+        resolved: dict[str, ParameterSource] = {}
+        for modality, path in self.encoders.items():
+            if not isinstance(path, str):
+                raise TypeError(
+                    f"PDMPCallback encoders[{modality!r}] must be an attribute path (str) of the LightningModule, "
+                    f"got {type(path).__name__}; pass a function module -> encoders to give modules directly"
+                )
+            resolved[modality] = _attribute(pl_module, path, modality)
+        return resolved
+
+    def _require_modulator(self, hook: str) -> Modulator:
+        if self.modulator is None or not self.modulator.active:
+            raise RuntimeError(
+                f"PDMPCallback.{hook} outside Trainer.fit (no Modulator); pass the callback to "
+                "lightning.Trainer(callbacks=[...]) and train with trainer.fit"
+            )
+        return self.modulator
+
+    def _release(self) -> None:
+        if self.modulator is not None and self.modulator.active:
+            self._state = self.modulator.state_dict()
+            self.modulator.remove()
+        self._observed = None
+
+
+def _attribute(module: Any, path: str, modality: str) -> Any:
+    """``module.a.b`` for ``"a.b"``, with an error naming the missing part and what exists there."""
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
+        if not hasattr(module, part):
+            where = ".".join(parts[:depth]) or type(module).__name__
+            children = [name for name, _ in module.named_children()] if isinstance(module, torch.nn.Module) else []
+            known = f"; its submodules are {children}" if children else ""
+            raise AttributeError(
+                f"PDMPCallback encoders[{modality!r}] = {path!r}: {where} has no attribute {part!r}{known}. "
+                "Name the attribute that holds the modality's encoder"
+            )
+        module = getattr(module, part)
+    return module
+
+
+__all__ = ["LOGITS_ATTRIBUTE", "PDMPCallback"]

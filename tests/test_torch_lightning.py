@@ -1,0 +1,395 @@
+"""PDMPCallback in a real ``lightning.Trainer`` on CPU.
+
+Every run is compared with a hand-written loop driving a ``Modulator`` on the same seed and batches:
+the coefficients of every batch (read from the logged ``pdmp/coef_*``) and the final weights must be
+the same. Covered: plain 32-bit, bf16-mixed (what Lightning runs on CPU for both ``"16-mixed"`` and
+``"bf16-mixed"``), fp16 with a ``GradScaler`` (the explicit ``MixedPrecision("16-mixed", "cpu")``
+plugin) where a skipped step is not counted, gradient accumulation, resume from a checkpoint, and
+``strategy="ddp"`` with 2 CPU processes (this file re-run as a script, the way Lightning launches it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.plugins import MixedPrecision
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from pdmp import OGMGE, PDMP, AdaptivePDMP
+from pdmp.backends.torch import Modulator, concat_head_logits, training_log
+from pdmp.backends.torch.lightning import PDMPCallback
+
+MODALITIES = ["audio", "image"]
+SAMPLES, BATCH = 32, 8  # 4 batches per epoch
+
+
+def make_policy(name: str) -> Any:
+    if name == "pdmp":
+        return PDMP(MODALITIES, "audio", 10.0, 0.5, warmup=1)  # epoch 0 plain: set_epoch matters
+    if name == "pdmp-step":
+        return PDMP(MODALITIES, "audio", 4.0, 0.5, warmup=1, ramp=3, unit="step")  # counts optimizer steps
+    if name == "ogm":
+        return OGMGE(MODALITIES, alpha=0.8)  # noise on: the generator state must survive a resume
+    if name == "ogm-quiet":
+        return OGMGE(MODALITIES, alpha=0.8, noise=False)  # DDP: noise scales with each rank's own gradient
+    if name == "adaptive":
+        return AdaptivePDMP(MODALITIES, {"audio": 0.3, "image": 0.9}, horizon=2.0)  # image under-used
+    raise ValueError(name)
+
+
+class TwoTower(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.audio = nn.Sequential(nn.Linear(6, 8), nn.ReLU())
+        self.image = nn.Sequential(nn.Linear(5, 8), nn.Tanh())
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, a: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        features = {"audio": self.audio(a), "image": self.image(v)}
+        return self.head(torch.cat([features["audio"], features["image"]], dim=1)), features
+
+
+def dataset() -> TensorDataset:
+    generator = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 3, (SAMPLES,), generator=generator)
+    audio = torch.randn(SAMPLES, 6, generator=generator) + 1.5 * F.one_hot(y, 6).float()  # the stronger modality
+    image = torch.randn(SAMPLES, 5, generator=generator) + 0.5 * F.one_hot(y, 5).float()
+    return TensorDataset(audio, image, y)
+
+
+def loader() -> DataLoader:
+    return DataLoader(dataset(), batch_size=BATCH, shuffle=False)
+
+
+def make_optimizer(params: Any, optimizer: str) -> torch.optim.Optimizer:
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=1e-2)
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+
+
+class Fused(LightningModule):
+    """The user's side of the contract: store (per-modality logits, labels) in training_step."""
+
+    def __init__(self, optimizer: str = "sgd", poison: tuple[int, ...] = (), with_logits: bool = True) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = TwoTower()
+        self.optimizer_name = optimizer
+        self.poison = poison  # global batch indices whose loss is made inf (a step GradScaler must skip)
+        self.with_logits = with_logits
+        self.batches = 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        a, v, y = batch
+        out, features = self.net(a, v)
+        if self.with_logits:
+            self.pdmp_logits = (concat_head_logits(self.net.head, features), y)
+        loss = F.cross_entropy(out, y)
+        if self.batches in self.poison:
+            loss = loss * math.inf
+        self.batches += 1
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return make_optimizer(self.parameters(), self.optimizer_name)
+
+
+class MemoryLogger(Logger):
+    """Keeps every logged row in memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, float]] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.rows.append(dict(metrics))
+
+    def pdmp_rows(self) -> list[dict[str, float]]:
+        return [
+            {k: v for k, v in row.items() if k.startswith("pdmp/")} for row in self.rows if "pdmp/coef_audio" in row
+        ]
+
+
+def fit(
+    policy: str,
+    *,
+    mode: str = "grad",
+    optimizer: str = "sgd",
+    epochs: int = 2,
+    logger: Any = None,
+    module: Fused | None = None,
+    callbacks: tuple[Any, ...] = (),
+    ckpt_path: str | None = None,
+    **trainer_kwargs: Any,
+) -> tuple[Fused, PDMPCallback, Any]:
+    module = module or Fused(optimizer)
+    callback = PDMPCallback({"audio": "net.audio", "image": "net.image"}, make_policy(policy), mode=mode)
+    logger = logger or MemoryLogger()
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=logger,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=bool(callbacks),
+        callbacks=[callback, *callbacks],
+        num_sanity_val_steps=0,
+        **trainer_kwargs,
+    )
+    trainer.fit(module, train_dataloaders=loader(), ckpt_path=ckpt_path)
+    return module, callback, logger
+
+
+def hand_loop(
+    policy: str,
+    *,
+    mode: str = "grad",
+    optimizer: str = "sgd",
+    epochs: int = 2,
+    accumulate: int = 1,
+    autocast: torch.dtype | None = None,
+    scaler: Any = None,
+    poison: tuple[int, ...] = (),
+) -> tuple[TwoTower, Modulator, list[dict[str, float]]]:
+    """What the callback should amount to, written by hand (Lightning's order: forward, backward, step)."""
+    torch.manual_seed(0)
+    net = TwoTower()
+    opt = make_optimizer(net.parameters(), optimizer)
+    mod = Modulator({"audio": net.audio, "image": net.image}, make_policy(policy), mode=mode, optimizer=opt,
+                    scaler=scaler)  # fmt: skip
+    history: list[dict[str, float]] = []
+    batches = 0
+    for epoch in range(epochs):
+        mod.set_epoch(epoch)
+        for index, (a, v, y) in enumerate(loader()):
+            context = torch.autocast("cpu", dtype=autocast) if autocast else contextlib.nullcontext()
+            with context:
+                out, features = net(a, v)
+                logits = concat_head_logits(net.head, features)
+                loss = F.cross_entropy(out, y) / accumulate
+            if batches in poison:
+                loss = loss * math.inf
+            batches += 1
+            mod.observe(logits, y)
+            history.append(training_log(mod, logits, y))
+            (scaler.scale(loss) if scaler else loss).backward()
+            if (index + 1) % accumulate == 0:
+                if scaler:
+                    scaler.unscale_(opt)
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
+                opt.zero_grad()
+            mod.step()
+    return net, mod, history
+
+
+def assert_same_run(
+    module: Fused, callback: PDMPCallback, logged: list[dict[str, float]], reference: Any, *, exact: bool = True
+) -> None:
+    net, mod, history = reference
+    assert len(logged) == len(history)
+    for got, want in zip(logged, history, strict=True):
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-9), key
+    state = callback.state_dict()["modulator"]
+    assert state["clock"] == mod.clock.state_dict()
+    assert state["coefficients"] == pytest.approx(mod.state_dict()["coefficients"])
+    for name, tensor in net.state_dict().items():
+        got = module.net.state_dict()[name]
+        if exact:
+            assert torch.equal(got, tensor), name
+        else:
+            torch.testing.assert_close(got, tensor, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("policy", "mode", "optimizer"),
+    [("pdmp", "grad", "sgd"), ("pdmp-step", "lr", "adam"), ("ogm", "grad", "sgd"), ("adaptive", "grad", "sgd")],
+)
+def test_same_as_hand_written_loop(policy: str, mode: str, optimizer: str) -> None:
+    module, callback, logger = fit(policy, mode=mode, optimizer=optimizer)
+    assert_same_run(module, callback, logger.pdmp_rows(), hand_loop(policy, mode=mode, optimizer=optimizer))
+    coefficients = {row["pdmp/coef_audio"] for row in logger.pdmp_rows()}
+    assert len(coefficients) > 1  # the schedule really moved (not all 1)
+    assert not callback.modulator.active  # hooks are gone after fit: the model trains plainly again
+
+
+def test_metrics_reach_csv_logger(tmp_path: Path) -> None:
+    module, _, _ = fit("pdmp", logger=CSVLogger(tmp_path, name="run"), epochs=2)
+    assert {"pdmp/coef_audio", "pdmp/coef_image", "pdmp/share_audio", "pdmp/share_image"} <= set(
+        module.trainer.logged_metrics
+    )
+    with open(next(tmp_path.rglob("metrics.csv"))) as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("pdmp/coef_audio")]
+    assert len(rows) == 8
+    assert float(rows[0]["pdmp/coef_audio"]) == 1.0  # warm-up epoch
+    assert float(rows[-1]["pdmp/coef_audio"]) == 10.0 and float(rows[-1]["pdmp/coef_image"]) == 0.5
+    assert float(rows[-1]["pdmp/share_audio"]) + float(rows[-1]["pdmp/share_image"]) == pytest.approx(1.0)
+
+
+def test_epoch_logging_and_no_logits() -> None:
+    """PDMP needs no logits: without them only coefficients are logged; log='epoch' gives one row an epoch."""
+    module = Fused(with_logits=False)
+    callback = PDMPCallback(lambda m: {"audio": m.net.audio, "image": m.net.image}, make_policy("pdmp"),
+                            log_every="epoch")  # fmt: skip
+    logger = MemoryLogger()
+    trainer = Trainer(accelerator="cpu", max_epochs=2, logger=logger, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False, callbacks=[callback])  # fmt: skip
+    trainer.fit(module, train_dataloaders=loader())
+    rows = logger.pdmp_rows()
+    assert rows == [{"pdmp/coef_audio": 1.0, "pdmp/coef_image": 1.0}, {"pdmp/coef_audio": 10.0, "pdmp/coef_image": 0.5}]
+
+
+def test_bf16_mixed_precision() -> None:
+    """bf16 autocast on CPU (Lightning maps precision='16-mixed' on CPU to this too)."""
+    module, callback, logger = fit("ogm", precision="bf16-mixed")
+    reference = hand_loop("ogm", autocast=torch.bfloat16)
+    assert_same_run(module, callback, logger.pdmp_rows(), reference)
+
+
+def test_fp16_grad_scaler_skipped_step_not_counted() -> None:
+    """fp16 autocast with a GradScaler on CPU; batch 5's loss is inf, so GradScaler skips that step."""
+    poison = (5,)
+    module, callback, logger = fit(
+        "pdmp-step",
+        module=Fused(poison=poison),
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**8))],
+    )
+    reference = hand_loop(
+        "pdmp-step", autocast=torch.float16, scaler=torch.amp.GradScaler("cpu", init_scale=2.0**8), poison=poison
+    )
+    assert_same_run(module, callback, logger.pdmp_rows(), reference)
+    assert callback.state_dict()["modulator"]["clock"]["step"] == 2 * 4 - 1  # 8 batches, one step skipped
+
+
+def test_gradient_accumulation_counts_optimizer_steps() -> None:
+    module, callback, logger = fit("pdmp-step", accumulate_grad_batches=2)
+    net, mod, history = hand_loop("pdmp-step", accumulate=2)
+    # Lightning writes step logs only at optimizer steps: the last micro-batch's values.
+    assert_same_run(module, callback, logger.pdmp_rows(), (net, mod, history[1::2]))
+    assert callback.state_dict()["modulator"]["clock"]["step"] == 4  # 8 micro-batches, 4 optimizer steps
+
+
+@pytest.mark.parametrize("policy", ["ogm", "adaptive", "pdmp-step"])
+def test_resume_from_checkpoint(tmp_path: Path, policy: str) -> None:
+    """Fit 2 epochs; fit 1 epoch, save, resume for the second: same coefficients and weights."""
+    uninterrupted, full_callback, full_logger = fit(policy, epochs=2)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    fit(policy, epochs=1, callbacks=(checkpoint,))
+    resumed, callback, logger = fit(policy, epochs=2, ckpt_path=str(tmp_path / "epoch=0.ckpt"))
+    assert logger.pdmp_rows() == full_logger.pdmp_rows()[4:]  # the second epoch's 4 batches
+    assert callback.state_dict()["modulator"]["clock"] == full_callback.state_dict()["modulator"]["clock"]
+    for name, tensor in uninterrupted.net.state_dict().items():
+        assert torch.equal(resumed.net.state_dict()[name], tensor), name
+
+
+def test_misuse_is_explained() -> None:
+    with pytest.raises(AttributeError, match=r"'net.audo'.*no attribute 'audo'.*audio"):
+        Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                callbacks=[PDMPCallback({"audio": "net.audo", "image": "net.image"}, make_policy("pdmp"))]
+                ).fit(Fused(), train_dataloaders=loader())  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"self.pdmp_logits = \(concat_head_logits"):
+        fit("ogm", module=Fused(with_logits=False))
+    with pytest.raises(ValueError, match="use mode='grad'"):
+        fit("ogm", mode="lr", module=Fused())
+    with pytest.raises(TypeError, match="CoefficientPolicy"):
+        PDMPCallback({"audio": "net.audio"}, "pdmp")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------- DDP
+
+
+@pytest.mark.slow  # two fresh processes import torch and lightning: about 40 s on 2 busy cores
+def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
+    """strategy='ddp', devices=2 on CPU: Lightning re-runs this file as a script for rank 1 (gloo).
+
+    Both ranks end with the same coefficients, the same weights and the same Modulator clock, and
+    these equal one process training on the same global batches (DistributedSampler interleaves
+    samples, so each global batch is the same 8 samples): OGM-GE's scores are all-reduced. Without
+    noise: OGM-GE's noise scales with each rank's own gradient, so it differs from one process's.
+    """
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    result = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "ddp", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+    net, mod, history = hand_loop("ogm-quiet")
+    for saved in ranks:
+        assert saved["clock"] == mod.clock.state_dict()
+        assert len(saved["history"]) == len(history)
+        for got, want in zip(saved["history"], history, strict=True):
+            assert got == pytest.approx({k: v for k, v in want.items() if "coef" in k}, rel=1e-6)
+        for name, tensor in net.state_dict().items():
+            torch.testing.assert_close(saved["weights"][name], tensor, rtol=1e-5, atol=1e-6)
+
+
+class _Recorder(PDMPCallback):
+    """Records each batch's coefficients on every rank (loggers write from rank 0 only)."""
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        assert self.modulator is not None
+        self.history.append({f"pdmp/coef_{k}": v for k, v in self.modulator.coefficients.items()})
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+def _ddp_main(directory: str) -> None:
+    torch.set_num_threads(1)
+    callback = _Recorder({"audio": "net.audio", "image": "net.image"}, make_policy("ogm-quiet"))
+    callback.history = []
+    module = Fused()
+    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                      callbacks=[callback], use_distributed_sampler=False)  # fmt: skip
+    # Lightning's own sampler would shuffle; this one interleaves, so each step's global batch is the
+    # single-process batch. Lightning sets LOCAL_RANK for the process it launches (rank 1).
+    rank = int(os.environ.get("LOCAL_RANK", "0"))
+    sampler = DistributedSampler(dataset(), num_replicas=2, rank=rank, shuffle=False)
+    data = DataLoader(dataset(), batch_size=BATCH // 2, sampler=sampler)
+    trainer.fit(module, train_dataloaders=data)
+    torch.save(
+        {
+            "history": callback.history,
+            "clock": callback.state_dict()["modulator"]["clock"],
+            "weights": {k: t.detach().clone() for k, t in module.net.state_dict().items()},
+        },
+        Path(directory) / f"rank{trainer.global_rank}.pt",
+    )
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "ddp":
+    _ddp_main(sys.argv[2])
