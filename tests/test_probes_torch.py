@@ -486,11 +486,11 @@ RANK_PROBES: list[tuple[str, Callable[[dict[str, Any]], None], str, int]] = [
         1,
     ),
     (
-        # Caught at the first model's first batch, before anything trains.
+        # Caught when the image model is checked (built, one batch scored), before any model trains.
         "other-modality-val-label-out-of-range",
         _labels("val", "image", lambda n: np.r_[np.zeros(n - 1, int), 5]),
-        r"val\['image'\] labels contain class index 5 but the model of 'audio' outputs 3 logits",
-        1,
+        r"val\['image'\] labels contain class index 5 but the model of 'image' outputs 3 logits",
+        2,
     ),
     ("unknown-optimizer", lambda r: r.update(optimizer="lion"), "unknown optimizer 'lion'", 0),
     ("unknown-metric", lambda r: r.update(metric="auc"), "unknown metric 'auc'", 0),

@@ -586,7 +586,7 @@ def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
 
 def _check_output_width(output: torch.Tensor, name: str, top_label: int, top_where: str) -> None:
     if not isinstance(output, torch.Tensor) or output.ndim != 2:
-        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        shape = f"shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__
         raise ValueError(
             f"the unimodal model of {name!r} returned {shape}; it must return class logits of shape (batch, classes)"
         )
