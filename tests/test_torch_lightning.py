@@ -313,6 +313,95 @@ def test_resume_from_checkpoint(tmp_path: Path, policy: str) -> None:
         assert torch.equal(resumed.net.state_dict()[name], tensor), name
 
 
+def test_manual_optimization() -> None:
+    """automatic_optimization=False: the user's opt.step() is the step the Modulator counts."""
+
+    class Manual(Fused):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            optimizer = self.optimizers()
+            loss = super().training_step(batch, batch_idx)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+
+    module, callback, logger = fit("ogm", module=Manual())
+    assert_same_run(module, callback, logger.pdmp_rows(), hand_loop("ogm"))
+
+
+class Scheduled(Fused):
+    """Adam with a StepLR halving every epoch; ``grouped``: one parameter group per modality."""
+
+    def __init__(self, grouped: bool) -> None:
+        super().__init__("adam")
+        self.grouped = grouped
+
+    def configure_optimizers(self) -> Any:
+        net = self.net
+        params = (
+            [{"params": m.parameters()} for m in (net.audio, net.image, net.head)] if self.grouped else net.parameters()
+        )
+        optimizer = torch.optim.Adam(params, lr=1e-2)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)}
+
+
+def test_lr_mode_with_lr_scheduler() -> None:
+    module, _, logger = fit("pdmp", mode="lr", module=Scheduled(grouped=True))
+    assert logger.pdmp_rows()[-1]["pdmp/coef_audio"] == 10.0
+    # The scheduler saw the base rates only: the coefficients never leaked into them.
+    assert [group["lr"] for group in module.trainer.optimizers[0].param_groups] == [1e-2 * 0.25] * 3
+    with pytest.raises(ValueError, match="give each modality's encoder its own parameter group"):
+        fit("pdmp", mode="lr", module=Scheduled(grouped=False))
+
+
+def test_each_fit_starts_afresh_and_state_outlives_fit() -> None:
+    callback = PDMPCallback({"audio": "net.audio", "image": "net.image"}, make_policy("pdmp-step"), log_every=None)
+    steps = []
+    for _ in range(2):
+        trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, enable_checkpointing=False, callbacks=[callback])  # fmt: skip
+        trainer.fit(Fused(), train_dataloaders=loader())
+        steps.append(callback.state_dict()["modulator"]["clock"]["step"])
+    assert steps == [4, 4]
+
+
+def test_training_log_for_hand_written_loops() -> None:
+    net = TwoTower()
+    mod = Modulator({"audio": net.audio, "image": net.image}, PDMP(MODALITIES, "audio", 3.0, 0.5))
+    assert training_log(mod) == {"pdmp/coef_audio": 3.0, "pdmp/coef_image": 0.5}
+    a, v, y = next(iter(loader()))
+    _, features = net(a, v)
+    values = training_log(mod, concat_head_logits(net.head, features), y)
+    assert set(values) == {"pdmp/coef_audio", "pdmp/coef_image", "pdmp/share_audio", "pdmp/share_image"}
+    assert values["pdmp/share_audio"] + values["pdmp/share_image"] == pytest.approx(1.0)
+    assert all(type(value) is float for value in values.values())
+    with pytest.raises(ValueError, match="without labels"):
+        training_log(mod, concat_head_logits(net.head, features))
+    with pytest.raises(ValueError, match="training_log logits"):
+        training_log(mod, {"audio": features["audio"]}, y)
+    with pytest.raises(TypeError, match="needs the Modulator"):
+        training_log(PDMP(MODALITIES, "audio"), None)  # type: ignore[arg-type]
+
+
+def test_package_import_does_not_need_lightning() -> None:
+    code = (
+        "import sys\n"
+        "import pdmp.backends.torch as backend\n"
+        "assert not any(name.split('.')[0] == 'lightning' for name in sys.modules), 'lightning was imported'\n"
+        "sys.modules['lightning'] = sys.modules['lightning.pytorch'] = None  # as if it were not installed\n"
+        "try:\n"
+        "    backend.PDMPCallback\n"
+        "except ImportError as error:\n"
+        "    assert 'pdmp[lightning]' in str(error), error\n"
+        "else:\n"
+        "    raise AssertionError('no ImportError without lightning')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 def test_misuse_is_explained() -> None:
     with pytest.raises(AttributeError, match=r"'net.audo'.*no attribute 'audo'.*audio"):
         Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,

@@ -30,7 +30,7 @@ import torch
 
 try:
     from lightning.pytorch import Callback
-except ImportError as error:  # pragma: no cover - exercised only without lightning
+except ImportError as error:
     raise ImportError(
         "pdmp.backends.torch.lightning needs the lightning package: pip install 'pdmp[lightning]' "
         "(or pip install 'lightning>=2.4')"
@@ -72,9 +72,22 @@ class PDMPCallback(Callback):
             ranks), ``None`` logs nothing. In ``"step"`` mode under DDP the shares are rank 0's batch
             (the coefficients are the same on every rank).
 
-    The Trainer must have exactly one optimizer. The :class:`Modulator` exists from ``on_fit_start``
-    until the end of ``fit`` (:attr:`modulator`); afterwards its hooks are removed and
-    :meth:`state_dict` still returns the final state.
+    The Trainer must have exactly one optimizer (automatic or manual optimization). The
+    :class:`Modulator` exists from ``on_fit_start`` until the end of ``fit`` (:attr:`modulator`);
+    afterwards its hooks are removed and :meth:`state_dict` still returns the final state. Each
+    ``fit`` starts the schedule afresh unless it resumes from a checkpoint (``ckpt_path``).
+
+    Example::
+
+        class Fused(lightning.LightningModule):
+            def training_step(self, batch, batch_idx):
+                audio, image, y = batch
+                features = {"audio": self.audio(audio), "image": self.image(image)}
+                self.pdmp_logits = (concat_head_logits(self.head, features), y)  # OGM-GE / shares only
+                return F.cross_entropy(self.head(torch.cat(list(features.values()), 1)), y)
+
+        callback = PDMPCallback({"audio": "audio", "image": "image"}, PDMP.from_ranking(ranking))
+        lightning.Trainer(max_epochs=10, callbacks=[callback]).fit(Fused(), loader)
     """
 
     def __init__(
@@ -107,6 +120,7 @@ class PDMPCallback(Callback):
         #: The Modulator of the running ``fit`` (None before it; removed, its hooks gone, after it).
         self.modulator: Modulator | None = None
         self._state: dict[str, Any] | None = None  # loaded from a checkpoint before the Modulator exists
+        self._final: dict[str, Any] | None = None  # the last fit's end state, for state_dict() after fit
         self._observed: tuple[Mapping[str, torch.Tensor], Any] | None = None
 
     # ------------------------------------------------------------------------------ fit lifecycle
@@ -139,6 +153,8 @@ class PDMPCallback(Callback):
                 sync=self.sync,
             )
         except ValueError as error:
+            # lr mode refuses to split mixed parameter groups under a scheduler; in Lightning the user
+            # cannot build the Modulator first, so the fix is different: say which.
             if "LR scheduler" not in str(error):
                 raise
             raise ValueError(
@@ -149,10 +165,16 @@ class PDMPCallback(Callback):
         if self._state is not None:
             modulator.load_state_dict(self._state)
             self._state = None
-        self.modulator = modulator
+        self.modulator, self._final = modulator, None
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._require_modulator("on_train_epoch_start").set_epoch(trainer.current_epoch)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        # Logits stored by a batch that skipped backward (training_step returned None) or by a
+        # validation step must not be taken for this batch's.
+        setattr(pl_module, LOGITS_ATTRIBUTE, None)
+        self._observed = None
 
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: torch.Tensor) -> None:
         modulator = self._require_modulator("on_before_backward")
@@ -197,10 +219,11 @@ class PDMPCallback(Callback):
     # -------------------------------------------------------------------------------- checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"modulator": Modulator.state_dict()}``; empty before the first ``fit`` started."""
+        """``{"modulator": Modulator.state_dict()}``: the running fit's, else the last one's; empty before any."""
         if self.modulator is not None and self.modulator.active:
             return {"modulator": self.modulator.state_dict()}
-        return {"modulator": self._state} if self._state is not None else {}
+        state = self._state if self._state is not None else self._final
+        return {"modulator": state} if state is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; Lightning calls it before ``on_fit_start`` when resuming."""
@@ -246,7 +269,7 @@ class PDMPCallback(Callback):
 
     def _release(self) -> None:
         if self.modulator is not None and self.modulator.active:
-            self._state = self.modulator.state_dict()
+            self._final = self.modulator.state_dict()  # kept for state_dict(); a new fit starts afresh
             self.modulator.remove()
         self._observed = None
 
