@@ -47,8 +47,9 @@ TRAIN, VAL = dataset(240, seed=0), dataset(120, seed=1)
 
 def rank(**options: Any) -> Any:
     factories = options.pop("factories", FACTORIES)
+    val = {**VAL, "weak": (VAL["weak"][0][:60], VAL["weak"][1][:60])} if options.pop("val", None) else VAL
     settings = {"epochs": 2, "subset": 0.5, "lr": 0.1, "batch_size": 32, "progress": False} | options
-    return rank_unimodal(factories, TRAIN, VAL, **settings)
+    return rank_unimodal(factories, TRAIN, val, **settings)
 
 
 def test_an_optimizer_factory_is_the_recipe_and_lr_is_then_optional() -> None:
@@ -289,6 +290,7 @@ def other_optimizer_scheduler(opt: torch.optim.Optimizer) -> Any:
         ({"factories": {"strong": FACTORIES["strong"], "weak": lambda: Counting(4, 2)}}, ValueError, "outputs 2"),
         ({"return_details": "yes"}, TypeError, "return_details must be True or False"),
         ({"lr": float("inf")}, ValueError, "lr must be a finite number > 0"),
+        ({"n_bootstrap": 5, "val": "unpaired"}, ValueError, "n_bootstrap needs paired validation sets"),
     ],
 )
 def test_bad_arguments_fail_before_any_model_trains(

@@ -48,7 +48,8 @@ class TrainingCurve:
     """Per-epoch training curve of one unimodal model: entry ``e`` of every field is epoch ``e``.
 
     Attributes:
-        train_loss: mean cross-entropy over the epoch's mini-batches (in training mode, as trained).
+        train_loss: mean cross-entropy per training sample over the epoch (each mini-batch's loss as
+            trained, before its update, weighted by the batch size).
         train_accuracy: fraction of the epoch's training samples classified correctly while training
             (in training mode, before each step's update; dropout on).
         val_loss: cross-entropy on the whole validation set after the epoch (evaluation mode).
@@ -249,6 +250,13 @@ def rank_unimodal(
         name: (_as_tensors(train[name], where=f"train[{name!r}]"), _as_tensors(val[name], where=f"val[{name!r}]"))
         for name in names
     }
+    val_labels = [data[name][1][1] for name in names]
+    if n_bootstrap and not all(torch.equal(labels, val_labels[0]) for labels in val_labels):
+        # The core would refuse it too, but only after every model had trained.
+        raise ValueError(
+            "n_bootstrap needs paired validation sets (same samples and labels for every modality); "
+            "pass paired val data or n_bootstrap=0"
+        )
     first: tuple[torch.optim.Optimizer, float, Any] | None = None
     for name in names:
         # Only the first modality's optimizer is kept (for the budget): the others' models are freed at once.
