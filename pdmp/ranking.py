@@ -334,7 +334,7 @@ def combine_rankings(rankings: Sequence[Ranking], *, warn: bool = True) -> Ranki
     per-seed bootstrap stabilities (when every ranking has one). The two answer different questions:
     the bootstrap resamples the *evaluation* samples of fixed models, the seeds retrain the models.
     A :class:`RankingWarning` says when they disagree (the bootstrap trusts a top that another
-    training seed reverses), and when the combined margin is small.
+    training seed reverses) or when some seed puts another modality on top.
     """
     items = list(rankings)
     if not items or not all(isinstance(item, Ranking) for item in items):
