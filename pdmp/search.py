@@ -53,7 +53,7 @@ def gamma_grid(
     lr_option: str = "lr_scale",
     **schedule: Any,
 ) -> dict[str, list[Candidate]]:
-    """Families of candidates for :func:`search`: ``pdmp``, ``uniform``, ``inverse`` (and ``joint_lr``).
+    """Families of candidates for :func:`search_gammas`: ``pdmp``, ``uniform``, ``inverse`` (and ``joint_lr``).
 
     ``pdmp`` and ``inverse`` take every (gamma_p, gamma_r) pair; ``uniform`` every factor in
     ``uniform``. With ``lr_scales``, a ``joint_lr`` family of plain joint training whose candidates pass
