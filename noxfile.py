@@ -1,4 +1,4 @@
-"""Sessions: tests per backend, parity, lint, and the benchmarks.
+"""Sessions: tests per backend, parity, lint, the docs, and the benchmarks.
 
 Venvs are kept few because a framework venv is several GB:
 - ``tests-core`` and ``lint`` get small nox-managed venvs (numpy, test tools; no framework);
@@ -126,6 +126,29 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "pdmp", "backends")
+
+
+# The docs toolchain, pinned like lint's; griffe (griffelib) reads the source, so no framework is installed.
+DOCS_PACKAGES = [
+    "mkdocs==1.6.1",
+    "mkdocs-material==9.8.2",
+    "mkdocstrings[python]==1.0.8",
+    "mkdocstrings-python==2.0.11",
+    "griffelib==2.4.1",
+    "ruff==0.17.6",  # formats the rendered signatures
+]
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """API reference (generated from the docstrings) and guide, into site/; any warning fails the build.
+
+    The build fetches nothing (mkdocs.yml loads no plugin that downloads fonts or assets); only the
+    install needs the package registry. Not in the ``tests`` tag.
+    """
+    session.install(*DOCS_PACKAGES)
+    # NO_MKDOCS_2_WARNING: silences mkdocs-material's banner about its end of life (a notice, not a warning).
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session(venv_backend="none")

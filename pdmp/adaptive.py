@@ -19,12 +19,12 @@ relies on each modality as its accuracy justifies, get 1 everywhere (plain joint
 dominant coefficient never falls below 1 and no coefficient leaves ``[gamma_min, gamma_max]``; the
 state is a moving average of sums, so coefficients move smoothly and never divide 0 by 0; the state
 is a deterministic function of the (all-reduced) batch sums, so every data-parallel replica computes
-the same coefficients; it resumes exactly from :meth:`state_dict`.
+the same coefficients; it resumes exactly from :meth:`AdaptivePDMP.state_dict`.
 
 Timing contract with the adapters: the coefficients of step ``t`` come from the batches *before* ``t``
-(:meth:`modulation` reads the state; :meth:`update` folds in a step's scores after its coefficients
-were fixed), so a framework may compute the scores inside its compiled step and hand them over
-afterwards.
+(:meth:`AdaptivePDMP.modulation` reads the state; :meth:`AdaptivePDMP.update` folds in a step's scores
+after its coefficients were fixed), so a framework may compute the scores inside its compiled step and
+hand them over afterwards.
 """
 
 from __future__ import annotations
