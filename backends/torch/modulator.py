@@ -18,14 +18,10 @@ while the coefficient is constant. When a coefficient changes (end of warm-up, a
 torch's SGD applies the new learning rate to the whole momentum buffer in ``"lr"`` mode, whereas
 ``"grad"`` mode (and Keras's SGD in either mode) applies it to new gradients only; use ``"grad"``
 with SGD for the same dynamics in both frameworks (tested in ``tests/test_parity_training.py``).
-Cost: ``"lr"`` does a few dict operations per optimizer step. ``"grad"`` has two paths (``path=``):
-``"hooks"`` scales each backward pass's gradient in one tensor hook per parameter (a Python call and a
-newly allocated product per tensor, which inside backward cost some 40 us each on one CPU thread: 4-8%
-of the step of a 156-tensor transformer at batch 8); ``"fused"`` scales each modality's gradients in
-place with one multi-tensor multiply just before ``optimizer.step()`` (within 2% on the same model,
-``benchmarks/torch_overhead_scale.py``). ``"auto"`` (the default) takes ``"fused"`` where it gives the
-same updates as the hooks, that is with ``optimizer=`` and a policy whose coefficients are fixed for
-the whole step without noise (PDMP, its controls); the hooks otherwise (OGM-GE, no optimizer).
+Cost: ``"lr"`` does a few dict operations per optimizer step; ``"grad"`` adds one Python hook call
+and one multiply per parameter tensor per backward pass (roughly 5-10 us each on CPU): negligible for
+a ResNet-sized step, a few percent for a very small, fast step (use ``"lr"`` there if the optimizer
+allows).
 
 Design (why):
 
@@ -37,34 +33,6 @@ Design (why):
   multiply, so they commute with AMP's loss scaling. Hooks on leaf parameters run in the eager
   autograd engine, so a ``torch.compile``-d model is modulated too. A hook returns a new tensor and
   never edits its argument (autograd may share that tensor with other inputs' gradients).
-* **The fused path** (``path="fused"``) multiplies ``param.grad`` of every trainable modality
-  parameter in place, once per optimizer step, in an optimizer pre-step hook (after the closure when
-  ``optimizer.step(closure)`` is given, as Lightning and LBFGS do). It gives the hook path's updates
-  (the same bits without gradient accumulation) when the coefficients are fixed within the step,
-  and differs from it exactly here:
-
-  - *gradient accumulation*: the accumulated sum is scaled by the coefficient in effect at
-    ``optimizer.step()``, i.e. the *last* micro-batch's; the hooks scale each micro-batch by its own.
-    Equal for policies that change only at :meth:`Modulator.step` / :meth:`Modulator.set_epoch`
-    (PDMP); different for OGM-GE, whose coefficients come from each micro-batch's logits, hence
-    ``"auto"`` keeps OGM-GE on the hooks.
-  - *anything that reads gradients between backward and the optimizer step* sees them unscaled:
-    ``clip_grad_norm_`` clips the unmodulated gradient and the coefficient then multiplies the
-    clipped one (like ``mode="lr"``), whereas with the hooks (and in Keras, which clips inside the
-    optimizer) clipping sees the modulated gradient; gradient-norm logging likewise.
-    ``GradScaler.unscale_`` and its inf check come before the scaling (scaling by a power-of-two
-    loss scale commutes exactly with the coefficient, so the update is the same).
-  - *gradients not cleared after a step* (no ``zero_grad``) are scaled again at the next step;
-    with the hooks each backward contribution is scaled once. A closure called several times per
-    step (LBFGS) must zero the gradients, as such closures do.
-  - *DDP*: the hooks scale each rank's contribution before the all-reduce, the fused path the
-    averaged gradient after it: the same value up to rounding.
-  - *parameters without a gradient* (``grad is None``) or frozen are left alone by both paths;
-    gradients written outside autograd (which the hooks never see, and :meth:`Modulator.step`
-    reports) are scaled by the fused path.
-
-  The fused path needs ``optimizer=`` and refuses noise-adding policies (OGM-GE's noise is drawn
-  per backward pass from that pass's gradient, so it stays in the hooks).
 * **OGM-GE noise** is added in the same hook, per backward pass, to each modulated parameter's
   contribution: ``k * g + N(0, std(g) + OGM_NOISE_EPS)``. Under AMP the hook sees ``S * g`` (``S`` the
   loss scale), so the noise is drawn as ``S * N(0, std(g) + eps)`` = ``N(0, std(S g) + S eps)``; pass
@@ -119,7 +87,6 @@ from pdmp.policies import OGM_NOISE_EPS, Clock, CoefficientPolicy, Modulation, N
 from ._distributed import all_reduce_sum, is_distributed
 
 Mode = Literal["grad", "lr"]
-GradPath = Literal["auto", "hooks", "fused"]
 ParameterSource: TypeAlias = "nn.Module | nn.Parameter | Iterable[nn.Parameter]"
 
 STATE_FORMAT = "pdmp.backends.torch.Modulator"
@@ -152,8 +119,8 @@ class Modulator:
             are modulated once they are unfrozen and train (see the module docstring for when).
         policy: the core policy (:class:`~pdmp.PDMP`, :class:`~pdmp.OGMGE`, ...); its modality names
             must equal the keys of ``modalities``.
-        mode: ``"grad"`` (gradient multipliers) or ``"lr"`` (per-modality learning rates); see the
-            module docstring for which to use.
+        mode: ``"grad"`` (gradient hooks) or ``"lr"`` (per-modality learning rates); see the module
+            docstring for which to use.
         optimizer: the optimizer training these parameters. Required for ``"lr"``; in ``"grad"`` mode
             it is optional and lets :meth:`step` ignore steps the optimizer skipped (AMP). Every
             trainable modality parameter must be in it (otherwise these are not the encoders it trains).
@@ -161,11 +128,6 @@ class Modulator:
         seed: seed of the noise generator (OGM-GE). Keep it equal on every DDP rank.
         sync: all-reduce OGM-GE scores over ``process_group`` when torch.distributed is initialised.
         process_group: the group to reduce over (default: the world).
-        path: how ``"grad"`` mode scales gradients: ``"hooks"`` (one tensor hook per parameter, per
-            backward pass), ``"fused"`` (one in-place multi-tensor multiply per modality before
-            ``optimizer.step()``; needs ``optimizer=`` and a policy without noise) or ``"auto"``
-            (``"fused"`` where both give the same updates, see the module docstring). The resolved
-            choice is in :attr:`path` (``None`` in ``"lr"`` mode).
 
     Usage::
 
@@ -190,7 +152,6 @@ class Modulator:
         seed: int = 0,
         sync: bool = True,
         process_group: Any = None,
-        path: GradPath = "auto",
     ) -> None:
         # Every check comes before the first hook is registered: a refused Modulator leaves nothing behind.
         if not isinstance(policy, CoefficientPolicy):
@@ -211,19 +172,6 @@ class Modulator:
                 f"{policy!r} adds gradient noise, which mode='lr' cannot apply; use mode='grad' "
                 "(OGM-GE's own mechanism) or disable the noise (OGMGE(..., noise=False))"
             )
-        if path not in ("auto", "hooks", "fused"):
-            raise ValueError(f"unknown path {path!r}; use 'auto', 'hooks' or 'fused'")
-        if path == "fused" and (mode != "grad" or optimizer is None or policy.adds_noise):
-            why = (
-                "applies to mode='grad' only"
-                if mode != "grad"
-                else "needs optimizer= (it scales the gradients just before optimizer.step())"
-                if optimizer is None
-                else f"cannot add {policy!r}'s noise, which is drawn per backward pass; use path='hooks'"
-            )
-            raise ValueError(f"path='fused' {why}")
-        if path == "hooks" and mode != "grad":
-            raise ValueError("path='hooks' applies to mode='grad' only")
         if scaler is not None and not (callable(getattr(scaler, "get_scale", None)) and hasattr(scaler, "is_enabled")):
             raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
         seed = check_non_negative_int(seed, name="seed")
@@ -249,12 +197,6 @@ class Modulator:
                 )
         self.policy = policy
         self.mode: Mode = mode
-        #: How grad mode scales gradients, ``"hooks"`` or ``"fused"`` (``None`` in lr mode).
-        self.path: Literal["hooks", "fused"] | None = None
-        if mode == "grad":
-            # Fused only where it gives the hooks' updates: coefficients fixed within the step, no noise.
-            fusable = optimizer is not None and not policy.adds_noise and not policy.needs_logits
-            self.path = "fused" if path == "fused" or (path == "auto" and fusable) else "hooks"
         self.optimizer = optimizer
         self.scaler = scaler
         self.seed = seed
@@ -290,7 +232,7 @@ class Modulator:
             self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
             if mode == "lr":
                 self._guard_step(optimizer)
-        if self.path == "hooks":
+        if mode == "grad":
             for name, tensors in params.items():
                 for param in tensors:
                     if param.requires_grad:
