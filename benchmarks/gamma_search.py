@@ -40,6 +40,12 @@ ROOT = Path(__file__).resolve().parent
 DEFAULT_RANKINGS = ROOT / "reported" / "main"
 LR = 0.05  # the main benchmark's SGD learning rate (see README: base lr set in pilots)
 LR_SCALES = (0.5, 2.0, 5.0, 10.0)
+FAMILIES = ("pdmp", "uniform", "joint_lr", "inverse")
+
+
+def families_for(ranking: pdmp.Ranking, names: Sequence[str]) -> dict[str, list[Candidate]]:
+    grid = gamma_grid(ranking, lr_scales=LR_SCALES, warmup=1)
+    return {name: grid[name] for name in names}
 
 
 def make_train(
@@ -98,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--subset", type=float, default=None, help="fraction of each split (quick checks only)")
     parser.add_argument(
+        "--families",
+        nargs="+",
+        default=list(FAMILIES),
+        choices=FAMILIES,
+        help="families to search, in this order (each family's rungs are saved and resume on their own)",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="rebuild summary.md from the saved search and evaluation files, over the seeds every candidate finished",
@@ -123,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = search_gammas(
         train,
-        gamma_grid(ranking, lr_scales=LR_SCALES, warmup=1),
+        families_for(ranking, args.families),
         args.tuning_seeds,
         metric="val_acc",
         budgets=args.budgets,
@@ -152,10 +165,9 @@ def report_only(
     def refuse(*_: Any, **__: Any) -> dict[str, float]:
         raise RuntimeError("--report-only found a run that has not finished; rerun without --report-only")
 
-    families = gamma_grid(ranking, lr_scales=LR_SCALES, warmup=1)
     result = search_gammas(
         refuse,
-        families,
+        families_for(ranking, args.families),
         args.tuning_seeds,
         metric="val_acc",
         budgets=args.budgets,
