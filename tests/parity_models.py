@@ -368,7 +368,8 @@ def train_keras(
     inner = keras_model(spec, weights)
     model: Any = inner
     if policy is not None:
-        logits = ConcatHead("head", {name: f"{name}_fc2" for name, _, _ in spec}) if policy.needs_logits else None
+        wants_logits = policy.needs_logits or policy.observes_scores
+        logits = ConcatHead("head", {name: f"{name}_fc2" for name, _, _ in spec}) if wants_logits else None
         model = ModulatedModel(inner, encoder_layers(spec), policy, mode=mode, modality_logits=logits, seed=seed)
     opt = keras.optimizers.SGD(lr, momentum=momentum) if optimizer == "sgd" else keras.optimizers.Adam(lr, **ADAM)
     model.compile(

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.keras
@@ -26,7 +27,7 @@ tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 import keras
 import numpy as np
-from pdmp import OGMGE, PDMP, modality_scores
+from pdmp import OGMGE, PDMP, AdaptivePDMP, modality_scores
 from pdmp.backends.keras import ConcatHead, ModulatedModel
 
 NAMES, ENCODERS = ["audio", "visual"], {"audio": "audio_enc", "visual": "visual_enc"}
@@ -97,6 +98,36 @@ report["ogm"] = {
     "half_batch_scores": [modality_scores({n: l[:4] for n, l in logits.items()}, y[:4])[n] for n in NAMES],
     "expected_coefficients": [policy.coefficients(logits=logits, labels=y[:8])[n] for n in NAMES],
 }
+
+# AdaptivePDMP: scores summed over replicas, so both replicas (and a single device) learn the same.
+class Seen(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.seen.append([float(c) for c in self.model.pdmp_coefficients.numpy()])
+
+
+runs = {}
+for where in ("mirrored", "single"):
+    adaptive = AdaptivePDMP(NAMES, {"audio": 0.9, "visual": 0.3}, horizon=2.0)
+    if where == "mirrored":
+        with strategy.scope():
+            model = make(adaptive, lambda: keras.optimizers.SGD(0.1), modality_logits=spec)
+    else:
+        model = make(adaptive, lambda: keras.optimizers.SGD(0.1), modality_logits=spec)
+    seen = Seen()
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[seen])
+    runs[where] = (model, seen.seen)
+mirrored, seen = runs["mirrored"]
+report["adaptive"] = {
+    "seen": seen,
+    "single_seen": runs["single"][1],
+    "state_replicas": replicas(mirrored.pdmp_policy_state),
+    "score_replicas": replicas(mirrored.pdmp_scores),
+    "coefficient_replicas": replicas(mirrored.pdmp_coefficients),
+}
 print("REPORT " + json.dumps(report))
 """
 
@@ -128,3 +159,12 @@ def test_ogm_scores_are_reduced_across_replicas_before_use(report: dict) -> None
     assert ogm["half_batch_scores"] != pytest.approx(ogm["expected_scores"], rel=1e-2)
     assert coefficients[0] == pytest.approx(ogm["expected_coefficients"], rel=1e-4)
     assert min(coefficients[0]) < 1.0
+
+
+def test_adaptive_policy_learns_the_same_on_every_replica_as_on_one_device(report: dict) -> None:
+    adaptive = report["adaptive"]
+    for name in ("state_replicas", "score_replicas", "coefficient_replicas"):
+        assert adaptive[name][0] == adaptive[name][1], name
+    assert len(adaptive["seen"]) == 4 and adaptive["seen"][0] == [1.0, 1.0]
+    assert adaptive["seen"][-1] != [1.0, 1.0]
+    np.testing.assert_allclose(adaptive["seen"], adaptive["single_seen"], rtol=1e-5)

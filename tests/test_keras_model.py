@@ -22,7 +22,7 @@ try:
 except RuntimeError:  # already initialised by another test module
     pass
 
-from pdmp import OGMGE, PDMP, NoModulation  # noqa: E402
+from pdmp import OGMGE, PDMP, AdaptivePDMP, NoModulation  # noqa: E402
 from pdmp.backends.keras import ModulatedModel  # noqa: E402
 
 pytestmark = pytest.mark.keras
@@ -279,8 +279,8 @@ def test_other_bad_arguments_name_the_fix() -> None:
         wrap({"gamma_p": 10})
     with pytest.raises(ValueError, match="OGMGE needs per-modality logits"):
         wrap(OGMGE(NAMES))
-    with pytest.raises(ValueError, match="only used by OGM-GE"):
-        wrap(PDMP(NAMES, "audio"), modality_logits=lambda m, x, t: {})
+    with pytest.raises(ValueError, match="AdaptivePDMP learns from per-modality logits: pass modality_logits="):
+        wrap(AdaptivePDMP(NAMES, {"audio": 0.8, "visual": 0.5}))
     stranger = keras.Variable(np.zeros(3, "float32"), name="stranger")
     with pytest.raises(ValueError, match="is not a variable of model 'fused'"):
         ModulatedModel(build(), {"audio": stranger, "visual": "visual_enc"}, PDMP(NAMES, "audio"))

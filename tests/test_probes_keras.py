@@ -26,7 +26,7 @@ if keras.backend.backend() != "tensorflow":  # pragma: no cover
 
 from test_keras_model import ENCODERS, LOSS, NAMES, build, data  # noqa: E402
 
-from pdmp import OGMGE, PDMP  # noqa: E402
+from pdmp import OGMGE, PDMP, AdaptivePDMP  # noqa: E402
 from pdmp.backends.keras import (  # noqa: E402
     ConcatHead,
     ModulatedModel,
@@ -145,8 +145,8 @@ PROBES = [
           ValueError, r"SumHeads modality names: unknown modality\(ies\) \['sound'\]"),
     Probe("logits-spec-as-string", lambda b: ogm(b.inner, spec="head"),
           TypeError, r"modality_logits must be ConcatHead, SumHeads or a function, got str"),
-    Probe("logits-for-pdmp", lambda b: wrap(b, modality_logits=SPEC),
-          ValueError, r"modality_logits is only used by OGM-GE; PDMP ignores it"),
+    Probe("adaptive-without-logits", lambda b: wrap(b, AdaptivePDMP(NAMES, {"audio": 0.8, "visual": 0.5})),
+          ValueError, r"AdaptivePDMP learns from per-modality logits: pass modality_logits="),
     Probe("ogm-without-logits", lambda b: wrap(b, OGMGE(NAMES)), ValueError, r"OGMGE needs per-modality logits"),
     Probe("ogm-noise-in-lr-mode", lambda b: ogm(b.inner, mode="lr"),
           ValueError, r"adds noise to gradients, which mode='lr' does not modulate"),
@@ -184,8 +184,9 @@ PROBES = [
     Probe("observe-label-out-of-range",
           lambda b: ogm(b.inner).observe({n: tf.zeros((2, 3)) for n in NAMES}, np.array([0, 3])),
           ValueError, r"observe\(\) labels \(OGM-GE class indices\) contains class index 3 but there are 3"),
-    Probe("observe-without-ogm", lambda b: b.model.observe({n: tf.zeros((1, 3)) for n in NAMES}, [0]),
-          TypeError, r"observe\(\) is for OGM-GE; policy PDMP needs no logits"),
+    Probe("observe-unknown-modality",
+          lambda b: b.model.observe({"audio": tf.zeros((1, 3)), "sound": tf.zeros((1, 3))}, [0]),
+          ValueError, r"ModulatedModel.observe logits: unknown modality\(ies\) \['sound'\]"),
     Probe("concat-logits-of-the-wrong-width",
           lambda b: concat_head_logits(b.inner.layers[-1], {"audio": np.ones((1, 5)), "visual": np.ones((1, 4))}),
           ValueError, r"feature widths \{'audio': 5, 'visual': 4\} add up to 9, but head 'head' takes 10 inputs"),

@@ -16,10 +16,11 @@ import tensorflow as tf
 _TINY = float(np.finfo(np.float32).tiny)
 
 
-def batch_scores(logits: Sequence[tf.Tensor], labels: tf.Tensor) -> tf.Tensor:
+def batch_scores(logits: Sequence[tf.Tensor], labels: tf.Tensor, *, dtype: tf.DType = tf.float32) -> tf.Tensor:
     """``s_u = sum_i softmax(out_u)[i, y_i]`` for each modality, stacked into shape ``(M,)``.
 
-    ``labels`` may be class indices (any shape that flattens to the batch) or one-hot rows.
+    ``labels`` may be class indices (any shape that flattens to the batch) or one-hot rows. ``dtype``:
+    the arithmetic's (the model's adapter asks for float64, the core's precision).
     """
     first = tf.convert_to_tensor(logits[0])
     if labels.shape.rank is not None and labels.shape.rank == first.shape.rank and labels.shape[-1] != 1:
@@ -36,7 +37,7 @@ def batch_scores(logits: Sequence[tf.Tensor], labels: tf.Tensor) -> tf.Tensor:
         labels = tf.identity(labels)
     scores = []
     for out in logits:
-        probabilities = tf.nn.softmax(tf.cast(tf.stop_gradient(out), tf.float32), axis=-1)
+        probabilities = tf.nn.softmax(tf.cast(tf.stop_gradient(out), dtype), axis=-1)
         scores.append(tf.reduce_sum(tf.gather(probabilities, labels, axis=-1, batch_dims=1)))
     return tf.stack(scores)
 

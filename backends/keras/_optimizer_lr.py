@@ -61,6 +61,9 @@ def install(optimizer: keras.optimizers.Optimizer, lookup: Lookup) -> None:
         if multiplier is not None:
             object.__setattr__(target, _COUNT, scaled_count(target) + 1)
             rate = tf.convert_to_tensor(learning_rate)
+            wide = tf.as_dtype(variable.dtype)
+            if wide.is_floating and wide.size > rate.dtype.size:
+                rate = tf.cast(rate, wide)  # a float64 variable gets k * lr in float64, as torch computes it
             learning_rate = rate * tf.cast(multiplier, rate.dtype)
         return original(target, gradient, variable, learning_rate)
 

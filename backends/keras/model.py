@@ -15,7 +15,8 @@ mode, optimizer)``                     optimizer is the one given to ``compile()
 ``set_epoch(e)``                       ``set_epoch(e)`` (``fit()`` calls it at every epoch start)
 ``step()``                             ``fit()`` and ``train_on_batch`` count steps in the graph; a
                                        loop of your own calls ``step()`` after each optimizer step
-``observe(logits, labels)``            done in the graph from ``modality_logits`` (OGM-GE only)
+``observe(logits, labels)``            done in the graph from ``modality_logits`` (OGM-GE, learning
+                                       policies such as ``AdaptivePDMP``; optional otherwise)
 ``coefficients``                       ``coefficients`` (read from the non-trainable variables)
 ``state_dict()`` / ``load_state_dict``  the same; the state is also saved in ``.keras`` files
 =====================================  ===============================================================
@@ -29,6 +30,14 @@ restores the model's weights (``load_weights``, ``set_weights``, ``BackupAndRest
 the optimizer took it (a ``LossScaleOptimizer`` step skipped for non-finite gradients is not).
 OGM-GE needs this batch's logits, so its formula runs in the graph
 (:mod:`pdmp.backends.keras._ogm`, tested against the core).
+
+Policies that learn from every batch (``policy.observes_scores``, e.g. :class:`pdmp.AdaptivePDMP`) keep
+the torch adapter's timing: step t's coefficients come from the batches before t. The graph computes
+the step's per-modality batch scores (summed over replicas) into ``pdmp_scores`` and marks them
+pending; in Python, before the next step, the policy folds them in (``policy.update``) and its
+coefficients are written. The policy's state lives in a float64 variable
+(:mod:`pdmp.backends.keras._policy_state`), so whatever restores the weights restores what the policy
+has learnt, at the same step as the clock.
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ from pdmp._validation import (
     check_positive_finite,
     check_same_modalities,
 )
-from pdmp.backends.keras import _ogm, _optimizer_lr
+from pdmp.backends.keras import _ogm, _optimizer_lr, _policy_state
 from pdmp.backends.keras._keras_private import (
     compute_loss_like_keras,
     inbound_tensors,
@@ -104,11 +113,13 @@ class ModulatedModel(keras.Model):
             only epsilon notices; ``compile()`` warns) and ``lr`` mode is exactly ``k * lr`` for those
             variables. Gradient clipping (``clipnorm``/``global_clipnorm``) sees the scaled gradients in
             ``grad`` mode.
-        modality_logits: OGM-GE only: :class:`~pdmp.backends.keras.ConcatHead` /
-            :class:`~pdmp.backends.keras.SumHeads` (layer names of a functional model; the logits come
-            from the training forward pass itself), or ``fn(model, x, training) -> {modality: logits}``
-            (runs an extra forward; register it with ``keras.saving.register_keras_serializable`` to
-            save the model).
+        modality_logits: per-modality logits, needed by OGM-GE and by policies that learn from every
+            batch (``AdaptivePDMP``), optional for the others (then each step's batch scores are
+            computed too, and :class:`~pdmp.backends.keras.PDMPLogger` logs dependency shares):
+            :class:`~pdmp.backends.keras.ConcatHead` / :class:`~pdmp.backends.keras.SumHeads` (layer
+            names of a functional model; the logits come from the training forward pass itself), or
+            ``fn(model, x, training) -> {modality: logits}`` (runs an extra forward; register it with
+            ``keras.saving.register_keras_serializable`` to save the model).
         seed: seed of OGM-GE's gradient noise. Noise is drawn statelessly from (seed, step, variable),
             so it is reproducible and identical on every replica. Under ``tf.distribute`` it is added to
             each replica's gradient before the optimizer sums them, with that replica's gradient's
@@ -118,8 +129,14 @@ class ModulatedModel(keras.Model):
     policies whose coefficients change from step to step). ``train_on_batch`` counts its step; call
     :meth:`set_epoch` at each epoch start. A loop of your own: compile the model with the optimizer
     you apply, then per epoch :meth:`set_epoch`, per batch ``tape.gradient``,
-    :meth:`modulate_gradients` (for OGM-GE after :meth:`observe`), ``optimizer.apply_gradients`` and
-    :meth:`step` (outside ``tf.function``).
+    :meth:`modulate_gradients` (for OGM-GE and learning policies after :meth:`observe`),
+    ``optimizer.apply_gradients`` and :meth:`step` (outside ``tf.function``).
+
+    Learning policies (``policy.observes_scores``, e.g. :class:`pdmp.AdaptivePDMP`): step t uses the
+    coefficients learnt from the batches before t, as in the torch adapter. ``model.policy`` is
+    brought up to date from the model's variables before every step; the variables, not the Python
+    object, hold what it has learnt, so ``.keras`` files, ``load_weights``, ``BackupAndRestore`` and
+    ``EarlyStopping(restore_best_weights=True)`` restore it with the weights and the clock.
     """
 
     def __init__(
@@ -174,12 +191,14 @@ class ModulatedModel(keras.Model):
         self._logits = _Hidden(spec)
         self._tap_model = _Hidden(_tap_model(model, spec) if hasattr(spec, "taps") else None)
         count = len(self.modalities)
+        # float64: the core computes coefficients and scores in float64; a float64 model then trains with
+        # exactly the torch adapter's values (gradients cast them to their own dtype).
         self.pdmp_coefficients = self.add_weight(
-            shape=(count,), initializer="ones", dtype="float32", trainable=False, aggregation="mean",
+            shape=(count,), initializer="ones", dtype="float64", trainable=False, aggregation="mean",
             name="pdmp_coefficients",
         )  # fmt: skip
         self.pdmp_scores = self.add_weight(
-            shape=(count,), initializer="zeros", dtype="float32", trainable=False, aggregation="mean",
+            shape=(count,), initializer="zeros", dtype="float64", trainable=False, aggregation="mean",
             name="pdmp_scores",
         )  # fmt: skip
         self.pdmp_noise_gate = self.add_weight(
@@ -193,6 +212,20 @@ class ModulatedModel(keras.Model):
             shape=(), initializer="zeros", dtype="int64", trainable=False, aggregation="only_first_replica",
             name="pdmp_epoch",
         )  # fmt: skip
+        self._state_layout = _Hidden(None)
+        if policy.observes_scores:
+            layout = _policy_state.StateLayout(policy.state_dict(), owner=type(policy).__name__)
+            self._state_layout = _Hidden(layout)
+            # What the policy has learnt, and whether pdmp_scores holds a step's scores it has not yet seen.
+            self.pdmp_policy_state = self.add_weight(
+                shape=(layout.size,), initializer="zeros", dtype="float64", trainable=False,
+                aggregation="only_first_replica", name="pdmp_policy_state",
+            )  # fmt: skip
+            self.pdmp_policy_state.assign(layout.encode(policy.state_dict()))
+            self.pdmp_pending = self.add_weight(
+                shape=(), initializer="zeros", dtype="int64", trainable=False, aggregation="only_first_replica",
+                name="pdmp_pending",
+            )  # fmt: skip
         self._clock = Clock()
         self._lr_lookup = _Hidden(self._lr_multiplier)
         # step(): the optimizer's iteration count at the last counted step, to tell skipped steps apart.
@@ -233,27 +266,32 @@ class ModulatedModel(keras.Model):
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def observe(self, modality_logits: Mapping[str, Any], labels: Any) -> tf.Tensor:
-        """OGM-GE: set the coefficients from this batch's per-modality logits (in the graph).
+        """Record this batch's per-modality batch scores (in the graph); for OGM-GE, set the coefficients.
 
-        Scores are summed over replicas before use, so every replica computes the same coefficients.
-        Labels outside ``0..classes-1`` fail with an ``InvalidArgumentError`` naming them (TensorFlow
-        would otherwise gather garbage on some devices). Returns the coefficients, in
+        The scores ``s_m = sum_i softmax(logits_m)[i, y_i]`` are summed over replicas, so every replica
+        holds the same values. OGM-GE turns them into this step's coefficients; a learning policy
+        (``AdaptivePDMP``) receives them before the next step (they inform later steps only); for other
+        policies they are only recorded (for :class:`~pdmp.backends.keras.PDMPLogger`'s shares). Labels
+        outside ``0..classes-1`` fail with an ``InvalidArgumentError`` naming them (TensorFlow would
+        otherwise gather garbage on some devices). Returns the coefficients of this step, in
         :attr:`modalities` order.
         """
-        if not isinstance(self.policy, OGMGE):
-            raise TypeError(f"observe() is for OGM-GE; policy {type(self.policy).__name__} needs no logits")
         self.policy.check_modalities(list(modality_logits), where="ModulatedModel.observe logits")
         width = modality_logits[self.modalities[0]].shape[-1]
         _check_numpy_labels(labels, None if width is None else int(width), where="observe() labels")
-        scores = _ogm.batch_scores([modality_logits[name] for name in self.modalities], labels)
+        scores = _ogm.batch_scores([modality_logits[name] for name in self.modalities], labels, dtype=tf.float64)
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
             scores = context.all_reduce(tf.distribute.ReduceOp.SUM, scores)
-        gate = tf.convert_to_tensor(self.pdmp_noise_gate)  # 1 while OGM-GE is active
-        coefficients = gate * _ogm.coefficients(scores, self.policy.alpha) + (1.0 - gate)
         self.pdmp_scores.assign(scores)
-        self.pdmp_coefficients.assign(coefficients)
-        return coefficients
+        if isinstance(self.policy, OGMGE):
+            gate = tf.convert_to_tensor(self.pdmp_noise_gate)  # 1 while OGM-GE is active
+            coefficients = gate * _ogm.coefficients(scores, self.policy.alpha) + (1.0 - gate)
+            self.pdmp_coefficients.assign(tf.cast(coefficients, tf.float64))
+            return coefficients
+        if self.policy.observes_scores:
+            self.pdmp_pending.assign(1)
+        return tf.convert_to_tensor(self.pdmp_coefficients)
 
     def modulate_gradients(
         self, gradients: Sequence[Any], variables: Sequence[Any], *, coefficients: tf.Tensor | None = None
@@ -320,6 +358,12 @@ class ModulatedModel(keras.Model):
                 "tf.function; call it after your (traced) training step, in the Python loop"
             )
         self._warn_if_epoch_never_set("step()")
+        if self.policy.observes_scores and not int(self.pdmp_pending.numpy()):
+            raise RuntimeError(
+                f"{type(self.policy).__name__} learns from every batch: call model.observe(modality_logits, labels) "
+                "in your training step before step() (concat_head_logits / sum_head_logits split a fusion head); "
+                "without it the coefficients would silently stay where they are"
+            )
         counted = True
         optimizer = getattr(self, "optimizer", None)  # None before compile()
         if optimizer is not None:
@@ -410,9 +454,29 @@ class ModulatedModel(keras.Model):
             return
         if self.policy.needs_logits:
             raise NotImplementedError(f"{type(self.policy).__name__} needs logits and has no Keras implementation")
+        if self.policy.observes_scores:
+            self._sync_policy()
+            self._fold_pending_scores()
         modulation = self.policy.modulation(step=self._clock.step, epoch=self._clock.epoch)
-        self.pdmp_coefficients.assign(np.asarray([modulation.coefficients[n] for n in self.modalities], np.float32))
+        self.pdmp_coefficients.assign(np.asarray([modulation.coefficients[n] for n in self.modalities], np.float64))
         self.pdmp_noise_gate.assign(float(modulation.noise))
+
+    def _sync_policy(self) -> None:
+        """Adopt the learning policy's state stored in the variables (restored with the weights)."""
+        layout = self._state_layout.value
+        if layout is not None and layout.size:
+            self.policy.load_state_dict(layout.decode(self.pdmp_policy_state.numpy()))
+
+    def _fold_pending_scores(self) -> None:
+        """Hand the last step's scores to the learning policy, once (its coefficients were fixed before)."""
+        if not int(self.pdmp_pending.numpy()):
+            return
+        values = np.asarray(self.pdmp_scores.numpy(), dtype=np.float64)
+        self.policy.update(dict(zip(self.modalities, (float(v) for v in values), strict=True)))
+        layout = self._state_layout.value
+        if layout.size:
+            self.pdmp_policy_state.assign(layout.encode(self.policy.state_dict()))
+        self.pdmp_pending.assign(0)
 
     def _sync_clock(self) -> None:
         """Adopt the step/epoch stored in the variables: they are restored with the weights and
@@ -457,16 +521,30 @@ class ModulatedModel(keras.Model):
         return dict(self._groups.value)
 
     def state_dict(self) -> dict[str, Any]:
-        """Policy, clock and coefficients, as plain Python values (what a ``.keras`` file also stores)."""
+        """Policy, clock and coefficients, as plain Python values (what a ``.keras`` file also stores).
+
+        ``policy_state`` is what a learning policy has learnt (empty for the others) and
+        ``pending_scores`` the last step's scores it has not yet folded in (``None`` when there are none).
+        """
         self._sync_clock()
+        pending = None
+        if self.policy.observes_scores:
+            self._sync_policy()
+            if int(self.pdmp_pending.numpy()):
+                pending = self._scores()
         return {
             "policy": self.policy.get_config(),
             "mode": self.mode,
             "clock": self._clock.state_dict(),
             "coefficients": self.coefficients,
             "seed": self.seed,
-            "scores": dict(zip(self.modalities, (float(s) for s in self.pdmp_scores.numpy()), strict=True)),
+            "scores": self._scores(),
+            "policy_state": self.policy.state_dict(),
+            "pending_scores": pending,
         }
+
+    def _scores(self) -> dict[str, float]:
+        return dict(zip(self.modalities, (float(s) for s in self.pdmp_scores.numpy()), strict=True))
 
     def load_state_dict(self, state: Mapping[str, Any], *, strict: bool = True) -> None:
         """Restore :meth:`state_dict`. With ``strict`` the saved policy must equal this model's.
@@ -500,6 +578,14 @@ class ModulatedModel(keras.Model):
             raise TypeError(f"state['coefficients'] must be a dict {{modality: coefficient}}, got {coefficients!r}")
         check_same_modalities(coefficients, self.modalities, where="state['coefficients']")
         values = [check_positive_finite(coefficients[n], name=f"state['coefficients'][{n!r}]") for n in self.modalities]
+        policy_state = state.get("policy_state", {})  # absent in states of stateless policies
+        try:
+            policy_from_config(self.policy.get_config()).load_state_dict(policy_state)  # check on a copy first
+            layout = self._state_layout.value
+            encoded = None if layout is None else layout.encode(policy_state)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"state['policy_state'] does not fit {self.policy!r}: {error}") from error
+        pending = _pending_scores(state.get("pending_scores"), self.modalities, learning=self.policy.observes_scores)
         # Checked: now change state.
         if seed != self.seed:
             self.seed = seed
@@ -507,7 +593,14 @@ class ModulatedModel(keras.Model):
         self._clock = clock
         self.pdmp_step.assign(clock.step)
         self.pdmp_epoch.assign(clock.epoch)
-        self.pdmp_coefficients.assign(np.asarray(values, dtype=np.float32))
+        self.pdmp_coefficients.assign(np.asarray(values, dtype=np.float64))
+        self.policy.load_state_dict(policy_state)
+        if encoded is not None:
+            if encoded.size:
+                self.pdmp_policy_state.assign(encoded)
+            self.pdmp_pending.assign(0 if pending is None else 1)
+            if pending is not None:
+                self.pdmp_scores.assign(np.asarray([pending[n] for n in self.modalities], dtype=np.float64))
         if not self.policy.needs_logits:
             self.update_coefficients()
 
@@ -542,11 +635,12 @@ class ModulatedModel(keras.Model):
     def fit(self, *args: Any, callbacks: Any = None, **kwargs: Any) -> Any:
         """``keras.Model.fit`` plus a first callback that keeps the coefficients on the policy's schedule.
 
-        For OGM-GE, NumPy labels are checked before training (integer class indices below the number of
-        the model's outputs).
+        With ``modality_logits``, NumPy labels are checked before training (integer class indices below
+        the number of the model's outputs). :class:`~pdmp.backends.keras.PDMPLogger` callbacks are moved
+        to the front of ``callbacks``, so that History, CSVLogger and TensorBoard see what they log.
         """
         _check_steps_per_execution(self.policy, getattr(self, "steps_per_execution", 1))
-        if self.policy.needs_logits:
+        if self._logits.value is not None:
             labels = kwargs["y"] if "y" in kwargs else (args[1] if len(args) > 1 else None)
             _check_numpy_labels(labels, _output_width(self.inner_model), where="fit() y")
         schedule = _ScheduleCallback(self)
@@ -648,6 +742,12 @@ def _depends_on_epoch(policy: CoefficientPolicy) -> bool:
 
 
 def _check_steps_per_execution(policy: CoefficientPolicy, steps: Any) -> None:
+    if isinstance(steps, int) and steps > 1 and policy.observes_scores:
+        raise ValueError(
+            f"steps_per_execution={steps} runs {steps} steps per call, but {type(policy).__name__} learns from "
+            "every step's batch scores, which are handed to it between calls only (all but the last would be "
+            "lost); compile with steps_per_execution=1"
+        )
     if isinstance(steps, int) and steps > 1 and _depends_on_step(policy):
         raise ValueError(
             f"steps_per_execution={steps} runs {steps} steps per call, but {policy!r} changes its coefficients "
@@ -678,6 +778,29 @@ def _lr_not_applied_message(optimizer: Any) -> str:
         f"{keras.__version__}). The coefficients were not applied; use mode='grad' with SGD, or a Keras version "
         "pdmp supports (see pyproject.toml). In a loop of your own, compile the model with the optimizer you apply"
     )
+
+
+def _pending_scores(value: Any, modalities: Sequence[str], *, learning: bool) -> dict[str, float] | None:
+    """``state['pending_scores']``: None, or each modality's finite, non-negative batch score."""
+    if value is None:
+        return None
+    if not learning:
+        raise ValueError("state['pending_scores'] is only for policies that learn from batch scores; drop it")
+    if not isinstance(value, Mapping):
+        raise TypeError(f"state['pending_scores'] must be None or a dict {{modality: score}}, got {value!r}")
+    check_same_modalities(value, modalities, where="state['pending_scores']")
+    result = {}
+    for name in modalities:
+        score = value[name]
+        if (
+            isinstance(score, bool)
+            or not isinstance(score, (int, float, np.number))
+            or not np.isfinite(score)
+            or score < 0
+        ):
+            raise ValueError(f"state['pending_scores'][{name!r}] is {score!r}; a batch score is a finite number >= 0")
+        result[name] = float(score)
+    return result
 
 
 def _check_numpy_labels(labels: Any, classes: int | None, *, where: str) -> None:
@@ -818,15 +941,14 @@ def _restrict(policy: CoefficientPolicy, groups: Mapping[str, tuple[keras.Variab
 
 
 def _check_logits_spec(policy: CoefficientPolicy, spec: Any, model: keras.Model) -> Any:
-    if not policy.needs_logits:
-        if spec is not None:
-            raise ValueError(f"modality_logits is only used by OGM-GE; {type(policy).__name__} ignores it, drop it")
-        return None
     if spec is None:
-        raise ValueError(
-            "OGMGE needs per-modality logits: pass modality_logits=ConcatHead(head=..., features={...}), "
-            "SumHeads(heads={...}) or a function fn(model, x, training) -> {modality: logits}"
-        )
+        if policy.needs_logits or policy.observes_scores:
+            why = "needs per-modality logits" if policy.needs_logits else "learns from per-modality logits"
+            raise ValueError(
+                f"{type(policy).__name__} {why}: pass modality_logits=ConcatHead(head=..., features={{...}}), "
+                "SumHeads(heads={...}) or a function fn(model, x, training) -> {modality: logits}"
+            )
+        return None
     if hasattr(spec, "taps"):
         policy.check_modalities(list(spec.taps()), where=f"{type(spec).__name__} modality names")
         return spec
