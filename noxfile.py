@@ -167,18 +167,20 @@ def bench_full(session: nox.Session) -> None:
 
 @nox.session(name="bench-gpu", venv_backend="none")
 def bench_gpu(session: nox.Session) -> None:
-    """Torch benchmark on a CUDA machine that has torch/torchaudio preinstalled and no internet.
+    """The GPU comparison (benchmarks/gpu_bench.py) with the Python that runs nox, installing nothing.
 
-    Runs with the Python that runs nox (no venv, nothing downloaded); the data cache must be built
-    beforehand (``python -m benchmarks.run --build-data-only``) and copied along, or PDMP_CACHE_DIR
-    set to it. Pass ``-- --device cpu --epochs 1 ...`` to check it end to end without a GPU.
+    For a CUDA machine with torch and torchaudio but no internet, TensorFlow or eSpeak NG: export the
+    compact data where it can be built (``python -m benchmarks.gpu_cache export``, into
+    results/gpu-cache) and carry it along (benchmarks/README.md, "GPU benchmark", says which files fit).
+    Where nox is not installed run the same module: ``python3 -m benchmarks.gpu_bench --cache-dir
+    results/gpu-cache``. Pass ``-- --device cpu --epochs 1 --seeds 0 --subset 0.05`` to check it on CPU.
     """
     session.run(
         sys.executable,
         "-m",
-        "benchmarks.run",
-        "--preset",
-        "gpu",
+        "benchmarks.gpu_bench",
+        "--cache-dir",
+        str(ROOT / "results" / "gpu-cache"),
         *session.posargs,
         env={**FRAMEWORK_ENV, "PYTHONPATH": str(ROOT)},
     )

@@ -2,7 +2,8 @@
 
     python -m benchmarks.run --preset main      # the README's main job (nox -s bench)
     python -m benchmarks.run --preset full      # nox -s bench-full
-    python -m benchmarks.run --preset gpu       # larger encoders on CUDA (nox -s bench-gpu)
+    python -m benchmarks.run --preset gpu       # width 128, 30 epochs, tuning, controls on CUDA (hours;
+                                                # nox -s bench-gpu runs the 10-minute benchmarks.gpu_bench)
     python -m benchmarks.run --preset smoke     # seconds; used by the tests
 
 Protocol (identical for every method of a setting): the same seeds, hence the same initial weights and

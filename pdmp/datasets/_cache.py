@@ -56,10 +56,13 @@ def content_sha256(arrays: dict[str, np.ndarray], meta_json: str) -> str:
     return digest.hexdigest()
 
 
-def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+def save_npz_atomic(
+    path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any], *, compressed: bool = False
+) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see a half-written file.
 
-    The archive stores the content checksum :func:`load_npz` verifies.
+    The archive stores the content checksum :func:`load_npz` verifies. ``compressed`` deflates the
+    members (the compact files that travel to other machines; :func:`load_npz` reads both kinds).
     """
     reserved = sorted({_META_KEY, _CHECKSUM_KEY} & set(arrays))
     if reserved:
@@ -71,7 +74,7 @@ def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, A
     try:
         with os.fdopen(fd, "wb") as fh:
             payload: dict[str, Any] = {_META_KEY: np.array(meta_json), _CHECKSUM_KEY: np.array(checksum), **arrays}
-            np.savez(fh, **payload)
+            (np.savez_compressed if compressed else np.savez)(fh, **payload)
             fh.flush()
             os.fsync(fh.fileno())
         umask = os.umask(0)
