@@ -15,11 +15,12 @@ Files are plain JSON (never pickle); every field read from a file is checked and
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -814,3 +815,134 @@ def rank_unimodal_outputs(
         scores[name] = _score(options.metric_fn, y, predicted, name)
     # The metric itself (not its name) goes on: a callable's name cannot be resolved back to it.
     return rank_modalities(scores=scores, metric=metric, warn_margin=options.warn_margin, budget=options.budget)
+
+
+@dataclass(frozen=True)
+class TrainingCurve:
+    """Per-epoch training curve of one unimodal model: entry ``e`` of every field is epoch ``e``.
+
+    Attributes:
+        train_loss: mean cross-entropy per training sample over the epoch (each mini-batch's loss as
+            trained, before its update, weighted by the batch size; Keras: its ``loss``, which also
+            holds any regularisation losses the model adds).
+        train_accuracy: fraction of the epoch's training samples classified correctly while training
+            (in training mode, before each step's update; dropout on).
+        val_loss: cross-entropy on the whole validation set after the epoch (evaluation mode).
+        val_accuracy: accuracy on the whole validation set after the epoch (evaluation mode).
+        lr: learning rate during the epoch, at its first step (torch: of the first parameter group;
+            Keras: a ``LearningRateSchedule``'s value at that step).
+    """
+
+    train_loss: tuple[float, ...]
+    train_accuracy: tuple[float, ...]
+    val_loss: tuple[float, ...]
+    val_accuracy: tuple[float, ...]
+    lr: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class UnimodalReport:
+    """What an adapter's ``rank_unimodal`` trained, besides the ranking (``return_details=True``).
+
+    Shared by :func:`pdmp.backends.torch.rank_unimodal` and :func:`pdmp.backends.keras.rank_unimodal`.
+
+    Attributes:
+        ranking: the ranking ``rank_unimodal`` returns without details (over several training
+            seeds: the combined one, with ``seed_scores`` and ``seed_agreement``).
+        seeds: the training seeds, in training order.
+        rankings: per training seed, the ranking of that seed's models alone.
+        models: per training seed, per modality, the trained model (torch: an ``nn.Module`` in
+            evaluation mode on the training device; Keras: the compiled ``keras.Model``).
+        val_logits: per training seed, per modality, the model's validation logits
+            ``(samples, classes)`` as float64 NumPy arrays (what the ranking was computed from).
+        val_labels: per modality, the validation labels.
+        curves: per training seed, per modality, the per-epoch :class:`TrainingCurve`.
+    """
+
+    ranking: Ranking
+    seeds: tuple[int, ...]
+    rankings: dict[int, Ranking]
+    models: dict[int, dict[str, Any]]
+    val_logits: dict[int, dict[str, np.ndarray]]
+    val_labels: dict[str, np.ndarray]
+    curves: dict[int, dict[str, TrainingCurve]]
+
+
+def rank_training_seeds(
+    logits: Mapping[int, Mapping[str, ArrayLike]],
+    labels: Mapping[str, ArrayLike],
+    *,
+    budget: Mapping[str, Any],
+    several: bool,
+    metric: str | Metric = "accuracy",
+    n_bootstrap: int = 0,
+    warn_margin: float = 0.01,
+) -> tuple[Ranking, dict[int, Ranking]]:
+    """The adapters' last step of ``rank_unimodal``: rank each training seed's models, then combine.
+
+    Args:
+        logits: per training seed (in training order), per modality, the validation logits.
+        labels: per modality, the validation labels.
+        budget: what every seed's training cost; each seed's ranking records ``seed`` (one seed) or
+            ``seeds`` (the list, when ``several``).
+        several: the caller asked for ``seeds=``: the per-seed rankings are combined by
+            :func:`combine_rankings` (one :class:`RankingWarning` for the combination, none per seed);
+            otherwise the single seed's ranking is returned as it is.
+        metric, n_bootstrap, warn_margin: as in :func:`rank_modalities`; each seed's bootstrap is
+            seeded by that training seed.
+
+    Returns:
+        The ranking and, per training seed, that seed's own ranking.
+    """
+    seeds = list(logits)
+    per_seed: dict[int, Ranking] = {}
+    for training_seed in seeds:
+        extra = {"seeds": seeds} if several else {"seed": training_seed}
+        with warnings.catch_warnings():
+            if several:
+                warnings.simplefilter("ignore", RankingWarning)  # one warning for the combination below
+            per_seed[training_seed] = rank_unimodal_outputs(
+                logits[training_seed],
+                labels,
+                budget={**budget, **extra},
+                metric=metric,
+                n_bootstrap=n_bootstrap,
+                seed=training_seed,
+                warn_margin=warn_margin,
+            )
+    if not several:
+        return per_seed[seeds[0]], per_seed
+    ranking = combine_rankings([per_seed[s] for s in seeds])
+    if ranking.margin < warn_margin:
+        warnings.warn(
+            f"modalities {ranking.order[0]!r} and {ranking.order[1]!r} are within {ranking.margin:.4g} "
+            f"{ranking.metric} on average over the training seeds (below warn_margin={warn_margin}); "
+            "the dominant modality is uncertain, evaluate on more held-out samples or train longer",
+            RankingWarning,
+            stacklevel=3,
+        )
+    return ranking, per_seed
+
+
+def factory_passes_lr(factory: Callable[..., Any], lr: float | None, *, position: int) -> bool:
+    """Whether an optimizer factory is called with ``lr`` as positional argument ``position``.
+
+    A factory with a positional parameter at ``position`` receives ``lr``; without ``lr`` that
+    parameter must have a default, else the factory cannot be called (raises ``ValueError``). A factory
+    without one sets its own learning rate. Factories without a signature get ``lr`` when it is given.
+    """
+    try:
+        parameters = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):  # no signature (some builtins): trust what the caller passed
+        return lr is not None
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return lr is not None
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) <= position:
+        return False
+    if lr is None and positional[position].default is inspect.Parameter.empty:
+        raise ValueError(
+            f"the optimizer factory takes a learning rate ({positional[position].name!r}): pass lr=, "
+            "or give a factory that sets its own"
+        )
+    return lr is not None

@@ -1,29 +1,101 @@
 """Stage 1 for Keras: train one small model per modality on a budget, evaluate held out, rank.
 
-Mirrors :func:`pdmp.backends.torch.rank_unimodal` (same arguments, same budget record); the training
-loop is Keras's own ``fit()``, so its progress bar is the progress output, and the ranking is the
-core's :func:`pdmp.rank_modalities`.
+Mirrors :func:`pdmp.backends.torch.rank_unimodal` (same arguments, same budget record, the same
+:class:`pdmp.UnimodalReport` with ``return_details=True``); the training loop is Keras's own ``fit()``,
+so its progress bar is the progress output, and the ranking is the core's: each seed's models are
+ranked by :func:`pdmp.rank_modalities` and several training seeds are combined by
+:func:`pdmp.combine_rankings` (:func:`pdmp.ranking.rank_training_seeds`).
+
+The training recipe can be the multimodal model's: an optimizer factory (``f()`` or ``f(lr)``), whose
+learning rate may be a ``keras.optimizers.schedules.LearningRateSchedule`` (Keras's learning-rate
+schedule, advanced per optimizer step; it takes the place of torch's ``scheduler=``), and
+``weight_decay=`` for the named optimizers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, overload
 
 import keras
 import numpy as np
 
-from pdmp._validation import check_labels
-from pdmp.metrics import Metric, resolve_metric
-from pdmp.ranking import Ranking, check_unimodal_request, rank_unimodal_outputs
+from pdmp._validation import check_bool, check_labels, check_non_negative_finite
+from pdmp.metrics import Metric
+from pdmp.ranking import (
+    Ranking,
+    TrainingCurve,
+    UnimodalReport,
+    check_training_seeds,
+    check_unimodal_request,
+    factory_passes_lr,
+    rank_training_seeds,
+)
 
-OptimizerFactory = Callable[[float], keras.optimizers.Optimizer]
+#: ``f(lr)`` or ``f()`` returning a fresh Keras optimizer (a new one for every model).
+OptimizerFactory = Callable[..., keras.optimizers.Optimizer]
 
-OPTIMIZERS: dict[str, OptimizerFactory] = {
-    "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9),
-    "adam": lambda lr: keras.optimizers.Adam(lr),
-    "adamw": lambda lr: keras.optimizers.AdamW(lr),
+OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
+    "sgd": lambda lr, **options: keras.optimizers.SGD(lr, momentum=0.9, **options),
+    "adam": lambda lr, **options: keras.optimizers.Adam(lr, **options),
+    "adamw": lambda lr, **options: keras.optimizers.AdamW(lr, **options),
 }
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """The checked training recipe: how to build each model's optimizer, and what the budget records."""
+
+    make_optimizer: Callable[[], keras.optimizers.Optimizer]
+    budget: dict[str, Any]
+    passes_lr: bool
+
+
+@overload
+def rank_unimodal(
+    factories: Mapping[str, Callable[[], keras.Model]],
+    train: Mapping[str, tuple[Any, Any]],
+    val: Mapping[str, tuple[Any, Any]],
+    *,
+    epochs: int,
+    subset: float = ...,
+    lr: float | None = ...,
+    optimizer: str | OptimizerFactory = ...,
+    weight_decay: float | None = ...,
+    batch_size: int = ...,
+    seed: int | None = ...,
+    seeds: Sequence[int] | None = ...,
+    metric: str | Metric = ...,
+    progress: bool = ...,
+    n_bootstrap: int = ...,
+    warn_margin: float = ...,
+    return_details: Literal[False] = ...,
+) -> Ranking: ...
+
+
+@overload
+def rank_unimodal(
+    factories: Mapping[str, Callable[[], keras.Model]],
+    train: Mapping[str, tuple[Any, Any]],
+    val: Mapping[str, tuple[Any, Any]],
+    *,
+    epochs: int,
+    subset: float = ...,
+    lr: float | None = ...,
+    optimizer: str | OptimizerFactory = ...,
+    weight_decay: float | None = ...,
+    batch_size: int = ...,
+    seed: int | None = ...,
+    seeds: Sequence[int] | None = ...,
+    metric: str | Metric = ...,
+    progress: bool = ...,
+    n_bootstrap: int = ...,
+    warn_margin: float = ...,
+    return_details: Literal[True],
+) -> UnimodalReport: ...
 
 
 def rank_unimodal(
@@ -33,94 +105,273 @@ def rank_unimodal(
     *,
     epochs: int,
     subset: float = 1.0,
-    lr: float,
+    lr: float | None = None,
     optimizer: str | OptimizerFactory = "sgd",
+    weight_decay: float | None = None,
     batch_size: int = 64,
-    seed: int = 0,
+    seed: int | None = None,
+    seeds: Sequence[int] | None = None,
     metric: str | Metric = "accuracy",
     progress: bool = True,
     n_bootstrap: int = 0,
     warn_margin: float = 0.01,
-) -> Ranking:
+    return_details: bool = False,
+) -> Ranking | UnimodalReport:
     """Train each modality's unimodal Keras model (encoder + own head) on a budget and rank the modalities.
 
     Args:
         factories: per modality, a callable returning a fresh, uncompiled model that maps that
-            modality's input to class logits. It is compiled here with ``optimizer`` and sparse
+            modality's input to class logits. It is compiled here with the optimizer and sparse
             categorical cross-entropy on logits.
-        train, val: per modality, ``(X, y)`` arrays. Validation sets are normally paired (same samples,
-            same labels); then the core can bootstrap over them.
+        train, val: per modality, ``(X, y)`` arrays; ``y`` holds whole-number class indices below the
+            models' output width (checked before training). Validation sets are normally paired (same
+            samples, same labels); then the core can bootstrap over them.
         epochs: passes over the training subset.
         subset: fraction of each training set used (the same seeded sample indices for every modality
             of equal size, so paired data stays paired).
-        lr: learning rate.
-        optimizer: ``"sgd"`` (momentum 0.9), ``"adam"``, ``"adamw"``, or ``f(lr)`` returning a Keras optimizer.
-        batch_size, seed: mini-batch size; seed of the subset, shuffling and model initialisation
-            (``keras.utils.set_random_seed``, which also seeds Python's, NumPy's and TF's global RNGs).
+        lr: learning rate; required with a named optimizer or a factory ``f(lr)``, optional with a
+            factory ``f()`` that sets its own.
+        optimizer: ``"sgd"`` (momentum 0.9), ``"adam"``, ``"adamw"``, or a factory returning a fresh
+            Keras optimizer: ``f()`` (e.g. ``lambda: keras.optimizers.AdamW(1e-3, weight_decay=0.01)``,
+            the recipe of the multimodal model) or ``f(lr)``. A learning-rate schedule goes into the
+            optimizer: ``lambda: keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(0.1,
+            decay_steps=epochs * steps_per_epoch), momentum=0.9)``, where an epoch has
+            ``ceil(round(subset * len(train)) / batch_size)`` steps.
+        weight_decay: with a named optimizer, its ``weight_decay`` (``None``: Keras's default, none for
+            SGD and Adam, 0.004 for AdamW). Keras decays weights decoupled from the gradient
+            (``w -= lr * wd * w``), where torch's SGD and Adam add ``wd * w`` to the gradient. A factory
+            sets its own, so then it must stay ``None``.
+        batch_size: mini-batch size.
+        seed: the training seed (default 0): seed of the subset, shuffling and model initialisation
+            (``keras.utils.set_random_seed``, which also seeds Python's, NumPy's and TF's global RNGs),
+            and of the bootstrap.
+        seeds: instead of ``seed``, several training seeds, e.g. ``(0, 1, 2)``: every unimodal model is
+            trained once per seed (each seed as ``seed`` would be) and the per-seed rankings are
+            combined by :func:`pdmp.combine_rankings` (seed means, ``seed_agreement``, a
+            :class:`~pdmp.RankingWarning` when the seeds disagree). Costs one training per seed.
         metric: ``"accuracy"``, ``"macro_f1"`` or ``f(labels, predicted_classes)``.
         progress: show Keras's progress bar while each model trains and predicts.
         n_bootstrap, warn_margin: passed to :func:`pdmp.rank_modalities`.
-    """
-    names, epochs, batch_size = check_unimodal_request(
-        factories, train, val, epochs=epochs, subset=subset, batch_size=batch_size, lr=lr
-    )
-    make_optimizer, optimizer_name = _optimizer_factory(optimizer)
-    resolve_metric(metric)  # fail before training on an unknown metric
-    verbose = 1 if progress else 0
+        return_details: return a :class:`pdmp.UnimodalReport` (the ranking plus the trained models,
+            their validation logits and per-epoch :class:`pdmp.TrainingCurve`) instead of the ranking
+            alone. The curves need a validation pass per epoch; the ranking is the same either way.
 
+    Every argument, every label and every modality's model and optimizer are checked before the first
+    model trains (each factory is called once ahead for that, with the first seed).
+    """
+    training_seeds = check_training_seeds(seed, seeds)
+    names, epochs, batch_size = check_unimodal_request(
+        factories,
+        train,
+        val,
+        epochs=epochs,
+        subset=subset,
+        batch_size=batch_size,
+        lr=lr,
+        metric=metric,
+        n_bootstrap=n_bootstrap,
+        seed=training_seeds[0],
+        warn_margin=warn_margin,
+        lr_optional=True,
+    )
+    for name in names:
+        if not callable(factories[name]):
+            raise TypeError(
+                f"factories[{name!r}] is a {type(factories[name]).__name__}, not a callable; pass a function "
+                "returning a fresh model, e.g. lambda: keras.Sequential([keras.layers.Dense(classes)])"
+            )
+    return_details = check_bool(return_details, name="return_details")
+    progress = check_bool(progress, name="progress")
+    recipe = _recipe(optimizer, lr, weight_decay)
     arrays = {
         name: (*_as_arrays(train[name], where=f"train[{name!r}]"), *_as_arrays(val[name], where=f"val[{name!r}]"))
         for name in names
     }
-    for name in names:  # every label against its model's number of classes, before any model trains
-        x_train, y_train, _, y_val = arrays[name]
-        classes = _output_width(_make_model(factories, name, seed), x_train)
-        check_labels(y_train, num_classes=classes, name=f"train[{name!r}] labels")
-        check_labels(y_val, num_classes=classes, name=f"val[{name!r}] labels")
-
-    logits: dict[str, np.ndarray] = {}
-    labels: dict[str, np.ndarray] = {}
-    train_samples: dict[str, int] = {}
-    for index, name in enumerate(names):
-        x_train, y_train, x_val, y_val = arrays[name]
-        n_subset = max(1, round(subset * len(y_train)))
-        chosen = np.random.default_rng(seed).permutation(len(y_train))[:n_subset]
-        train_samples[name] = n_subset
-        model = _make_model(factories, name, seed)
-        model.compile(
-            optimizer=make_optimizer(float(lr)),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
+    val_labels = {name: arrays[name][3] for name in names}
+    first_labels = val_labels[names[0]]
+    if n_bootstrap and not all(np.array_equal(labels, first_labels) for labels in val_labels.values()):
+        # The core would refuse it too, but only after every model had trained.
+        raise ValueError(
+            "n_bootstrap needs paired validation sets (same samples and labels for every modality); "
+            "pass paired val data or n_bootstrap=0"
         )
-        if progress:
-            print(f"rank {name} ({index + 1}/{len(names)}): {n_subset} samples, {epochs} epoch(s)")
-        model.fit(x_train[chosen], y_train[chosen], epochs=epochs, batch_size=batch_size, verbose=verbose)
-        logits[name] = np.asarray(model.predict(x_val, batch_size=batch_size, verbose=verbose), dtype=np.float64)
-        labels[name] = y_val
+    built = [_preflight(name, factories[name], arrays[name], recipe, training_seeds[0]) for name in names]
+    budget = dict(recipe.budget)
+    if not isinstance(optimizer, str):
+        # A factory's settings are only known once it has built an optimizer: record what it built.
+        budget |= _optimizer_budget(built[0])
+        # Keras keeps the learning rate in float32: compare at that precision.
+        if lr is not None and not recipe.passes_lr and not math.isclose(budget["lr"], lr, rel_tol=1e-6):
+            warnings.warn(
+                f"lr={lr!r} is not used: the optimizer factory sets its own learning rate ({budget['lr']!r}); "
+                "drop lr= or make the factory take it, f(lr)",
+                UserWarning,
+                stacklevel=2,
+            )
+    del built
+    verbose = 1 if progress else 0
+    models: dict[int, dict[str, keras.Model]] = {}
+    logits: dict[int, dict[str, np.ndarray]] = {}
+    curves: dict[int, dict[str, TrainingCurve]] = {}
+    train_samples: dict[str, int] = {}
+    total = len(names) * len(training_seeds)
+    for seed_index, training_seed in enumerate(training_seeds):
+        models[training_seed], logits[training_seed], curves[training_seed] = {}, {}, {}
+        for index, name in enumerate(names):
+            x_train, y_train, x_val, y_val = arrays[name]
+            n_subset = max(1, round(subset * len(y_train)))
+            chosen = np.random.default_rng(training_seed).permutation(len(y_train))[:n_subset]
+            train_samples[name] = n_subset
+            model = _make_model(factories, name, training_seed)
+            model.compile(
+                optimizer=recipe.make_optimizer(),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"],
+            )
+            if progress:
+                label = name if seeds is None else f"{name}, seed {training_seed}"
+                position = seed_index * len(names) + index + 1
+                print(f"rank {label} ({position}/{total}): {n_subset} samples, {epochs} epoch(s)")
+            rates = _LearningRates()
+            history = model.fit(
+                x_train[chosen],
+                y_train[chosen],
+                epochs=epochs,
+                batch_size=batch_size,
+                verbose=verbose,
+                validation_data=(x_val, y_val) if return_details else None,
+                callbacks=[rates],
+            )
+            output = model.predict(x_val, batch_size=batch_size, verbose=verbose)
+            logits[training_seed][name] = np.asarray(output, dtype=np.float64)
+            if return_details:
+                models[training_seed][name] = model
+                curves[training_seed][name] = _curve(history.history, rates.values)
 
-    budget = {
+    common = {
         "backend": "keras",
         "epochs": epochs,
         "subset": float(subset),
         "train_samples": train_samples,
         "batch_size": batch_size,
-        "lr": float(lr),
-        "optimizer": optimizer_name,
-        "seed": seed,
+        **budget,
     }
-    return rank_unimodal_outputs(
-        logits, labels, budget=budget, metric=metric, n_bootstrap=n_bootstrap, seed=seed, warn_margin=warn_margin
+    ranking, per_seed = rank_training_seeds(
+        logits,
+        val_labels,
+        budget=common,
+        several=seeds is not None,
+        metric=metric,
+        n_bootstrap=n_bootstrap,
+        warn_margin=warn_margin,
+    )
+    if not return_details:
+        return ranking
+    return UnimodalReport(
+        ranking=ranking,
+        seeds=training_seeds,
+        rankings=per_seed,
+        models=models,
+        val_logits=logits,
+        val_labels=val_labels,
+        curves=curves,
     )
 
 
-def _optimizer_factory(optimizer: str | OptimizerFactory) -> tuple[OptimizerFactory, str]:
+class _LearningRates(keras.callbacks.Callback):
+    """The optimizer's learning rate at each epoch's first step (a schedule's value there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self.values.append(float(str(np.float32(np.asarray(self.model.optimizer.learning_rate)))))  # as in the budget
+
+
+def _curve(history: Mapping[str, Sequence[float]], rates: Sequence[float]) -> TrainingCurve:
+    return TrainingCurve(
+        train_loss=tuple(float(v) for v in history["loss"]),
+        train_accuracy=tuple(float(v) for v in history["accuracy"]),
+        val_loss=tuple(float(v) for v in history["val_loss"]),
+        val_accuracy=tuple(float(v) for v in history["val_accuracy"]),
+        lr=tuple(rates),
+    )
+
+
+def _recipe(optimizer: Any, lr: float | None, weight_decay: Any) -> _Recipe:
+    """Check the optimizer, learning rate and weight decay together; nothing is built yet."""
     if isinstance(optimizer, str):
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}, or pass f(lr)")
-        return OPTIMIZERS[optimizer], optimizer
+            raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}, or pass a callable")
+        if lr is None:
+            raise ValueError(f"optimizer={optimizer!r} needs a learning rate: pass lr=, e.g. lr=1e-3")
+        named = OPTIMIZERS[optimizer]
+        options: dict[str, float] = {}
+        budget: dict[str, Any] = {"lr": float(lr), "optimizer": optimizer}
+        if weight_decay is not None:
+            options["weight_decay"] = check_non_negative_finite(weight_decay, name="weight_decay")
+            budget["weight_decay"] = options["weight_decay"]
+        rate = float(lr)
+        return _Recipe(make_optimizer=lambda: named(rate, **options), budget=budget, passes_lr=True)
     if not callable(optimizer):
-        raise TypeError(f"optimizer must be a name or f(lr) returning a Keras optimizer, got {optimizer!r}")
-    return optimizer, getattr(optimizer, "__name__", type(optimizer).__name__)
+        raise TypeError(
+            f"optimizer must be a name or a callable returning a Keras optimizer, got {optimizer!r}; "
+            "e.g. optimizer=lambda: keras.optimizers.AdamW(1e-3, weight_decay=0.01)"
+        )
+    if weight_decay is not None:
+        raise ValueError(
+            f"weight_decay={weight_decay!r} goes with a named optimizer; your optimizer factory sets its own, "
+            "e.g. lambda: keras.optimizers.SGD(1e-3, momentum=0.9, weight_decay=1e-4)"
+        )
+    factory = optimizer
+    takes_lr = factory_passes_lr(factory, lr, position=0)
+    make = (lambda: factory(lr)) if takes_lr else (lambda: factory())
+    name = getattr(factory, "__name__", type(factory).__name__)
+    return _Recipe(make_optimizer=make, budget={"optimizer": name}, passes_lr=takes_lr)
+
+
+def _optimizer_budget(opt: keras.optimizers.Optimizer) -> dict[str, Any]:
+    """What a factory's optimizer is: class, initial learning rate (and schedule), weight decay."""
+    target = getattr(opt, "inner_optimizer", opt)  # a LossScaleOptimizer's settings are its inner one's
+    # The shortest decimal that is this float32 (0.1, not 0.10000000149011612): Keras stores rates in float32.
+    rate = float(str(np.float32(np.asarray(target.learning_rate))))
+    budget: dict[str, Any] = {"optimizer_class": type(opt).__name__, "lr": rate}
+    # Keras exposes the schedule object only as this attribute; the value above is its initial rate.
+    schedule = getattr(target, "_learning_rate", None)
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        budget["lr_schedule"] = type(schedule).__name__
+    if isinstance(getattr(target, "weight_decay", None), (int, float)):
+        budget["weight_decay"] = float(str(np.float32(target.weight_decay)))
+    return budget
+
+
+def _preflight(
+    name: str,
+    factory: Callable[[], keras.Model],
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    recipe: _Recipe,
+    seed: int,
+) -> keras.optimizers.Optimizer:
+    """Build one model and its optimizer and score one sample, so that a bad factory, optimizer or label
+    fails before any model trains; trains nothing. Returns the optimizer (its settings go into the budget)."""
+    x_train, y_train, _, y_val = arrays
+    model = _make_model({name: factory}, name, seed)
+    opt = recipe.make_optimizer()
+    if not isinstance(opt, keras.optimizers.Optimizer):
+        raise TypeError(
+            f"the optimizer factory returned {type(opt).__name__} {opt!r} for {name!r}; it must return a Keras "
+            "optimizer, e.g. lambda: keras.optimizers.SGD(1e-2, momentum=0.9)"
+        )
+    if recipe.make_optimizer() is opt:
+        raise ValueError(
+            "the optimizer factory returned the same optimizer object twice; a Keras optimizer is bound to the "
+            "model it first trains, so build a new one per call: lambda: keras.optimizers.SGD(1e-2, momentum=0.9)"
+        )
+    classes = _output_width(model, x_train)
+    check_labels(y_train, num_classes=classes, name=f"train[{name!r}] labels")
+    check_labels(y_val, num_classes=classes, name=f"val[{name!r}] labels")
+    return opt
 
 
 def _make_model(factories: Mapping[str, Callable[[], keras.Model]], name: str, seed: int) -> keras.Model:
@@ -148,4 +399,9 @@ def _as_arrays(data: Any, *, where: str) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(data[0]), check_labels(data[1], name=f"{where} labels")
     if len(x) != len(y):
         raise ValueError(f"{where}: X has {len(x)} samples but y has {len(y)}; pass the labels of the same samples")
+    if len(y) == 0:
+        raise ValueError(f"{where} is empty; give at least one sample")
     return x, y
+
+
+__all__ = ["rank_unimodal"]

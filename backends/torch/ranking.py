@@ -27,6 +27,8 @@ from pdmp.metrics import Metric
 from pdmp.ranking import (
     Ranking,
     RankingWarning,
+    TrainingCurve,
+    UnimodalReport,
     check_training_seeds,
     check_unimodal_request,
     combine_rankings,
@@ -41,53 +43,6 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": lambda params, lr, **options: torch.optim.AdamW(params, lr=lr, **options),
 }
 SCHEDULER_INTERVALS = ("epoch", "step")
-
-
-@dataclass(frozen=True)
-class TrainingCurve:
-    """Per-epoch training curve of one unimodal model: entry ``e`` of every field is epoch ``e``.
-
-    Attributes:
-        train_loss: mean cross-entropy per training sample over the epoch (each mini-batch's loss as
-            trained, before its update, weighted by the batch size).
-        train_accuracy: fraction of the epoch's training samples classified correctly while training
-            (in training mode, before each step's update; dropout on).
-        val_loss: cross-entropy on the whole validation set after the epoch (evaluation mode).
-        val_accuracy: accuracy on the whole validation set after the epoch (evaluation mode).
-        lr: learning rate of the first parameter group during the epoch (at its first step).
-    """
-
-    train_loss: tuple[float, ...]
-    train_accuracy: tuple[float, ...]
-    val_loss: tuple[float, ...]
-    val_accuracy: tuple[float, ...]
-    lr: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class UnimodalReport:
-    """What :func:`rank_unimodal` trained, besides the ranking (``return_details=True``).
-
-    Attributes:
-        ranking: the ranking :func:`rank_unimodal` returns without details (over several training
-            seeds: the combined one, with ``seed_scores`` and ``seed_agreement``).
-        seeds: the training seeds, in training order.
-        rankings: per training seed, the ranking of that seed's models alone.
-        models: per training seed, per modality, the trained model (in evaluation mode, on the
-            training device).
-        val_logits: per training seed, per modality, the model's validation logits
-            ``(samples, classes)`` as float64 NumPy arrays (what the ranking was computed from).
-        val_labels: per modality, the validation labels.
-        curves: per training seed, per modality, the per-epoch :class:`TrainingCurve`.
-    """
-
-    ranking: Ranking
-    seeds: tuple[int, ...]
-    rankings: dict[int, Ranking]
-    models: dict[int, dict[str, nn.Module]]
-    val_logits: dict[int, dict[str, np.ndarray]]
-    val_labels: dict[str, np.ndarray]
-    curves: dict[int, dict[str, TrainingCurve]]
 
 
 @dataclass(frozen=True)
