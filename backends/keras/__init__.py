@@ -6,7 +6,11 @@ Names mirror :mod:`pdmp.backends.torch`; the coefficient math is the core's (:mo
   (``mode="grad"``) or learning rate (``mode="lr"``) by the policy's coefficient.
 * :func:`concat_head_logits`, :func:`sum_head_logits`, :class:`ConcatHead`, :class:`SumHeads`:
   per-modality logits for OGM-GE.
-* :func:`rank_unimodal`: stage 1, train one Keras model per modality and rank them.
+* :func:`rank_unimodal`: stage 1, train one Keras model per modality and rank them (the user's
+  optimizer and learning-rate schedule, one or several training seeds; ``return_details=True`` gives
+  the core's :class:`pdmp.UnimodalReport`).
+* :func:`dependency_shares`: each modality's dependency share of a fused model over a dataset.
+* :class:`PDMPLogger`: a callback putting ``pdmp/coef_<m>`` and ``pdmp/share_<m>`` into ``fit()``'s logs.
 
 Importing this module with ``KERAS_BACKEND`` other than ``tensorflow`` raises ImportError (see
 :data:`SUPPORTED_BACKENDS`).
@@ -20,7 +24,9 @@ from pdmp.backends.keras._backend import SUPPORTED_BACKENDS, check_backend  # no
 
 check_backend()
 
+from pdmp.backends.keras.dependency import dependency_shares  # noqa: E402
 from pdmp.backends.keras.heads import ConcatHead, SumHeads, concat_head_logits, sum_head_logits  # noqa: E402
+from pdmp.backends.keras.logs import PDMPLogger  # noqa: E402
 from pdmp.backends.keras.model import ModulatedModel  # noqa: E402
 from pdmp.backends.keras.ranking import rank_unimodal  # noqa: E402
 
@@ -28,8 +34,10 @@ __all__ = [
     "SUPPORTED_BACKENDS",
     "ConcatHead",
     "ModulatedModel",
+    "PDMPLogger",
     "SumHeads",
     "concat_head_logits",
+    "dependency_shares",
     "rank_unimodal",
     "sum_head_logits",
 ]

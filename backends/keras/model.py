@@ -643,14 +643,22 @@ class ModulatedModel(keras.Model):
         if self._logits.value is not None:
             labels = kwargs["y"] if "y" in kwargs else (args[1] if len(args) > 1 else None)
             _check_numpy_labels(labels, _output_width(self.inner_model), where="fit() y")
+        from pdmp.backends.keras.logs import PDMPLogger  # here: logs imports this module
+
         schedule = _ScheduleCallback(self)
+
+        def ordered(given: list[Any]) -> list[Any]:
+            # The loggers must write into ``logs`` before History, CSVLogger or TensorBoard read them.
+            loggers = [callback for callback in given if isinstance(callback, PDMPLogger)]
+            return [schedule, *loggers, *(callback for callback in given if not isinstance(callback, PDMPLogger))]
+
         if callbacks is None:
             callbacks = [schedule]
         elif isinstance(callbacks, keras.callbacks.CallbackList):
-            callbacks.callbacks.insert(0, schedule)
+            callbacks.callbacks[:] = ordered(list(callbacks.callbacks))
             schedule.set_model(self)
         else:
-            callbacks = [schedule, *callbacks]
+            callbacks = ordered(list(callbacks))
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     # -- saving -----------------------------------------------------------------------------------------
