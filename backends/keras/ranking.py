@@ -341,8 +341,8 @@ def _optimizer_budget(opt: keras.optimizers.Optimizer) -> dict[str, Any]:
     schedule = getattr(target, "_learning_rate", None)
     if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
         budget["lr_schedule"] = type(schedule).__name__
-    if isinstance(getattr(target, "weight_decay", None), (int, float)):
-        budget["weight_decay"] = float(str(np.float32(target.weight_decay)))
+    decay = getattr(target, "weight_decay", None)  # None: no decay, which torch records as 0.0
+    budget["weight_decay"] = float(str(np.float32(decay))) if isinstance(decay, (int, float)) else 0.0
     return budget
 
 
