@@ -199,7 +199,7 @@ PROBES = [
     Probe("rank-unimodal-label-beyond-the-classes", lambda b: rank(lambda y: np.where(np.arange(len(y)) == 0, 3, y)),
           ValueError, r"train\['a'\] labels contains class index 3 but there are 3 classes"),
     Probe("rank-unimodal-optimizer-of-wrong-type", lambda b: rank(optimizer=42),
-          TypeError, r"optimizer must be a name or f\(lr\) returning a Keras optimizer, got 42"),
+          TypeError, r"optimizer must be a name or a callable returning a Keras optimizer, got 42"),
 ]  # fmt: skip
 
 
