@@ -109,3 +109,26 @@ def test_more_seeds_reuse_an_earlier_ranking(smoke, tmp_path) -> None:
     assert {r["seed"] for r in _runs(tmp_path)} == {5}
     with pytest.raises(RankingFileError, match="does not exist"):
         main([*args, "--out", str(tmp_path / "again"), "--ranking-dir", str(tmp_path / "nowhere")])
+
+
+def test_tuning_path_chooses_on_a_seed_that_is_never_evaluated(tmp_path) -> None:
+    """The controls preset's tuning runs end to end: candidates train on the tuning seed only, the tuned
+    methods are evaluated on the other seeds, and the report leaves the tuning seed out."""
+    args = ["--preset", "controls", "--epochs", "1", "--seeds", "0", "--subset", "0.05"]
+    assert main([*args, "--only", "under_optimization", "--out", str(tmp_path), "--no-progress", "--threads", "1"]) == 0
+    runs = _runs(tmp_path)
+    candidates = [r for r in runs if "[" in r["method"]["name"]]
+    tuned = [r for r in runs if r["method"]["name"].endswith("_tuned")]
+    assert len(candidates) == 12 and {r["seed"] for r in candidates} == {100}
+    assert {r["method"]["name"] for r in tuned} == {"pdmp_tuned", "ogm_ge_tuned", "joint_lr_tuned"}
+    assert {r["seed"] for r in tuned} == {0}
+    # Each tuned method is a candidate with the best validation accuracy on the tuning seed (ties possible).
+    for family, kind in (("pdmp", "pdmp"), ("ogm_ge", "ogmge")):
+        chosen = next(r for r in tuned if r["method"]["name"] == f"{family}_tuned")
+        pool = [r for r in candidates if r["method"]["kind"] == kind]
+        top = max(r["best_val"]["val"]["acc"] for r in pool)
+        assert chosen["method"]["options"] in [
+            r["method"]["options"] for r in pool if r["best_val"]["val"]["acc"] == top
+        ]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "pdmp_tuned" in summary and "paired Student-t" in summary
