@@ -74,12 +74,14 @@ def test_coefficients_of_a_step_come_from_the_batches_before_it(mode):
     assert record[-1][0]["image"] < 1.0  # the easy image branch took more than its share
 
 
-def test_gradients_are_scaled_by_the_adaptive_coefficients():
+@pytest.mark.parametrize("path", ["hooks", "fused"])
+def test_gradients_are_scaled_by_the_adaptive_coefficients(path):
     torch.manual_seed(0)
     model = Fused()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     policy = AdaptivePDMP(["audio", "image"], ACCURACIES, horizon=5.0)
-    with Modulator({"audio": model.audio, "image": model.image}, policy, mode="grad", optimizer=optimizer) as mod:
+    modalities = {"audio": model.audio, "image": model.image}
+    with Modulator(modalities, policy, mode="grad", optimizer=optimizer, path=path) as mod:
         mod.set_epoch(0)
         train(mod, model, optimizer, batches(10), [])
         a, v, y = next(batches(1, seed=5))
@@ -88,6 +90,10 @@ def test_gradients_are_scaled_by_the_adaptive_coefficients():
         factors = dict(mod.coefficients)
         optimizer.zero_grad()
         nn.functional.cross_entropy(logits, y).backward()
+        # The hooks scale during backward, the fused path just before the step: read what the step used.
+        weights = {key: value.clone() for key, value in model.state_dict().items()}
+        optimizer.step()
+        model.load_state_dict(weights)
         scaled = {name: getattr(model, name).weight.grad.clone() for name in ("audio", "image")}
     optimizer.zero_grad()
     logits, _ = model(a, v)

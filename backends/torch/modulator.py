@@ -18,10 +18,15 @@ while the coefficient is constant. When a coefficient changes (end of warm-up, a
 torch's SGD applies the new learning rate to the whole momentum buffer in ``"lr"`` mode, whereas
 ``"grad"`` mode (and Keras's SGD in either mode) applies it to new gradients only; use ``"grad"``
 with SGD for the same dynamics in both frameworks (tested in ``tests/test_parity_training.py``).
-Cost: ``"lr"`` does a few dict operations per optimizer step; ``"grad"`` adds one Python hook call
-and one multiply per parameter tensor per backward pass (roughly 5-10 us each on CPU): negligible for
-a ResNet-sized step, a few percent for a very small, fast step (use ``"lr"`` there if the optimizer
-allows).
+Cost: ``"lr"`` does a few dict operations per optimizer step. ``"grad"`` has two paths (``path=``).
+``"hooks"`` scales each backward pass's gradients in one tensor hook per parameter: a Python call and
+a newly allocated product per tensor, some 30-40 us each inside backward on one CPU thread, about 7%
+of the step of a 156-tensor transformer at batch 8. ``"fused"`` multiplies each modality's gradients
+in place with one multi-tensor call just before ``optimizer.step()``: no measurable overhead on that
+model (``benchmarks/torch_overhead_scale.py``). ``"auto"``, the default, takes ``"fused"`` when
+``optimizer=`` is given and the policy's coefficients are fixed for the whole step and add no noise
+(PDMP and its controls), and the hooks otherwise (OGM-GE, or no optimizer). The two give the same
+updates except where code reads or clips gradients between backward and the step (listed below).
 
 Design (why):
 
@@ -33,6 +38,34 @@ Design (why):
   multiply, so they commute with AMP's loss scaling. Hooks on leaf parameters run in the eager
   autograd engine, so a ``torch.compile``-d model is modulated too. A hook returns a new tensor and
   never edits its argument (autograd may share that tensor with other inputs' gradients).
+* **The fused path** (``path="fused"``) multiplies ``param.grad`` of every trainable modality
+  parameter in place, once per optimizer step, in an optimizer pre-step hook (after the closure when
+  ``optimizer.step(closure)`` is given, as Lightning and LBFGS do). It gives the hook path's updates
+  (the same bits without gradient accumulation) when the coefficients are fixed within the step,
+  and differs from it exactly here:
+
+  - *gradient accumulation*: the accumulated sum is scaled by the coefficient in effect at
+    ``optimizer.step()``, i.e. the *last* micro-batch's; the hooks scale each micro-batch by its own.
+    Equal for policies that change only at :meth:`Modulator.step` / :meth:`Modulator.set_epoch`
+    (PDMP); different for OGM-GE, whose coefficients come from each micro-batch's logits, hence
+    ``"auto"`` keeps OGM-GE on the hooks.
+  - *anything that reads gradients between backward and the optimizer step* sees them unscaled:
+    ``clip_grad_norm_`` clips the unmodulated gradient and the coefficient then multiplies the
+    clipped one (like ``mode="lr"``), whereas with the hooks (and in Keras, which clips inside the
+    optimizer) clipping sees the modulated gradient; gradient-norm logging likewise.
+    ``GradScaler.unscale_`` and its inf check come before the scaling (scaling by a power-of-two
+    loss scale commutes exactly with the coefficient, so the update is the same).
+  - *gradients not cleared after a step* (no ``zero_grad``) are scaled again at the next step;
+    with the hooks each backward contribution is scaled once. A closure called several times per
+    step (LBFGS) must zero the gradients, as such closures do.
+  - *DDP*: the hooks scale each rank's contribution before the all-reduce, the fused path the
+    averaged gradient after it: the same value up to rounding.
+  - *parameters without a gradient* (``grad is None``) or frozen are left alone by both paths;
+    gradients written outside autograd (which the hooks never see, and :meth:`Modulator.step`
+    reports) are scaled by the fused path.
+
+  The fused path needs ``optimizer=`` and refuses noise-adding policies (OGM-GE's noise is drawn
+  per backward pass from that pass's gradient, so it stays in the hooks).
 * **OGM-GE noise** is added in the same hook, per backward pass, to each modulated parameter's
   contribution: ``k * g + N(0, std(g) + OGM_NOISE_EPS)``. Under AMP the hook sees ``S * g`` (``S`` the
   loss scale), so the noise is drawn as ``S * N(0, std(g) + eps)`` = ``N(0, std(S g) + S eps)``; pass
@@ -51,7 +84,8 @@ Design (why):
   (a closure that fails, an out-of-memory retry).
 * **Frozen parameters belong to their modality**: a parameter frozen when the modulator is built and
   unfrozen later is modulated once it trains. ``"lr"`` mode puts it in its modality's parameter group
-  from the start; ``"grad"`` mode attaches its hook when it first sees it trainable, at
+  from the start; ``"grad"`` mode's fused path scales any trainable gradient it finds at the step,
+  and its hook path attaches the hook when it first sees the parameter trainable, at
   :meth:`Modulator.set_epoch`, :meth:`Modulator.step` or (with ``optimizer=``) just before the
   optimizer step, where a gradient it already accumulated is modulated in place.
 * **Misuse is loud**: a removed modulator (after its ``with`` block) refuses ``step``/``set_epoch``/
@@ -87,6 +121,7 @@ from pdmp.policies import OGM_NOISE_EPS, Clock, CoefficientPolicy, Modulation, N
 from ._distributed import all_reduce_sum, is_distributed
 
 Mode = Literal["grad", "lr"]
+GradPath = Literal["auto", "hooks", "fused"]
 ParameterSource: TypeAlias = "nn.Module | nn.Parameter | Iterable[nn.Parameter]"
 
 STATE_FORMAT = "pdmp.backends.torch.Modulator"
@@ -119,8 +154,8 @@ class Modulator:
             are modulated once they are unfrozen and train (see the module docstring for when).
         policy: the core policy (:class:`~pdmp.PDMP`, :class:`~pdmp.OGMGE`, ...); its modality names
             must equal the keys of ``modalities``.
-        mode: ``"grad"`` (gradient hooks) or ``"lr"`` (per-modality learning rates); see the module
-            docstring for which to use.
+        mode: ``"grad"`` (gradient multipliers) or ``"lr"`` (per-modality learning rates); see the
+            module docstring for which to use.
         optimizer: the optimizer training these parameters. Required for ``"lr"``; in ``"grad"`` mode
             it is optional and lets :meth:`step` ignore steps the optimizer skipped (AMP). Every
             trainable modality parameter must be in it (otherwise these are not the encoders it trains).
@@ -128,6 +163,11 @@ class Modulator:
         seed: seed of the noise generator (OGM-GE). Keep it equal on every DDP rank.
         sync: all-reduce OGM-GE scores over ``process_group`` when torch.distributed is initialised.
         process_group: the group to reduce over (default: the world).
+        path: how ``"grad"`` mode scales gradients: ``"hooks"`` (one tensor hook per parameter, per
+            backward pass), ``"fused"`` (one in-place multi-tensor multiply per modality before
+            ``optimizer.step()``; needs ``optimizer=`` and a policy without noise) or ``"auto"``
+            (``"fused"`` where both give the same updates, see the module docstring). The resolved
+            choice is in :attr:`path` (``None`` in ``"lr"`` mode).
 
     Usage::
 
@@ -152,6 +192,7 @@ class Modulator:
         seed: int = 0,
         sync: bool = True,
         process_group: Any = None,
+        path: GradPath = "auto",
     ) -> None:
         # Every check comes before the first hook is registered: a refused Modulator leaves nothing behind.
         if not isinstance(policy, CoefficientPolicy):
@@ -172,6 +213,19 @@ class Modulator:
                 f"{policy!r} adds gradient noise, which mode='lr' cannot apply; use mode='grad' "
                 "(OGM-GE's own mechanism) or disable the noise (OGMGE(..., noise=False))"
             )
+        if path not in ("auto", "hooks", "fused"):
+            raise ValueError(f"unknown path {path!r}; use 'auto', 'hooks' or 'fused'")
+        if path == "fused" and (mode != "grad" or optimizer is None or policy.adds_noise):
+            why = (
+                "applies to mode='grad' only"
+                if mode != "grad"
+                else "needs optimizer= (it scales the gradients just before optimizer.step())"
+                if optimizer is None
+                else f"cannot add {policy!r}'s noise, which is drawn per backward pass; use path='hooks'"
+            )
+            raise ValueError(f"path='fused' {why}")
+        if path == "hooks" and mode != "grad":
+            raise ValueError("path='hooks' applies to mode='grad' only")
         if scaler is not None and not (callable(getattr(scaler, "get_scale", None)) and hasattr(scaler, "is_enabled")):
             raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
         seed = check_non_negative_int(seed, name="seed")
@@ -197,6 +251,12 @@ class Modulator:
                 )
         self.policy = policy
         self.mode: Mode = mode
+        #: How grad mode scales gradients, ``"hooks"`` or ``"fused"`` (``None`` in lr mode).
+        self.path: Literal["hooks", "fused"] | None = None
+        if mode == "grad":
+            # Fused only where it gives the hooks' updates: coefficients fixed within the step, no noise.
+            fusable = optimizer is not None and not policy.adds_noise and not policy.needs_logits
+            self.path = "fused" if path == "fused" or (path == "auto" and fusable) else "hooks"
         self.optimizer = optimizer
         self.scaler = scaler
         self.seed = seed
@@ -232,7 +292,7 @@ class Modulator:
             self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
             if mode == "lr":
                 self._guard_step(optimizer)
-        if mode == "grad":
+        if self.path == "hooks":
             for name, tensors in params.items():
                 for param in tensors:
                     if param.requires_grad:
@@ -585,11 +645,15 @@ class Modulator:
             group["lr"] = lr
         self._saved_lrs.clear()
 
-    def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _before_optimizer_step(
+        self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         self._restore_lrs()  # left over only if a step raised past the guard (e.g. it was unwrapped)
+        if self.path == "fused":
+            return self._scale_after_closure(args, kwargs)
         if self.mode != "lr":
             self._attach_unfrozen(in_step=False, fix_grads=True)
-            return
+            return None
         self._require_observation("optimizer.step()")
         if len(optimizer.param_groups) != self._group_count:
             # add_param_group since the last step (e.g. unfrozen encoders): keep one modality per group.
@@ -600,6 +664,57 @@ class Modulator:
             if modality is not None and self._factors[modality] != 1.0:
                 self._saved_lrs.append((group, group["lr"]))
                 group["lr"] = group["lr"] * self._factors[modality]
+        return None
+
+    def _scale_after_closure(self, args: Any, kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """Fused path: scale the gradients now, or after the closure when the step computes them.
+
+        ``args`` are ``optimizer.step``'s positional arguments, the optimizer itself first.
+        """
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self._scale_gradients()
+            return None
+
+        def scaled_closure() -> Any:
+            result = closure()
+            self._scale_gradients()
+            return result
+
+        if "closure" in kwargs:
+            return tuple(args), {**kwargs, "closure": scaled_closure}
+        return (args[0], scaled_closure, *args[2:]), dict(kwargs)
+
+    def _scale_gradients(self) -> None:
+        """Fused path: multiply each modality's gradients in place by its coefficient.
+
+        One multi-tensor call per modality, device and dtype, instead of one hook per tensor.
+        """
+        self._require_observation("optimizer.step()")
+        with torch.no_grad():
+            for modality, tensors in self.params.items():
+                factor = self._factors[modality]
+                if factor == 1.0:
+                    continue
+                groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+                for param in tensors:
+                    grad = param.grad
+                    if grad is None or not param.requires_grad:  # frozen: a stale gradient is not this step's
+                        continue
+                    if grad.layout != torch.strided:  # sparse: no multi-tensor kernel
+                        grad.mul_(factor)
+                    else:
+                        groups.setdefault((grad.device, grad.dtype), []).append(grad)
+                for (_, dtype), grads in groups.items():
+                    if dtype == torch.float16 and factor > 1.0:
+                        # Out of place so that overflow is told apart from an inf already there (as in _modulate).
+                        scaled = torch._foreach_mul(grads, factor)
+                        flags = [(new.isinf() & old.isfinite()).any() for new, old in zip(scaled, grads, strict=True)]
+                        self._overflow.append((modality, torch.stack(flags).any()))
+                        for old, new in zip(grads, scaled, strict=True):
+                            old.copy_(new)
+                    else:
+                        torch._foreach_mul_(grads, factor)
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._restore_lrs()
@@ -610,7 +725,7 @@ class Modulator:
 
     def _check_hooks_ran(self) -> None:
         """Fail loudly if gradients reached the parameters without passing through the hooks."""
-        if self.mode != "grad" or self._hooks_verified:
+        if self.path != "hooks" or self._hooks_verified:
             return
         if self._hooks_ran:
             self._hooks_verified = True
@@ -629,7 +744,8 @@ class Modulator:
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{name}: {len(params)} tensors" for name, params in self.params.items())
-        return f"Modulator({self.policy!r}, mode={self.mode!r}, {sizes})"
+        path = f", path={self.path!r}" if self.path is not None else ""
+        return f"Modulator({self.policy!r}, mode={self.mode!r}{path}, {sizes})"
 
 
 class _StepGuard:
