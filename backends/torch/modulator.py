@@ -20,13 +20,15 @@ torch's SGD applies the new learning rate to the whole momentum buffer in ``"lr"
 with SGD for the same dynamics in both frameworks (tested in ``tests/test_parity_training.py``).
 Cost: ``"lr"`` does a few dict operations per optimizer step. ``"grad"`` has two paths (``path=``).
 ``"hooks"`` scales each backward pass's gradients in one tensor hook per parameter: a Python call and
-a newly allocated product per tensor, some 30-40 us each inside backward on one CPU thread, about 7%
-of the step of a 156-tensor transformer at batch 8. ``"fused"`` multiplies each modality's gradients
-in place with one multi-tensor call just before ``optimizer.step()``: no measurable overhead on that
-model (``benchmarks/torch_overhead_scale.py``). ``"auto"``, the default, takes ``"fused"`` when
+a newly allocated product per tensor, some 25 us each inside backward on one CPU thread. ``"fused"``
+multiplies each modality's gradients in place with one multi-tensor call just before
+``optimizer.step()``, some 3 us per tensor. On a 156-tensor transformer at batch 8 (one CPU thread)
+the step-time ratio is about 1.05 with the hooks and 1.03 fused (``benchmarks/torch_overhead_scale.py``,
+numbers in ``benchmarks/reported/overhead/``). ``"auto"``, the default, takes ``"fused"`` when
 ``optimizer=`` is given and the policy's coefficients are fixed for the whole step and add no noise
 (PDMP and its controls), and the hooks otherwise (OGM-GE, or no optimizer). The two give the same
-updates except where code reads or clips gradients between backward and the step (listed below).
+updates except in the cases listed below, chiefly code that clips or reads gradients between backward
+and the step.
 
 Design (why):
 
