@@ -29,6 +29,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from pdmp._validation import (
+    check_bool,
     check_labels,
     check_modality_names,
     check_non_negative_finite,
@@ -877,6 +878,7 @@ def rank_training_seeds(
     metric: str | Metric = "accuracy",
     n_bootstrap: int = 0,
     warn_margin: float = 0.01,
+    stacklevel: int = 3,
 ) -> tuple[Ranking, dict[int, Ranking]]:
     """The adapters' last step of ``rank_unimodal``: rank each training seed's models, then combine.
 
@@ -890,6 +892,7 @@ def rank_training_seeds(
             otherwise the single seed's ranking is returned as it is.
         metric, n_bootstrap, warn_margin: as in :func:`rank_modalities`; each seed's bootstrap is
             seeded by that training seed.
+        stacklevel: where the combination's warning points (the default: the caller's caller).
 
     Returns:
         The ranking and, per training seed, that seed's own ranking.
@@ -919,17 +922,18 @@ def rank_training_seeds(
             f"{ranking.metric} on average over the training seeds (below warn_margin={warn_margin}); "
             "the dominant modality is uncertain, evaluate on more held-out samples or train longer",
             RankingWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return ranking, per_seed
 
 
-def factory_passes_lr(factory: Callable[..., Any], lr: float | None, *, position: int) -> bool:
+def factory_passes_lr(factory: Callable[..., Any], lr: float | None, *, position: int, own_form: str = "") -> bool:
     """Whether an optimizer factory is called with ``lr`` as positional argument ``position``.
 
     A factory with a positional parameter at ``position`` receives ``lr``; without ``lr`` that
-    parameter must have a default, else the factory cannot be called (raises ``ValueError``). A factory
-    without one sets its own learning rate. Factories without a signature get ``lr`` when it is given.
+    parameter must have a default, else the factory cannot be called (raises ``ValueError``; ``own_form``,
+    e.g. ``"f(params)"``, is the form it names for a factory that sets its own). A factory without one
+    sets its own learning rate. Factories without a signature get ``lr`` when it is given.
     """
     try:
         parameters = list(inspect.signature(factory).parameters.values())
@@ -943,6 +947,213 @@ def factory_passes_lr(factory: Callable[..., Any], lr: float | None, *, position
     if lr is None and positional[position].default is inspect.Parameter.empty:
         raise ValueError(
             f"the optimizer factory takes a learning rate ({positional[position].name!r}): pass lr=, "
-            "or give a factory that sets its own"
+            f"or give a factory {own_form + ' ' if own_form else ''}that sets its own"
         )
     return lr is not None
+
+
+def warn_unused_lr(lr: float | None, used: float, *, takes_lr: str, rel_tol: float = 1e-9) -> None:
+    """Warn (at the adapter's caller) that ``lr=`` was given but the optimizer factory set ``used`` instead.
+
+    ``takes_lr`` is the factory form that would take it, e.g. ``"f(lr)"``; ``rel_tol`` the precision
+    the framework keeps the rate in.
+    """
+    if lr is not None and not math.isclose(used, lr, rel_tol=rel_tol):
+        warnings.warn(
+            f"lr={lr!r} is not used: the optimizer factory sets its own learning rate ({used!r}); "
+            f"drop lr= or make the factory take it, {takes_lr}",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+@dataclass(frozen=True)
+class FrameworkExamples:
+    """What an adapter's ``rank_unimodal`` errors show as the fix, in its framework's terms.
+
+    Attributes:
+        model: a model factory, e.g. ``"lambda: nn.Linear(16, classes)"``.
+        optimizer: what an optimizer factory must return, e.g. ``"a torch optimizer"``.
+        optimizer_factory: an optimizer factory, the recipe of a multimodal model.
+        decay_factory: an optimizer factory that sets its own weight decay.
+    """
+
+    model: str
+    optimizer: str
+    optimizer_factory: str
+    decay_factory: str
+
+
+def check_optimizer_choice(
+    optimizer: Any, lr: Any, weight_decay: Any, *, known: Mapping[str, Any], examples: FrameworkExamples
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Check an adapter's ``optimizer``, ``lr`` and ``weight_decay`` together (a name among ``known``, or a
+    factory); nothing is built.
+
+    Returns:
+        What the budget records of them: ``lr``, ``optimizer`` and ``weight_decay`` (when given) for a
+        named optimizer, the factory's name for a factory (the adapter adds what it builds); and the
+        named optimizer's options (``{"weight_decay": ...}`` or none).
+    """
+    if isinstance(optimizer, str):
+        if optimizer not in known:
+            raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(known)}, or pass a callable")
+        if lr is None:
+            raise ValueError(f"optimizer={optimizer!r} needs a learning rate: pass lr=, e.g. lr=1e-3")
+        options = {}
+        if weight_decay is not None:
+            options["weight_decay"] = check_non_negative_finite(weight_decay, name="weight_decay")
+        return {"lr": float(lr), "optimizer": optimizer, **options}, options
+    if not callable(optimizer):
+        raise TypeError(
+            f"optimizer must be a name or a callable returning {examples.optimizer}, got {optimizer!r}; "
+            f"e.g. optimizer={examples.optimizer_factory}"
+        )
+    if weight_decay is not None:
+        raise ValueError(
+            f"weight_decay={weight_decay!r} goes with a named optimizer; your optimizer factory sets its own, "
+            f"e.g. {examples.decay_factory}"
+        )
+    return {"optimizer": getattr(optimizer, "__name__", type(optimizer).__name__)}, {}
+
+
+#: What an adapter's ``train_one(seed, name, description)`` returns for one unimodal model: its
+#: validation logits ``(samples, classes)``, the trained model, its curve (may be ``None`` without
+#: details), and the number of training samples it used.
+TrainedUnimodal = tuple[np.ndarray, Any, TrainingCurve | None, int]
+
+
+@dataclass(frozen=True)
+class UnimodalCall:
+    """The checked arguments of an adapter's ``rank_unimodal`` (see :func:`check_rank_unimodal_call`),
+    and the framework-free steps around the adapter's training: the paired-validation check, the loop
+    over training seeds and modalities, the budget record, the ranking and the report."""
+
+    names: tuple[str, ...]
+    seeds: tuple[int, ...]
+    several: bool
+    epochs: int
+    subset: float
+    batch_size: int
+    metric: str | Metric
+    n_bootstrap: int
+    warn_margin: float
+    progress: bool
+    return_details: bool
+
+    def check_paired(self, labels: Mapping[str, ArrayLike]) -> None:
+        """Refuse ``n_bootstrap`` with unpaired validation labels before any model trains."""
+        first = np.asarray(labels[self.names[0]])
+        if self.n_bootstrap and not all(np.array_equal(labels[name], first) for name in self.names):
+            # The core would refuse it too, but only after every model had trained.
+            raise ValueError(
+                "n_bootstrap needs paired validation sets (same samples and labels for every modality); "
+                "pass paired val data or n_bootstrap=0"
+            )
+
+    def run(
+        self,
+        train_one: Callable[[int, str, str], TrainedUnimodal],
+        labels: Mapping[str, np.ndarray],
+        *,
+        backend: str,
+        recipe: Mapping[str, Any],
+    ) -> Ranking | UnimodalReport:
+        """Train every modality once per training seed, then rank (and report, with details).
+
+        ``train_one(seed, name, description)`` trains the model of ``name`` with ``seed``;
+        ``description`` (``"rank audio (1/2)"``, with the seed when there are several) is for its
+        progress output. The budget records ``backend``, the epochs, subset, training samples, batch
+        size and ``recipe`` (the optimizer's and scheduler's settings).
+        """
+        logits: dict[int, dict[str, np.ndarray]] = {seed: {} for seed in self.seeds}
+        models: dict[int, dict[str, Any]] = {seed: {} for seed in self.seeds}
+        curves: dict[int, dict[str, TrainingCurve]] = {seed: {} for seed in self.seeds}
+        train_samples: dict[str, int] = {}
+        total = len(self.names) * len(self.seeds)
+        for seed_index, seed in enumerate(self.seeds):
+            for index, name in enumerate(self.names):
+                label = f"{name}, seed {seed}" if self.several else name
+                description = f"rank {label} ({seed_index * len(self.names) + index + 1}/{total})"
+                output, model, curve, train_samples[name] = train_one(seed, name, description)
+                logits[seed][name] = np.asarray(output, dtype=np.float64)
+                if self.return_details:
+                    assert curve is not None
+                    models[seed][name] = model
+                    curves[seed][name] = curve
+        budget = {
+            "backend": backend,
+            "epochs": self.epochs,
+            "subset": self.subset,
+            "train_samples": train_samples,
+            "batch_size": self.batch_size,
+            **recipe,
+        }
+        ranking, per_seed = rank_training_seeds(
+            logits,
+            labels,
+            budget=budget,
+            several=self.several,
+            metric=self.metric,
+            n_bootstrap=self.n_bootstrap,
+            warn_margin=self.warn_margin,
+            stacklevel=4,
+        )
+        if not self.return_details:
+            return ranking
+        return UnimodalReport(
+            ranking=ranking,
+            seeds=self.seeds,
+            rankings=per_seed,
+            models=models,
+            val_logits=logits,
+            val_labels=dict(labels),
+            curves=curves,
+        )
+
+
+def check_rank_unimodal_call(
+    factories: Mapping[str, Any],
+    train: Mapping[str, Any],
+    val: Mapping[str, Any],
+    *,
+    seed: Any,
+    seeds: Any,
+    progress: Any,
+    return_details: Any,
+    examples: FrameworkExamples,
+    **request: Any,
+) -> UnimodalCall:
+    """Check the framework-free arguments of an adapter's ``rank_unimodal`` before anything is built.
+
+    The training seeds (:func:`check_training_seeds`); ``request``, the arguments of
+    :func:`check_unimodal_request` (``epochs``, ``subset``, ``batch_size``, ``lr``, ``metric``,
+    ``n_bootstrap``, ``warn_margin``; ``lr`` may be ``None`` for an optimizer factory that sets its
+    own); that every factory is callable (the error shows ``examples.model`` as the fix); and
+    ``return_details`` and ``progress``.
+    """
+    training_seeds = check_training_seeds(seed, seeds)
+    names, epochs, batch_size = check_unimodal_request(
+        factories, train, val, **request, seed=training_seeds[0], lr_optional=True
+    )
+    for name in names:
+        if not callable(factories[name]):
+            raise TypeError(
+                f"factories[{name!r}] is a {type(factories[name]).__name__}, not a callable; pass a function "
+                f"returning a fresh model, e.g. {examples.model}"
+            )
+    return_details = check_bool(return_details, name="return_details")
+    progress = check_bool(progress, name="progress")
+    return UnimodalCall(
+        names=names,
+        seeds=training_seeds,
+        several=seeds is not None,
+        epochs=epochs,
+        subset=float(request["subset"]),
+        batch_size=batch_size,
+        metric=request["metric"],
+        n_bootstrap=request["n_bootstrap"],
+        warn_margin=request["warn_margin"],
+        progress=progress,
+        return_details=return_details,
+    )

@@ -11,22 +11,14 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import numpy as np
 import pytest
+from keras_helpers import keras, tf
+from test_keras_schedule import Preempt
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
-if keras.backend.backend() != "tensorflow":  # pragma: no cover
-    pytest.skip("needs KERAS_BACKEND=tensorflow", allow_module_level=True)
-
-from test_keras_schedule import Preempt  # noqa: E402
-
-from pdmp import AdaptivePDMP  # noqa: E402
-from pdmp.backends.keras import ConcatHead, ModulatedModel, concat_head_logits  # noqa: E402
-from pdmp.diagnostics import modality_scores  # noqa: E402
+from pdmp import AdaptivePDMP
+from pdmp.backends.keras import ConcatHead, ModulatedModel, concat_head_logits
+from pdmp.diagnostics import modality_scores
 
 pytestmark = pytest.mark.keras
 

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import numpy as np
 import pytest
+from keras_helpers import keras, tf
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
-if keras.backend.backend() != "tensorflow":  # pragma: no cover
-    pytest.skip("needs KERAS_BACKEND=tensorflow", allow_module_level=True)
-
-import pdmp  # noqa: E402
-from pdmp import PDMP  # noqa: E402
-from pdmp.backends.keras import ConcatHead, ModulatedModel, SumHeads, dependency_shares  # noqa: E402
+import pdmp
+from pdmp import PDMP
+from pdmp.backends.keras import ConcatHead, ModulatedModel, SumHeads, dependency_shares
 
 pytestmark = pytest.mark.keras
 

@@ -10,21 +10,13 @@ from __future__ import annotations
 import csv
 import os
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import numpy as np
 import pytest
+from keras_helpers import keras
+from test_keras_adaptive import BATCH, NAMES, SPEC, Recorder, build, compile_, data, wrap
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
-if keras.backend.backend() != "tensorflow":  # pragma: no cover
-    pytest.skip("needs KERAS_BACKEND=tensorflow", allow_module_level=True)
-
-from test_keras_adaptive import BATCH, NAMES, SPEC, Recorder, build, compile_, data, wrap  # noqa: E402
-
-from pdmp import OGMGE, PDMP, modality_scores  # noqa: E402
-from pdmp.backends.keras import ModulatedModel, PDMPLogger  # noqa: E402
+from pdmp import OGMGE, PDMP, modality_scores
+from pdmp.backends.keras import ModulatedModel, PDMPLogger
 
 pytestmark = pytest.mark.keras
 

@@ -6,25 +6,14 @@ import os
 import subprocess
 import sys
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import numpy as np
 import pytest
+from keras_helpers import keras, single_threaded, tf
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
-if keras.backend.backend() != "tensorflow":  # pragma: no cover - the suite's keras session sets it
-    pytest.skip("needs KERAS_BACKEND=tensorflow", allow_module_level=True)
-try:
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-except RuntimeError:  # already initialised by another test module
-    pass
+from pdmp import OGMGE, PDMP, AdaptivePDMP, NoModulation
+from pdmp.backends.keras import ModulatedModel
 
-from pdmp import OGMGE, PDMP, AdaptivePDMP, NoModulation  # noqa: E402
-from pdmp.backends.keras import ModulatedModel  # noqa: E402
-
+single_threaded()
 pytestmark = pytest.mark.keras
 
 NAMES = ["audio", "visual"]

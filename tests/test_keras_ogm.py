@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from keras_helpers import keras, single_threaded, tf
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
-if keras.backend.backend() != "tensorflow":  # pragma: no cover
-    pytest.skip("needs KERAS_BACKEND=tensorflow", allow_module_level=True)
-try:
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-except RuntimeError:
-    pass
-
-from pdmp import OGMGE, modality_scores  # noqa: E402
-from pdmp.backends.keras import (  # noqa: E402
+from pdmp import OGMGE, modality_scores
+from pdmp.backends.keras import (
     ConcatHead,
     ModulatedModel,
     SumHeads,
@@ -32,6 +20,7 @@ from pdmp.backends.keras import (  # noqa: E402
     sum_head_logits,
 )
 
+single_threaded()
 pytestmark = pytest.mark.keras
 
 NAMES = ["audio", "visual"]

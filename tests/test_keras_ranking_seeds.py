@@ -8,23 +8,14 @@ still be 0 after the error.
 from __future__ import annotations
 
 import math
-import os
-import warnings
 from typing import Any
-
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
+from keras_helpers import keras
+from ranking_helpers import check_details, check_seeds_that_disagree_warn_once, dataset, ranker
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
-if keras.backend.backend() != "tensorflow":  # pragma: no cover
-    pytest.skip("needs KERAS_BACKEND=tensorflow", allow_module_level=True)
-
-from pdmp import Ranking, RankingWarning, TrainingCurve, UnimodalReport  # noqa: E402
-from pdmp.backends.keras import rank_unimodal  # noqa: E402
+from pdmp.backends.keras import rank_unimodal
 
 pytestmark = pytest.mark.keras
 
@@ -44,23 +35,9 @@ def linear(classes: int = 3) -> keras.Model:
     return keras.Sequential([keras.Input((4,)), Counting(classes)])
 
 
-def dataset(n: int, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    strong = rng.normal(size=(n, 4)) + 3.0 * np.eye(3, 4)[y]
-    weak = rng.normal(size=(n, 4)) + 0.3 * np.eye(3, 4)[y]
-    return {"strong": (strong.astype("float32"), y), "weak": (weak.astype("float32"), y)}
-
-
 FACTORIES = {"strong": linear, "weak": linear}
-TRAIN, VAL = dataset(160, seed=0), dataset(80, seed=1)
-
-
-def rank(**options: Any) -> Any:
-    factories = options.pop("factories", FACTORIES)
-    val = {**VAL, "weak": (VAL["weak"][0][:40], VAL["weak"][1][:40])} if options.pop("val", None) else VAL
-    settings = {"epochs": 2, "subset": 0.5, "lr": 0.1, "batch_size": 32, "progress": False} | options
-    return rank_unimodal(factories, TRAIN, val, **settings)
+TRAIN, VAL = dataset(160, seed=0, dtype="float32"), dataset(80, seed=1, dtype="float32")
+rank = ranker(rank_unimodal, FACTORIES, TRAIN, VAL)
 
 
 def test_an_optimizer_factory_is_the_recipe_and_lr_is_then_optional() -> None:
@@ -114,39 +91,14 @@ def test_seeds_train_once_per_seed_and_combine() -> None:
 
 
 def test_seeds_that_disagree_warn_once(tmp_path: Any) -> None:
-    same = {"strong": TRAIN["strong"], "weak": TRAIN["strong"]}
-    same_val = {"strong": VAL["strong"], "weak": VAL["strong"]}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ranking = rank_unimodal(
-            FACTORIES, same, same_val, epochs=1, lr=0.1, seeds=(0, 1), progress=False, warn_margin=0.0
-        )
-    messages = [str(w.message) for w in caught if issubclass(w.category, RankingWarning)]
-    assert len(messages) == 1 and "on top for 50% of the 2 training seeds" in messages[0]
-    assert ranking.seed_agreement == 0.5  # identical modalities tie on every seed
-    assert Ranking.load(ranking.save(tmp_path / "r.json")) == ranking
+    check_seeds_that_disagree_warn_once(rank_unimodal, FACTORIES, TRAIN, VAL, tmp_path)
 
 
 def test_details_hold_models_logits_and_one_curve_entry_per_epoch() -> None:
-    report = rank(epochs=3, seeds=(0, 1), return_details=True, n_bootstrap=10)
-    assert isinstance(report, UnimodalReport) and report.seeds == (0, 1)
-    assert report.ranking == rank(epochs=3, seeds=(0, 1), n_bootstrap=10)  # validation per epoch changes nothing
-    assert set(report.rankings) == {0, 1} and report.rankings[1].scores == rank(epochs=3, seed=1).scores
-    for seed in (0, 1):
-        assert set(report.models[seed]) == set(report.val_logits[seed]) == set(report.curves[seed]) == set(FACTORIES)
-        for name, model in report.models[seed].items():
-            np.testing.assert_allclose(model.predict(VAL[name][0], verbose=0), report.val_logits[seed][name])
-            curve = report.curves[seed][name]
-            assert isinstance(curve, TrainingCurve)
-            for values in (curve.train_loss, curve.train_accuracy, curve.val_loss, curve.val_accuracy, curve.lr):
-                assert len(values) == 3 and all(math.isfinite(v) for v in values)
-            predicted = report.val_logits[seed][name].argmax(axis=1)
-            assert curve.val_accuracy[-1] == pytest.approx(float(np.mean(predicted == VAL[name][1])))
-            assert curve.val_accuracy[-1] == pytest.approx(report.rankings[seed].scores[name])
-            assert curve.lr == pytest.approx((0.1,) * 3)
-    np.testing.assert_array_equal(report.val_labels["weak"], VAL["weak"][1])
-    strong = report.curves[0]["strong"]
-    assert strong.train_loss[-1] < strong.train_loss[0] and strong.train_accuracy[-1] > 0.8
+    def gives_its_logits(model: keras.Model, x: np.ndarray, logits: np.ndarray) -> None:
+        np.testing.assert_allclose(model.predict(x, verbose=0), logits)
+
+    check_details(rank, VAL, gives_its_logits)
 
 
 def same_optimizer_factory() -> Any:

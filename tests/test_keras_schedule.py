@@ -11,21 +11,13 @@ from __future__ import annotations
 import os
 import warnings
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import numpy as np
 import pytest
+from keras_helpers import keras, tf
+from test_keras_model import NAMES, build, compile_, data, gradients, modality_of, weights, wrap
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
-if keras.backend.backend() != "tensorflow":  # pragma: no cover
-    pytest.skip("needs KERAS_BACKEND=tensorflow", allow_module_level=True)
-
-from test_keras_model import NAMES, build, compile_, data, gradients, modality_of, weights, wrap  # noqa: E402
-
-from pdmp import OGMGE, PDMP, NoModulation  # noqa: E402
-from pdmp.backends.keras import ConcatHead  # noqa: E402
+from pdmp import OGMGE, PDMP, NoModulation
+from pdmp.backends.keras import ConcatHead
 
 pytestmark = pytest.mark.keras
 

@@ -13,21 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import numpy as np
 import pytest
+from keras_helpers import keras, tf
+from test_keras_model import ENCODERS, LOSS, NAMES, build, data
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
-if keras.backend.backend() != "tensorflow":  # pragma: no cover
-    pytest.skip("needs KERAS_BACKEND=tensorflow", allow_module_level=True)
-
-from test_keras_model import ENCODERS, LOSS, NAMES, build, data  # noqa: E402
-
-from pdmp import OGMGE, PDMP, AdaptivePDMP  # noqa: E402
-from pdmp.backends.keras import (  # noqa: E402
+from pdmp import OGMGE, PDMP, AdaptivePDMP
+from pdmp.backends.keras import (
     ConcatHead,
     ModulatedModel,
     SumHeads,
@@ -35,7 +27,7 @@ from pdmp.backends.keras import (  # noqa: E402
     rank_unimodal,
     sum_head_logits,
 )
-from pdmp.backends.keras.heads import layer_logits_from_config  # noqa: E402
+from pdmp.backends.keras.heads import layer_logits_from_config
 
 pytestmark = pytest.mark.keras
 

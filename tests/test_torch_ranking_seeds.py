@@ -6,18 +6,18 @@ forward passes, and the count must still be 0 after the error.
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
 import numpy as np
 import pytest
+from ranking_helpers import check_details, check_seeds_that_disagree_warn_once, dataset, ranker
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from pdmp import Ranking, RankingWarning  # noqa: E402
-from pdmp.backends.torch import TrainingCurve, UnimodalReport, rank_unimodal  # noqa: E402
+from pdmp import RankingWarning  # noqa: E402
+from pdmp.backends.torch import rank_unimodal  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -33,23 +33,9 @@ class Counting(nn.Linear):
         return super().forward(x)
 
 
-def dataset(n: int, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    strong = rng.normal(size=(n, 4)) + 3.0 * np.eye(3, 4)[y]
-    weak = rng.normal(size=(n, 4)) + 0.3 * np.eye(3, 4)[y]
-    return {"strong": (strong, y), "weak": (weak, y)}
-
-
 FACTORIES = {"strong": lambda: Counting(4, 3), "weak": lambda: Counting(4, 3)}
 TRAIN, VAL = dataset(240, seed=0), dataset(120, seed=1)
-
-
-def rank(**options: Any) -> Any:
-    factories = options.pop("factories", FACTORIES)
-    val = {**VAL, "weak": (VAL["weak"][0][:60], VAL["weak"][1][:60])} if options.pop("val", None) else VAL
-    settings = {"epochs": 2, "subset": 0.5, "lr": 0.1, "batch_size": 32, "progress": False} | options
-    return rank_unimodal(factories, TRAIN, val, **settings)
+rank = ranker(rank_unimodal, FACTORIES, TRAIN, VAL)
 
 
 def test_an_optimizer_factory_is_the_recipe_and_lr_is_then_optional() -> None:
@@ -183,17 +169,7 @@ def test_seeds_train_once_per_seed_and_combine() -> None:
 
 
 def test_seeds_that_disagree_warn_once(tmp_path: Any) -> None:
-    same = {"strong": TRAIN["strong"], "weak": TRAIN["strong"]}
-    same_val = {"strong": VAL["strong"], "weak": VAL["strong"]}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ranking = rank_unimodal(
-            FACTORIES, same, same_val, epochs=1, lr=0.1, seeds=(0, 1), progress=False, warn_margin=0.0
-        )
-    messages = [str(w.message) for w in caught if issubclass(w.category, RankingWarning)]
-    assert len(messages) == 1 and "on top for 50% of the 2 training seeds" in messages[0]
-    assert ranking.seed_agreement == 0.5  # identical modalities tie on every seed
-    assert Ranking.load(ranking.save(tmp_path / "r.json")) == ranking
+    check_seeds_that_disagree_warn_once(rank_unimodal, FACTORIES, TRAIN, VAL, tmp_path)
 
 
 def test_a_single_entry_in_seeds_is_that_seed_with_seed_fields() -> None:
@@ -210,29 +186,12 @@ def test_seeds_leave_the_global_rng_alone() -> None:
 
 
 def test_details_hold_models_logits_and_one_curve_entry_per_epoch() -> None:
-    report = rank(epochs=3, seed=None, seeds=(0, 1), return_details=True, n_bootstrap=10)
-    assert isinstance(report, UnimodalReport) and report.seeds == (0, 1)
-    plain = rank(epochs=3, seed=None, seeds=(0, 1), n_bootstrap=10)
-    assert report.ranking == plain  # the per-epoch validation changes nothing
-    assert set(report.rankings) == {0, 1} and report.rankings[1].scores == rank(epochs=3, seed=1).scores
-    x_val = {name: torch.as_tensor(x, dtype=torch.float32) for name, (x, _) in VAL.items()}
-    for seed in (0, 1):
-        assert set(report.models[seed]) == set(report.val_logits[seed]) == set(report.curves[seed]) == set(FACTORIES)
-        for name, model in report.models[seed].items():
-            assert not model.training
-            with torch.no_grad():
-                np.testing.assert_allclose(model(x_val[name]).numpy(), report.val_logits[seed][name], rtol=1e-6)
-            curve = report.curves[seed][name]
-            assert isinstance(curve, TrainingCurve)
-            for values in (curve.train_loss, curve.train_accuracy, curve.val_loss, curve.val_accuracy, curve.lr):
-                assert len(values) == 3 and all(math.isfinite(v) for v in values)
-            predicted = report.val_logits[seed][name].argmax(axis=1)
-            assert curve.val_accuracy[-1] == pytest.approx(float(np.mean(predicted == VAL[name][1])))
-            assert curve.val_accuracy[-1] == pytest.approx(report.rankings[seed].scores[name])
-            assert all(0.0 <= v <= 1.0 for v in curve.train_accuracy) and curve.lr == (0.1,) * 3
-    np.testing.assert_array_equal(report.val_labels["weak"], VAL["weak"][1])
-    strong = report.curves[0]["strong"]
-    assert strong.train_loss[-1] < strong.train_loss[0] and strong.train_accuracy[-1] > 0.8
+    def gives_its_logits(model: nn.Module, x: np.ndarray, logits: np.ndarray) -> None:
+        assert not model.training
+        with torch.no_grad():
+            np.testing.assert_allclose(model(torch.as_tensor(x, dtype=torch.float32)).numpy(), logits, rtol=1e-6)
+
+    check_details(rank, VAL, gives_its_logits)
 
 
 def test_train_loss_curve_is_the_mean_batch_loss() -> None:

@@ -4,7 +4,7 @@ Mirrors :func:`pdmp.backends.torch.rank_unimodal` (same arguments, same budget r
 :class:`pdmp.UnimodalReport` with ``return_details=True``); the training loop is Keras's own ``fit()``,
 so its progress bar is the progress output, and the ranking is the core's: each seed's models are
 ranked by :func:`pdmp.rank_modalities` and several training seeds are combined by
-:func:`pdmp.combine_rankings` (:func:`pdmp.ranking.rank_training_seeds`).
+:func:`pdmp.combine_rankings` (:meth:`pdmp.ranking.UnimodalCall.run`).
 
 The training recipe can be the multimodal model's: an optimizer factory (``f()`` or ``f(lr)``), whose
 learning rate may be a ``keras.optimizers.schedules.LearningRateSchedule`` (Keras's learning-rate
@@ -14,8 +14,6 @@ schedule, advanced per optimizer step; it takes the place of torch's ``scheduler
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
@@ -23,16 +21,18 @@ from typing import Any, Literal, overload
 import keras
 import numpy as np
 
-from pdmp._validation import check_bool, check_labels, check_non_negative_finite
+from pdmp._validation import check_labels
 from pdmp.metrics import Metric
 from pdmp.ranking import (
+    FrameworkExamples,
     Ranking,
+    TrainedUnimodal,
     TrainingCurve,
     UnimodalReport,
-    check_training_seeds,
-    check_unimodal_request,
+    check_optimizer_choice,
+    check_rank_unimodal_call,
     factory_passes_lr,
-    rank_training_seeds,
+    warn_unused_lr,
 )
 
 #: ``f(lr)`` or ``f()`` returning a fresh Keras optimizer (a new one for every model).
@@ -43,6 +43,12 @@ OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
     "adam": lambda lr, **options: keras.optimizers.Adam(lr, **options),
     "adamw": lambda lr, **options: keras.optimizers.AdamW(lr, **options),
 }
+EXAMPLES = FrameworkExamples(
+    model="lambda: keras.Sequential([keras.layers.Dense(classes)])",
+    optimizer="a Keras optimizer",
+    optimizer_factory="lambda: keras.optimizers.AdamW(1e-3, weight_decay=0.01)",
+    decay_factory="lambda: keras.optimizers.SGD(1e-3, momentum=0.9, weight_decay=1e-4)",
+)
 
 
 @dataclass(frozen=True)
@@ -159,8 +165,7 @@ def rank_unimodal(
     Every argument, every label and every modality's model and optimizer are checked before the first
     model trains (each factory is called once ahead for that, with the first seed).
     """
-    training_seeds = check_training_seeds(seed, seeds)
-    names, epochs, batch_size = check_unimodal_request(
+    call = check_rank_unimodal_call(
         factories,
         train,
         val,
@@ -168,114 +173,60 @@ def rank_unimodal(
         subset=subset,
         batch_size=batch_size,
         lr=lr,
+        seed=seed,
+        seeds=seeds,
         metric=metric,
         n_bootstrap=n_bootstrap,
-        seed=training_seeds[0],
         warn_margin=warn_margin,
-        lr_optional=True,
+        progress=progress,
+        return_details=return_details,
+        examples=EXAMPLES,
     )
-    for name in names:
-        if not callable(factories[name]):
-            raise TypeError(
-                f"factories[{name!r}] is a {type(factories[name]).__name__}, not a callable; pass a function "
-                "returning a fresh model, e.g. lambda: keras.Sequential([keras.layers.Dense(classes)])"
-            )
-    return_details = check_bool(return_details, name="return_details")
-    progress = check_bool(progress, name="progress")
     recipe = _recipe(optimizer, lr, weight_decay)
     arrays = {
         name: (*_as_arrays(train[name], where=f"train[{name!r}]"), *_as_arrays(val[name], where=f"val[{name!r}]"))
-        for name in names
+        for name in call.names
     }
-    val_labels = {name: arrays[name][3] for name in names}
-    first_labels = val_labels[names[0]]
-    if n_bootstrap and not all(np.array_equal(labels, first_labels) for labels in val_labels.values()):
-        # The core would refuse it too, but only after every model had trained.
-        raise ValueError(
-            "n_bootstrap needs paired validation sets (same samples and labels for every modality); "
-            "pass paired val data or n_bootstrap=0"
-        )
-    built = [_preflight(name, factories[name], arrays[name], recipe, training_seeds[0]) for name in names]
+    val_labels = {name: arrays[name][3] for name in call.names}
+    call.check_paired(val_labels)
+    built = [_preflight(name, factories[name], arrays[name], recipe, call.seeds[0]) for name in call.names]
     budget = dict(recipe.budget)
     if not isinstance(optimizer, str):
         # A factory's settings are only known once it has built an optimizer: record what it built.
         budget |= _optimizer_budget(built[0])
-        # Keras keeps the learning rate in float32: compare at that precision.
-        if lr is not None and not recipe.passes_lr and not math.isclose(budget["lr"], lr, rel_tol=1e-6):
-            warnings.warn(
-                f"lr={lr!r} is not used: the optimizer factory sets its own learning rate ({budget['lr']!r}); "
-                "drop lr= or make the factory take it, f(lr)",
-                UserWarning,
-                stacklevel=2,
-            )
+        if not recipe.passes_lr:
+            # Keras keeps the learning rate in float32: compare at that precision.
+            warn_unused_lr(lr, budget["lr"], takes_lr="f(lr)", rel_tol=1e-6)
     del built
-    verbose = 1 if progress else 0
-    models: dict[int, dict[str, keras.Model]] = {}
-    logits: dict[int, dict[str, np.ndarray]] = {}
-    curves: dict[int, dict[str, TrainingCurve]] = {}
-    train_samples: dict[str, int] = {}
-    total = len(names) * len(training_seeds)
-    for seed_index, training_seed in enumerate(training_seeds):
-        models[training_seed], logits[training_seed], curves[training_seed] = {}, {}, {}
-        for index, name in enumerate(names):
-            x_train, y_train, x_val, y_val = arrays[name]
-            n_subset = max(1, round(subset * len(y_train)))
-            chosen = np.random.default_rng(training_seed).permutation(len(y_train))[:n_subset]
-            train_samples[name] = n_subset
-            model = _make_model(factories, name, training_seed)
-            model.compile(
-                optimizer=recipe.make_optimizer(),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"],
-            )
-            if progress:
-                label = name if seeds is None else f"{name}, seed {training_seed}"
-                position = seed_index * len(names) + index + 1
-                print(f"rank {label} ({position}/{total}): {n_subset} samples, {epochs} epoch(s)")
-            rates = _LearningRates()
-            history = model.fit(
-                x_train[chosen],
-                y_train[chosen],
-                epochs=epochs,
-                batch_size=batch_size,
-                verbose=verbose,
-                validation_data=(x_val, y_val) if return_details else None,
-                callbacks=[rates],
-            )
-            output = model.predict(x_val, batch_size=batch_size, verbose=verbose)
-            logits[training_seed][name] = np.asarray(output, dtype=np.float64)
-            if return_details:
-                models[training_seed][name] = model
-                curves[training_seed][name] = _curve(history.history, rates.values)
+    verbose = 1 if call.progress else 0
 
-    common = {
-        "backend": "keras",
-        "epochs": epochs,
-        "subset": float(subset),
-        "train_samples": train_samples,
-        "batch_size": batch_size,
-        **budget,
-    }
-    ranking, per_seed = rank_training_seeds(
-        logits,
-        val_labels,
-        budget=common,
-        several=seeds is not None,
-        metric=metric,
-        n_bootstrap=n_bootstrap,
-        warn_margin=warn_margin,
-    )
-    if not return_details:
-        return ranking
-    return UnimodalReport(
-        ranking=ranking,
-        seeds=training_seeds,
-        rankings=per_seed,
-        models=models,
-        val_logits=logits,
-        val_labels=val_labels,
-        curves=curves,
-    )
+    def train_one(training_seed: int, name: str, description: str) -> TrainedUnimodal:
+        x_train, y_train, x_val, y_val = arrays[name]
+        n_subset = max(1, round(subset * len(y_train)))
+        chosen = np.random.default_rng(training_seed).permutation(len(y_train))[:n_subset]
+        model = _make_model(factories, name, training_seed)
+        model.compile(
+            optimizer=recipe.make_optimizer(),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        if call.progress:
+            print(f"{description}: {n_subset} samples, {call.epochs} epoch(s)")
+        rates = _LearningRates()
+        history = model.fit(
+            x_train[chosen],
+            y_train[chosen],
+            epochs=call.epochs,
+            batch_size=call.batch_size,
+            verbose=verbose,
+            validation_data=(x_val, y_val) if call.return_details else None,
+            callbacks=[rates],
+        )
+        output = model.predict(x_val, batch_size=call.batch_size, verbose=verbose)
+        curve = _curve(history.history, rates.values) if call.return_details else None
+        return output, model, curve, n_subset
+
+    return call.run(train_one, val_labels, backend="keras", recipe=budget)
 
 
 class _LearningRates(keras.callbacks.Callback):
@@ -301,34 +252,14 @@ def _curve(history: Mapping[str, Sequence[float]], rates: Sequence[float]) -> Tr
 
 def _recipe(optimizer: Any, lr: float | None, weight_decay: Any) -> _Recipe:
     """Check the optimizer, learning rate and weight decay together; nothing is built yet."""
+    budget, options = check_optimizer_choice(optimizer, lr, weight_decay, known=OPTIMIZERS, examples=EXAMPLES)
     if isinstance(optimizer, str):
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}, or pass a callable")
-        if lr is None:
-            raise ValueError(f"optimizer={optimizer!r} needs a learning rate: pass lr=, e.g. lr=1e-3")
-        named = OPTIMIZERS[optimizer]
-        options: dict[str, float] = {}
-        budget: dict[str, Any] = {"lr": float(lr), "optimizer": optimizer}
-        if weight_decay is not None:
-            options["weight_decay"] = check_non_negative_finite(weight_decay, name="weight_decay")
-            budget["weight_decay"] = options["weight_decay"]
-        rate = float(lr)
+        named, rate = OPTIMIZERS[optimizer], budget["lr"]
         return _Recipe(make_optimizer=lambda: named(rate, **options), budget=budget, passes_lr=True)
-    if not callable(optimizer):
-        raise TypeError(
-            f"optimizer must be a name or a callable returning a Keras optimizer, got {optimizer!r}; "
-            "e.g. optimizer=lambda: keras.optimizers.AdamW(1e-3, weight_decay=0.01)"
-        )
-    if weight_decay is not None:
-        raise ValueError(
-            f"weight_decay={weight_decay!r} goes with a named optimizer; your optimizer factory sets its own, "
-            "e.g. lambda: keras.optimizers.SGD(1e-3, momentum=0.9, weight_decay=1e-4)"
-        )
     factory = optimizer
     takes_lr = factory_passes_lr(factory, lr, position=0)
     make = (lambda: factory(lr)) if takes_lr else (lambda: factory())
-    name = getattr(factory, "__name__", type(factory).__name__)
-    return _Recipe(make_optimizer=make, budget={"optimizer": name}, passes_lr=takes_lr)
+    return _Recipe(make_optimizer=make, budget=budget, passes_lr=takes_lr)
 
 
 def _optimizer_budget(opt: keras.optimizers.Optimizer) -> dict[str, Any]:

@@ -10,9 +10,7 @@ repeated over several seeds (:func:`pdmp.combine_rankings` then records how ofte
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
@@ -22,17 +20,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pdmp._validation import check_bool, check_labels, check_non_negative_finite
+from pdmp._validation import check_labels
 from pdmp.metrics import Metric
 from pdmp.ranking import (
+    FrameworkExamples,
     Ranking,
-    RankingWarning,
+    TrainedUnimodal,
     TrainingCurve,
     UnimodalReport,
-    check_training_seeds,
-    check_unimodal_request,
-    combine_rankings,
-    rank_unimodal_outputs,
+    check_optimizer_choice,
+    check_rank_unimodal_call,
+    factory_passes_lr,
+    warn_unused_lr,
 )
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -43,6 +42,12 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": lambda params, lr, **options: torch.optim.AdamW(params, lr=lr, **options),
 }
 SCHEDULER_INTERVALS = ("epoch", "step")
+EXAMPLES = FrameworkExamples(
+    model="lambda: nn.Linear(16, classes)",
+    optimizer="a torch optimizer",
+    optimizer_factory="lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)",
+    decay_factory="lambda params: torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)",
+)
 
 
 @dataclass(frozen=True)
@@ -175,8 +180,7 @@ def rank_unimodal(
     Every argument, every label and every model's optimizer and scheduler are checked before the
     first model trains (each factory is called once ahead for that, with the first seed).
     """
-    training_seeds = check_training_seeds(seed, seeds)
-    names, epochs, batch_size = check_unimodal_request(
+    call = check_rank_unimodal_call(
         factories,
         train,
         val,
@@ -184,38 +188,28 @@ def rank_unimodal(
         subset=subset,
         batch_size=batch_size,
         lr=lr,
+        seed=seed,
+        seeds=seeds,
         metric=metric,
         n_bootstrap=n_bootstrap,
-        seed=training_seeds[0],
         warn_margin=warn_margin,
-        lr_optional=True,
+        progress=progress,
+        return_details=return_details,
+        examples=EXAMPLES,
     )
-    for name in names:
-        if not callable(factories[name]):
-            raise TypeError(
-                f"factories[{name!r}] is a {type(factories[name]).__name__}, not a callable; pass a function "
-                "returning a fresh model, e.g. lambda: nn.Linear(16, classes)"
-            )
-    return_details = check_bool(return_details, name="return_details")
-    progress = check_bool(progress, name="progress")
     recipe = _recipe(optimizer, lr, weight_decay, scheduler, scheduler_interval)
     device = torch.device(device)
     # Every modality's data and labels are checked before the first model trains.
     data = {
         name: (_as_tensors(train[name], where=f"train[{name!r}]"), _as_tensors(val[name], where=f"val[{name!r}]"))
-        for name in names
+        for name in call.names
     }
-    val_labels = [data[name][1][1] for name in names]
-    if n_bootstrap and not all(torch.equal(labels, val_labels[0]) for labels in val_labels):
-        # The core would refuse it too, but only after every model had trained.
-        raise ValueError(
-            "n_bootstrap needs paired validation sets (same samples and labels for every modality); "
-            "pass paired val data or n_bootstrap=0"
-        )
+    labels = {name: data[name][1][1].numpy() for name in call.names}
+    call.check_paired(labels)
     first: tuple[torch.optim.Optimizer, float, Any] | None = None
-    for name in names:
+    for name in call.names:
         # Only the first modality's optimizer is kept (for the budget): the others' models are freed at once.
-        built = _preflight(name, factories[name], data[name], recipe, training_seeds[0], device, batch_size)
+        built = _preflight(name, factories[name], data[name], recipe, call.seeds[0], device, call.batch_size)
         first = first or built
     assert first is not None
     opt, initial_lr, schedule = first
@@ -226,93 +220,29 @@ def rank_unimodal(
         recipe_budget |= {"optimizer_class": type(opt).__name__, "lr": initial_lr}
         if isinstance(group.get("weight_decay"), (int, float)):
             recipe_budget["weight_decay"] = float(group["weight_decay"])
-        if lr is not None and not math.isclose(initial_lr, lr):
-            warnings.warn(
-                f"lr={lr!r} is not used: the optimizer factory sets its own learning rate ({initial_lr!r}); "
-                "drop lr= or make the factory take it, f(params, lr)",
-                UserWarning,
-                stacklevel=2,
-            )
+        warn_unused_lr(lr, initial_lr, takes_lr="f(params, lr)")
     plateau = isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau)
     if schedule is not None:
         recipe_budget["scheduler_class"] = type(schedule).__name__
     del first, built, opt, schedule
-    # A validation pass per epoch only when something reads it: the curves, or a plateau scheduler.
-    validate_each_epoch = return_details or plateau
-    per_seed: dict[int, Ranking] = {}
-    models: dict[int, dict[str, nn.Module]] = {}
-    logits: dict[int, dict[str, np.ndarray]] = {}
-    curves: dict[int, dict[str, TrainingCurve]] = {}
-    labels = {name: data[name][1][1].numpy() for name in names}
-    train_samples: dict[str, int] = {}
-    total = len(names) * len(training_seeds)
-    for seed_index, training_seed in enumerate(training_seeds):
-        models[training_seed], logits[training_seed], curves[training_seed] = {}, {}, {}
-        for index, name in enumerate(names):
-            position = seed_index * len(names) + index + 1
-            label = name if seeds is None else f"{name}, seed {training_seed}"
-            model, output, curve, train_samples[name] = _train_one(
-                factories[name],
-                data[name],
-                recipe,
-                seed=training_seed,
-                epochs=epochs,
-                subset=subset,
-                batch_size=batch_size,
-                device=device,
-                validate_each_epoch=validate_each_epoch,
-                bar_desc=f"rank {label} ({position}/{total})",
-                progress=progress,
-            )
-            logits[training_seed][name] = output
-            if return_details:
-                models[training_seed][name] = model
-                curves[training_seed][name] = curve
-        budget = {
-            "backend": "torch",
-            "epochs": epochs,
-            "subset": float(subset),
-            "train_samples": dict(train_samples),
-            "batch_size": batch_size,
-            **recipe_budget,
-        } | ({"seed": training_seed} if seeds is None else {"seeds": list(training_seeds)})
-        with warnings.catch_warnings():
-            if seeds is not None:
-                # One warning for the combined ranking below, not one per seed.
-                warnings.simplefilter("ignore", RankingWarning)
-            per_seed[training_seed] = rank_unimodal_outputs(
-                logits[training_seed],
-                labels,
-                budget=budget,
-                metric=metric,
-                n_bootstrap=n_bootstrap,
-                seed=training_seed,
-                warn_margin=warn_margin,
-            )
 
-    if seeds is None:
-        ranking = per_seed[training_seeds[0]]
-    else:
-        ranking = combine_rankings([per_seed[s] for s in training_seeds])
-        if ranking.margin < warn_margin:
-            warnings.warn(
-                f"modalities {ranking.order[0]!r} and {ranking.order[1]!r} are within {ranking.margin:.4g} "
-                f"{ranking.metric} on average over the training seeds (below warn_margin={warn_margin}); "
-                "the dominant modality is uncertain, evaluate on more held-out samples or train longer",
-                RankingWarning,
-                stacklevel=2,
-            )
-    if not return_details:
-        return ranking
-    return UnimodalReport(
-        ranking=ranking,
-        seeds=training_seeds,
-        rankings=per_seed,
-        models=models,
-        val_logits=logits,
-        val_labels=labels,
-        curves=curves,
-    )
+    def train_one(training_seed: int, name: str, description: str) -> TrainedUnimodal:
+        return _train_one(
+            factories[name],
+            data[name],
+            recipe,
+            seed=training_seed,
+            epochs=call.epochs,
+            subset=subset,
+            batch_size=call.batch_size,
+            device=device,
+            # A validation pass per epoch only when something reads it: the curves, or a plateau scheduler.
+            validate_each_epoch=call.return_details or plateau,
+            bar_desc=description,
+            progress=call.progress,
+        )
+
+    return call.run(train_one, labels, backend="torch", recipe=recipe_budget)
 
 
 def _train_one(
@@ -328,8 +258,8 @@ def _train_one(
     validate_each_epoch: bool,
     bar_desc: str,
     progress: bool,
-) -> tuple[nn.Module, np.ndarray, TrainingCurve, int]:
-    """Train one unimodal model with one seed; return it, its validation logits, its curve, its sample count."""
+) -> TrainedUnimodal:
+    """Train one unimodal model with one seed; return its validation logits, it, its curve, its sample count."""
     (x_train, y_train), (x_val, y_val) = data
     generator = torch.Generator().manual_seed(seed)
     n_subset = max(1, round(subset * len(y_train)))
@@ -386,7 +316,7 @@ def _train_one(
                     schedule.step()
     model.eval()
     curve = TrainingCurve(**{key: tuple(values) for key, values in history.items()}, lr=tuple(lrs))
-    return model, outputs.numpy().astype(np.float64), curve, n_subset
+    return outputs.numpy().astype(np.float64), model, curve, n_subset
 
 
 def _predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -405,61 +335,18 @@ def _recipe(optimizer: Any, lr: float | None, weight_decay: Any, scheduler: Any,
             f"scheduler must be a callable f(optimizer) returning a torch LR scheduler, got {scheduler!r}; e.g. "
             "scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)"
         )
-    budget: dict[str, Any] = {}
+    budget, options = check_optimizer_choice(optimizer, lr, weight_decay, known=OPTIMIZERS, examples=EXAMPLES)
     if isinstance(optimizer, str):
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}, or pass a callable")
-        if lr is None:
-            raise ValueError(f"optimizer={optimizer!r} needs a learning rate: pass lr=, e.g. lr=1e-3")
         named = OPTIMIZERS[optimizer]
-        options = {}
-        if weight_decay is not None:
-            options["weight_decay"] = check_non_negative_finite(weight_decay, name="weight_decay")
-            budget["weight_decay"] = options["weight_decay"]
         make: Callable[[Any], torch.optim.Optimizer] = lambda params: named(params, lr, **options)  # noqa: E731
-        budget = {"lr": float(lr), "optimizer": optimizer, **budget}
     else:
-        if not callable(optimizer):
-            raise TypeError(
-                f"optimizer must be a name or a callable returning a torch optimizer, got {optimizer!r}; "
-                "e.g. optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)"
-            )
-        if weight_decay is not None:
-            raise ValueError(
-                f"weight_decay={weight_decay!r} goes with a named optimizer; your optimizer factory sets its own, "
-                "e.g. lambda params: torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)"
-            )
-        takes_lr = _passes_lr(optimizer, lr)
+        takes_lr = factory_passes_lr(optimizer, lr, position=1, own_form="f(params)")
         factory = optimizer
         make = (lambda params: factory(params, lr)) if takes_lr else (lambda params: factory(params))
-        budget = {"optimizer": getattr(optimizer, "__name__", type(optimizer).__name__)}
     if scheduler is not None:
         budget["scheduler"] = getattr(scheduler, "__name__", type(scheduler).__name__)
         budget["scheduler_interval"] = interval
     return _Recipe(make_optimizer=make, make_scheduler=scheduler, interval=interval, budget=budget)
-
-
-def _passes_lr(factory: Callable[..., Any], lr: float | None) -> bool:
-    """Whether to call ``factory(params, lr)`` rather than ``factory(params)``.
-
-    A second positional parameter receives ``lr``; without ``lr`` it must have a default (as
-    ``torch.optim.AdamW`` itself has), else the factory cannot be called.
-    """
-    try:
-        parameters = list(inspect.signature(factory).parameters.values())
-    except (TypeError, ValueError):  # no signature (some builtins): trust what the caller passed
-        return lr is not None
-    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
-        return lr is not None
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(positional) < 2:
-        return False
-    if lr is None and positional[1].default is inspect.Parameter.empty:
-        raise ValueError(
-            f"the optimizer factory takes a learning rate ({positional[1].name!r}): pass lr=, "
-            "or give a factory f(params) that sets its own"
-        )
-    return lr is not None
 
 
 def _preflight(
