@@ -266,11 +266,6 @@ def run_setting(runner: Runner, setting: Setting, bar: Any) -> None:
     # an evaluation seed.
     methods = main_methods() + (extra_controls() if preset.controls else [])
     if preset.tune:
-        if preset.tuning_seed in preset.seeds:
-            raise ValueError(
-                f"tuning seed {preset.tuning_seed} is also an evaluation seed {list(preset.seeds)}; "
-                "tune on a seed that is not evaluated"
-            )
         for family, candidates in tuning_grids().items():
             scores = []
             for candidate in candidates:
@@ -445,6 +440,11 @@ def main(argv: list[str] | None = None) -> int:
 
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    if preset.tune and preset.tuning_seed in preset.seeds:  # refused before any training, not after stage 1
+        raise ValueError(
+            f"tuning seed {preset.tuning_seed} is also an evaluation seed {list(preset.seeds)}; "
+            "tune on a seed that is not evaluated"
+        )
     if args.ranking_dir is not None:  # a missing or corrupt ranking file stops the run before any training
         for setting in preset.settings:
             Ranking.load(ranking_path(args.ranking_dir, setting))

@@ -36,7 +36,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pdmp._validation import (
-    check_known_modality,
     check_non_negative_int,
     check_positive_finite,
     check_same_modalities,
@@ -90,11 +89,8 @@ class AdaptivePDMP(CoefficientPolicy):
                     f"accuracies[{name!r}]={value} is not an accuracy in (0, 1]; rank with an accuracy-like metric"
                 )
             self.accuracies[name] = value
-        self.dominant = check_known_modality(
-            max(self.modalities, key=lambda name: (self.accuracies[name], -self.modalities.index(name))),
-            self.modalities,
-            where="AdaptivePDMP dominant",
-        )
+        # The most accurate modality; on a tie the first listed (max keeps the first maximum).
+        self.dominant = max(self.modalities, key=self.accuracies.__getitem__)
         self.gain = check_positive_finite(gain, name="gain")
         self.tolerance = check_positive_finite(tolerance, name="tolerance")
         if self.tolerance < 1:

@@ -300,16 +300,7 @@ class Study:
                 value = f"{scale * row['mean']:.{digits}f} ± {scale * row['sd']:.{digits}f}"
             diff = "(reference)" if row["candidate"] == reference else "—"
             if row["difference"] is not None:
-                d = row["difference"]
-                diff = PairedDifference(
-                    d["mean"],
-                    d["sd"],
-                    d["n"],
-                    d["confidence"],
-                    None if d["interval"] is None else tuple(d["interval"]),
-                    d["p_sign_flip"],
-                    d["verdict"],
-                ).format(scale, digits)
+                diff = PairedDifference.from_dict(row["difference"]).format(scale, digits)
             needed = "—"
             if row["difference"] is not None and row["difference"]["verdict"] == "no significant difference":
                 if row["seeds_needed"]:
@@ -473,7 +464,7 @@ def compare(
                 f"study file {str(path)!r} holds another candidate set (differs in: {', '.join(changed)}); "
                 "resume with the same candidates, or use a new path"
             )
-        study.runs.update({key: run for key, run in stored.runs.items()})
+        study.runs.update(stored.runs)
         study.seeds = seeds + [seed for seed in stored.seeds if seed not in seeds]
     extra = dict(train_options or {})
     todo = [(c, s) for s in seeds for c in candidates if (c.name, s) not in study.runs]

@@ -144,6 +144,20 @@ class PairedDifference:
             "verdict": self.verdict,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PairedDifference:
+        """Inverse of :meth:`to_dict`."""
+        interval = data["interval"]
+        return cls(
+            data["mean"],
+            data["sd"],
+            data["n"],
+            data["confidence"],
+            None if interval is None else (interval[0], interval[1]),
+            data["p_sign_flip"],
+            data["verdict"],
+        )
+
     def format(self, scale: float = 100.0, digits: int = 1) -> str:
         """E.g. ``+4.0 [-0.4, +8.5] n.s. (p=0.19, n=5)``; values multiplied by ``scale`` (accuracy in points)."""
         mean = f"{scale * self.mean:+.{digits}f}"
