@@ -6,6 +6,7 @@ imported only when asked for.
 """
 
 from pdmp.adaptive import AdaptivePDMP
+from pdmp.baselines import AGM, ARL, InfoReg, MMPareto, mono_modal_responses, shapley_responses
 from pdmp.compare import Candidate, Study, StudyError, compare, default_candidates
 from pdmp.controls import InversePDMP, UniformScaling
 from pdmp.diagnostics import Dependency, dependency, modality_scores, softmax
@@ -34,10 +35,13 @@ from pdmp.ranking import (
 )
 from pdmp.search import SearchResult, gamma_grid, search_gammas
 from pdmp.stats import PairedDifference, paired_difference
+from pdmp.transforms import GradientPolicy, GradientTransform, apply_transform, gradient_statistics, logit_statistics
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AGM",
+    "ARL",
     "OGMGE",
     "OGM_NOISE_EPS",
     "PDMP",
@@ -46,7 +50,11 @@ __all__ = [
     "Clock",
     "CoefficientPolicy",
     "Dependency",
+    "GradientPolicy",
+    "GradientTransform",
+    "InfoReg",
     "InversePDMP",
+    "MMPareto",
     "Modulation",
     "NoModulation",
     "PairedDifference",
@@ -62,18 +70,23 @@ __all__ = [
     "UnimodalReport",
     "__version__",
     "accuracy",
+    "apply_transform",
     "combine_rankings",
     "compare",
     "default_candidates",
     "dependency",
     "gamma_grid",
+    "gradient_statistics",
+    "logit_statistics",
     "macro_f1",
     "modality_scores",
+    "mono_modal_responses",
     "paired_difference",
     "policy_from_config",
     "rank_modalities",
     "register_policy",
     "search_gammas",
+    "shapley_responses",
     "softmax",
     "under_optimization",
 ]
