@@ -49,16 +49,28 @@ def families_for(ranking: pdmp.Ranking, names: Sequence[str]) -> dict[str, list[
 
 
 def make_train(
-    dataset_name: str, data: Any, *, encoder: str = "cnn", optimizer: str = "sgd", width: int = 32, device: str = "cpu"
+    dataset_name: str,
+    data: Any,
+    *,
+    encoder: str = "cnn",
+    optimizer: str = "sgd",
+    width: int = 32,
+    device: str = "cpu",
+    lr: float | None = None,
+    on_result: Callable[[pdmp.CoefficientPolicy, int, dict[str, Any]], None] | None = None,
 ) -> Callable[..., dict[str, float]]:
     """``train(policy, seed, budget, lr_scale=1.0) -> metrics`` on the benchmark's torch models.
 
     ``budget`` is the number of epochs (a complete cosine schedule of that length). Metrics: final-epoch
-    validation and test accuracy, and test accuracy at the best-validation epoch.
+    validation and test accuracy, and test accuracy at the best-validation epoch. ``lr``: the base
+    learning rate (default: :data:`LR` for SGD, 1e-3 for AdamW). ``on_result(policy, seed, result)``
+    receives each run's full result (per-epoch history included), e.g. to keep learning curves.
     """
     from benchmarks import train_torch
 
     base = {"lr": 1e-3, "weight_decay": 1e-2} if optimizer == "adamw" else {"lr": LR}
+    if lr is not None:
+        base["lr"] = lr
 
     def train(policy: pdmp.CoefficientPolicy, seed: int, budget: int = 10, lr_scale: float = 1.0) -> dict[str, float]:
         config = TrainConfig(
@@ -72,6 +84,8 @@ def make_train(
             encoder_overrides=ENCODER_OVERRIDES.get(dataset_name, {}),
         )
         result = train_torch.train_run(data, tuple(data.modalities), config, seed, policy=policy, lr_scale=lr_scale)
+        if on_result is not None:
+            on_result(policy, seed, result)
         return {
             "val_acc": result["final"]["val"]["acc"],
             "test_acc": result["final"]["test"]["acc"],
