@@ -14,6 +14,13 @@ from the Trainer; every coefficient is still decided by the core policy and appl
 * **Checkpoints**: the Modulator's ``state_dict`` (clock, coefficients, noise generators, what an
   adaptive policy has learnt) is the callback's state in Lightning checkpoints, so
   ``trainer.fit(model, ckpt_path=...)`` continues with the coefficients of an uninterrupted run.
+* **Gradient policies** (:class:`~pdmp.transforms.GradientPolicy`, ``mode="grad"``): logits (as
+  above), epoch-start anchors and gradient statistics work under automatic optimization. A policy
+  with ``uses_unimodal_gradients`` (MMPareto) needs ``Modulator.backward(loss, unimodal_losses)``,
+  which Lightning's automatic backward cannot call: use manual optimization and, in
+  ``training_step``, call ``callback.modulator.backward(loss, {modality: unimodal_loss})`` (with
+  ``16-mixed`` the Modulator scales the losses itself) and ``observe`` it directly if the policy
+  reads logits, then ``optimizer.step()``.
 * **Logs**: :func:`~pdmp.backends.torch.training_log`'s values (``pdmp/coef_<modality>``, and
   ``pdmp/share_<modality>`` when logits were stored) through ``LightningModule.log``.
 
@@ -37,6 +44,7 @@ except ImportError as error:
     ) from error
 
 from pdmp.policies import CoefficientPolicy
+from pdmp.transforms import GradientPolicy
 
 from .logs import training_log
 from .modulator import Mode, Modulator, ParameterSource
@@ -141,6 +149,17 @@ class PDMPCallback(Callback):
                 f"{type(self.policy).__name__} sets coefficients from each batch's logits, which mode='lr' cannot "
                 "apply under Lightning's automatic optimization; use mode='grad' (OGM-GE's own mechanism)"
             )
+        if (
+            isinstance(self.policy, GradientPolicy)
+            and self.policy.uses_unimodal_gradients
+            and pl_module.automatic_optimization
+        ):
+            raise ValueError(
+                f"{type(self.policy).__name__} needs each modality's unimodal gradient, computed by "
+                "Modulator.backward(loss, unimodal_losses), which Lightning's automatic optimization cannot call; "
+                "set self.automatic_optimization = False and in training_step call "
+                "callback.modulator.backward(loss, {modality: unimodal_loss}) then optimizer.step()"
+            )
         modalities = self._resolve_encoders(pl_module)
         try:
             modulator = Modulator(
@@ -180,7 +199,12 @@ class PDMPCallback(Callback):
         modulator = self._require_modulator("on_before_backward")
         stored = getattr(pl_module, LOGITS_ATTRIBUTE, None)
         if stored is None:
-            if modulator.policy.needs_logits or modulator.policy.observes_scores:
+            policy = modulator.policy
+            if (
+                policy.needs_logits
+                or policy.observes_scores
+                or (isinstance(policy, GradientPolicy) and policy.uses_logits)
+            ):
                 raise RuntimeError(
                     f"{type(modulator.policy).__name__} needs each batch's per-modality logits: in training_step set "
                     f"self.{LOGITS_ATTRIBUTE} = (concat_head_logits(self.head, features), y) before returning the "

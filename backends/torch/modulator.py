@@ -30,6 +30,32 @@ numbers in ``benchmarks/reported/overhead/``). ``"auto"``, the default, takes ``
 updates except in the cases listed below, chiefly code that clips or reads gradients between backward
 and the step.
 
+Gradient policies (:class:`pdmp.transforms.GradientPolicy`: MMPareto, InfoReg, ... and any of your
+own) go beyond a coefficient; the Modulator applies every one through the core's single form
+(:func:`pdmp.transforms.apply_transform`), with no method-specific code here. ``mode="grad"`` and
+``optimizer=`` only (refused otherwise): in the optimizer's pre-step hook (after ``GradScaler`` has
+unscaled, after DDP has averaged, after a closure has run) it computes the step's gradient
+statistics if the policy asks (torch ops on the device, float64 accumulation, one sync per step),
+calls ``policy.transform`` exactly once per optimizer step, and overwrites each modulated encoder
+parameter's ``.grad`` with the transformed gradient (``torch._foreach_*``). What the policy declares
+it needs, the training loop provides:
+
+* ``uses_logits``: :meth:`Modulator.observe` after each forward pass (the statistics of every
+  micro-batch are summed, and all-reduced under torch.distributed); a step without it is refused.
+* ``uses_unimodal_gradients``: :meth:`Modulator.backward` with each modality's unimodal loss instead
+  of ``loss.backward()``; ``U`` is kept apart (one buffer the size of the encoders), ``G = .grad - U``.
+* ``uses_anchor``: nothing; a copy of every modulated parameter is taken at each
+  :meth:`Modulator.set_epoch` (and at construction, for epoch 0): memory of one more copy of the
+  encoders, saved in :meth:`Modulator.state_dict`.
+* ``uses_gradient_stats``: nothing.
+
+As on the fused path, anything that reads gradients between backward and ``optimizer.step()``
+(clipping, logging) sees the untransformed ones, and gradient accumulation transforms the sum.
+Parameters the policy does not modulate, frozen ones and those without a gradient are left alone
+(an encoder parameter the policy does not modulate keeps the ordinary gradient of everything
+backpropagated). Checkpoints are taken between steps (what ``observe``/``backward`` gathered for a
+step is not saved).
+
 Design (why):
 
 * **Tensor hooks** (``param.register_hook``), not ``register_post_accumulate_grad_hook``: a tensor hook
@@ -110,7 +136,7 @@ import types
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 import numpy as np
 import torch
@@ -119,6 +145,15 @@ from torch import nn
 from pdmp._validation import check_disjoint_assignment, check_non_negative_int, check_same_modalities
 from pdmp.diagnostics import modality_scores
 from pdmp.policies import OGM_NOISE_EPS, Clock, CoefficientPolicy, Modulation, NoModulation, policy_from_config
+from pdmp.transforms import (
+    GRADIENT_STATISTICS,
+    LOGIT_STATISTICS,
+    GradientPolicy,
+    GradientTransform,
+    logit_statistics,
+    stats_from_array,
+    stats_to_array,
+)
 
 from ._distributed import all_reduce_sum, is_distributed
 
@@ -154,14 +189,16 @@ class Modulator:
             Parameters are given explicitly (never matched by name). Parameters in no modality
             (fusion, head) are never modulated. Frozen parameters still belong to their modality and
             are modulated once they are unfrozen and train (see the module docstring for when).
-        policy: the core policy (:class:`~pdmp.PDMP`, :class:`~pdmp.OGMGE`, ...); its modality names
-            must equal the keys of ``modalities``.
+        policy: the core policy (:class:`~pdmp.PDMP`, :class:`~pdmp.OGMGE`, a
+            :class:`~pdmp.transforms.GradientPolicy`, ...); its modality names must equal the keys of
+            ``modalities``. A GradientPolicy needs ``mode="grad"`` and ``optimizer=`` (module docstring).
         mode: ``"grad"`` (gradient multipliers) or ``"lr"`` (per-modality learning rates); see the
             module docstring for which to use.
         optimizer: the optimizer training these parameters. Required for ``"lr"``; in ``"grad"`` mode
             it is optional and lets :meth:`step` ignore steps the optimizer skipped (AMP). Every
             trainable modality parameter must be in it (otherwise these are not the encoders it trains).
-        scaler: the ``torch.amp.GradScaler`` in use, if any; only OGM-GE's noise needs it.
+        scaler: the ``torch.amp.GradScaler`` in use, if any: OGM-GE's noise needs it, and
+            :meth:`backward` scales the losses with it.
         seed: seed of the noise generator (OGM-GE). Keep it equal on every DDP rank.
         sync: all-reduce OGM-GE scores over ``process_group`` when torch.distributed is initialised.
         process_group: the group to reduce over (default: the world).
@@ -181,6 +218,9 @@ class Modulator:
                 mod.observe(per_modality_logits, y)   # OGM-GE only; a no-op otherwise
                 loss_fn(out, y).backward()
                 opt.step(); opt.zero_grad(); mod.step()
+
+    With a GradientPolicy that uses unimodal gradients (MMPareto), replace the backward line by
+    ``mod.backward(fused_loss, {"audio": audio_head_loss, "image": image_head_loss})``.
     """
 
     def __init__(
@@ -217,6 +257,8 @@ class Modulator:
             )
         if path not in ("auto", "hooks", "fused"):
             raise ValueError(f"unknown path {path!r}; use 'auto', 'hooks' or 'fused'")
+        if isinstance(policy, GradientPolicy):
+            _check_gradient_policy_options(policy, mode, optimizer, path)
         if path == "fused" and (mode != "grad" or optimizer is None or policy.adds_noise):
             why = (
                 "applies to mode='grad' only"
@@ -238,7 +280,10 @@ class Modulator:
             _check_in_optimizer(params, optimizer, mode)
             if mode == "lr":
                 _split_param_groups(optimizer, owner)
-            elif isinstance(optimizer, SCALE_INVARIANT_OPTIMIZERS) and not isinstance(policy, NoModulation):
+            elif isinstance(optimizer, SCALE_INVARIANT_OPTIMIZERS) and not isinstance(
+                policy,
+                (NoModulation, GradientPolicy),  # a transform changes directions, not only the scale
+            ):
                 advice = (
                     "OGM-GE is defined for SGD; train it with SGD"
                     if policy.adds_noise
@@ -285,6 +330,17 @@ class Modulator:
         self._overflow: list[tuple[str, torch.Tensor]] = []
         self._saved_lrs: list[tuple[dict[str, Any], Any]] = []
         self._group_count = len(optimizer.param_groups) if optimizer is not None else 0
+        # GradientPolicy: what the step's transform reads, gathered from observe()/backward() until
+        # the optimizer step consumes it (summed over micro-batches), and the epoch-start anchors.
+        self._gradient_policy: GradientPolicy | None = policy if isinstance(policy, GradientPolicy) else None
+        self._logit_sums: np.ndarray | None = None
+        self._unimodal: dict[int, torch.Tensor] | None = None
+        self._step_transform: GradientTransform | None = None
+        self._anchors: dict[str, list[torch.Tensor]] | None = None
+        self._anchor_epoch = 0
+        self._anchor_loaded = False  # anchors came from a checkpoint: keep them at set_epoch of their epoch
+        if self._gradient_policy is not None and self._gradient_policy.uses_anchor:
+            self._anchors = _copy_parameters(params)
         self._handles: list[Any] = []
         # grad mode: tensors cannot carry hooks while frozen, so frozen ones wait here until they train.
         self._pending: list[tuple[str, nn.Parameter]] = []
@@ -345,6 +401,11 @@ class Modulator:
         self._check_open("set_epoch()")
         self.clock.epoch = check_non_negative_int(epoch, name="epoch")
         self._epoch_given = True
+        if self._anchors is not None:
+            # A resumed run re-announces its checkpoint's epoch: that epoch's anchor is the saved one.
+            if not (self._anchor_loaded and self.clock.epoch == self._anchor_epoch):
+                self._anchors = _copy_parameters(self.params)
+            self._anchor_epoch, self._anchor_loaded = self.clock.epoch, False
         self._attach_unfrozen(in_step=False)
         self._refresh()
 
@@ -357,8 +418,15 @@ class Modulator:
         all-reduced, so every rank computes the same coefficients from the global batch; call it on
         every rank for every batch. With gradient accumulation call it for every micro-batch: each
         backward pass is scaled by the coefficients of its own micro-batch.
+
+        For a :class:`~pdmp.transforms.GradientPolicy` with ``uses_logits``: the batch's
+        :func:`~pdmp.transforms.logit_statistics` (all-reduced sums, likewise), summed over the
+        micro-batches of the step and handed to the policy's transform at ``optimizer.step()``.
         """
         self._check_open("observe()")
+        if self._gradient_policy is not None:
+            self._observe_logit_statistics(logits, labels)
+            return
         if not (self.policy.needs_logits or self.policy.observes_scores):
             return
         if not isinstance(logits, Mapping) or not logits:
@@ -381,6 +449,81 @@ class Modulator:
             self._loss_scale = float(self.scaler.get_scale())
         self._observed = True
 
+    def backward(self, loss: torch.Tensor, unimodal_losses: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Backpropagate the fused ``loss`` (and each modality's unimodal loss) for the policy.
+
+        Pass the unscaled losses: with ``scaler=`` they are scaled as ``scaler.scale(loss).backward()``
+        would. Every parameter's ``.grad`` receives the ordinary gradient of
+        ``loss + sum(unimodal_losses.values())`` (fusion head, unimodal heads, encoders).
+
+        For a :class:`~pdmp.transforms.GradientPolicy` with ``uses_unimodal_gradients`` (MMPareto),
+        ``unimodal_losses`` must map every modality to the loss of its unimodal head (a classifier on
+        that modality's encoder features); the gradient ``U`` of each one with respect to its own
+        encoder's modulated parameters is also kept apart (``torch.autograd.grad``: one extra partial
+        backward pass per modality, and one gradient-sized buffer per encoder), summed over the
+        micro-batches of the step, averaged over DDP ranks like ``.grad``, and the fused-loss gradient
+        is ``G = .grad - U`` at the optimizer step. For every other policy this is ``loss.backward()``
+        (plus the unimodal losses, if given), so a training loop can always call it.
+
+        Raises (changing nothing) on a non-scalar loss, a loss that needs no gradient, an unknown
+        modality, a missing unimodal loss, or one that does not depend on its modality's encoder.
+        """
+        self._check_open("backward()")
+        _check_loss(loss, "Modulator.backward loss")
+        if unimodal_losses is None:
+            unimodal_losses = {}
+        if not isinstance(unimodal_losses, Mapping):
+            raise TypeError(
+                f"Modulator.backward unimodal_losses must be a dict modality -> scalar loss tensor, "
+                f"got {type(unimodal_losses).__name__}"
+            )
+        unknown = [name for name in unimodal_losses if name not in self.modalities]
+        if unknown:
+            raise ValueError(
+                f"Modulator.backward unimodal_losses has unknown modalities {unknown}; the modalities are "
+                f"{list(self.modalities)}"
+            )
+        for name, value in unimodal_losses.items():
+            _check_loss(value, f"Modulator.backward unimodal_losses[{name!r}]")
+        policy = self._gradient_policy
+        separate = policy is not None and policy.uses_unimodal_gradients
+        if separate:
+            missing = [name for name in self.modalities if name not in unimodal_losses]
+            if missing:
+                raise ValueError(
+                    f"{type(policy).__name__} combines each modality's fused and unimodal gradients, but "
+                    f"unimodal_losses lacks {missing}: give every modality a unimodal head (a classifier on its "
+                    "encoder's features) and pass {modality: that head's loss}"
+                )
+        scaled = self.scaler is not None and self.scaler.is_enabled()
+        total = loss + sum(unimodal_losses[name] for name in self.modalities if name in unimodal_losses)
+        if scaled:
+            total = self.scaler.scale(total)
+        if not separate:
+            total.backward()
+            return
+        inverse = 1.0 / float(self.scaler.get_scale()) if scaled else 1.0  # a power of two: exact
+        found: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for name in self.modalities:
+            unimodal = self.scaler.scale(unimodal_losses[name]) if scaled else unimodal_losses[name]
+            inputs = [p for p in self.params[name] if p.requires_grad]
+            grads = torch.autograd.grad(unimodal, inputs, retain_graph=True, allow_unused=True)
+            pairs = [(p, g) for p, g in zip(inputs, grads, strict=True) if g is not None]
+            if not pairs:
+                raise ValueError(
+                    f"Modulator.backward unimodal_losses[{name!r}] does not depend on modality {name!r}'s encoder "
+                    "parameters; compute it from this modality's encoder features through its unimodal head"
+                )
+            found.extend(pairs)
+        total.backward()  # the only step that changes anything: every check above has passed
+        with torch.no_grad():
+            buffers = self._unimodal if self._unimodal is not None else {}
+            for param, grad in found:
+                grad = grad * inverse if scaled else grad
+                previous = buffers.get(id(param))
+                buffers[id(param)] = grad if previous is None else previous + grad
+        self._unimodal = buffers
+
     def step(self) -> bool:
         """Advance one training step; call after ``optimizer.step()``. Returns whether it advanced.
 
@@ -398,6 +541,7 @@ class Modulator:
                 "without it the coefficients would silently stay at 1"
             )
         self._observed = False
+        self._clear_step_inputs()  # a step GradScaler skipped leaves them unused: they were this step's
         if self.optimizer is not None:
             taken = self._optimizer_steps != self._steps_seen
             self._steps_seen = self._optimizer_steps
@@ -447,6 +591,10 @@ class Modulator:
             "generators": {device: gen.get_state() for device, gen in self._generators.items()},
             # What an adaptive policy has learnt (empty for the others): resuming needs it too.
             "policy_state": self.policy.state_dict(),
+            # GradientPolicy with uses_anchor: the epoch-start parameter copies (references, not copies:
+            # the Modulator replaces them at set_epoch and never edits them in place).
+            "anchors": None if self._anchors is None else {name: list(ts) for name, ts in self._anchors.items()},
+            "anchor_epoch": self._anchor_epoch,
         }
 
     def load_state_dict(self, state: Mapping[str, Any], *, strict: bool = True) -> None:
@@ -486,8 +634,13 @@ class Modulator:
             policy_from_config(self.policy.get_config()).load_state_dict(policy_state)  # check on a copy first
         except (TypeError, ValueError) as error:
             raise ValueError(f"Modulator state['policy_state'] does not fit {self.policy!r}: {error}") from error
+        anchors = self._saved_anchors(state.get("anchors"))
+        anchor_epoch = check_non_negative_int(state.get("anchor_epoch", clock.epoch), name="state['anchor_epoch']")
         # Everything is valid: assign.
         self.policy.load_state_dict(policy_state)
+        if anchors is not None:
+            self._anchors, self._anchor_epoch, self._anchor_loaded = anchors, anchor_epoch, True
+        self._clear_step_inputs()
         self.clock.step, self.clock.epoch = clock.step, clock.epoch
         self.seed = seed
         self._generators = generators
@@ -496,8 +649,41 @@ class Modulator:
         self._observed = False
         self._epoch_given = True  # the checkpoint says which epoch this is
         self._refresh()
-        if self.policy.needs_logits:
+        if self.policy.needs_logits or self._gradient_policy is not None:
+            # Both report what the last step applied, which the policy alone cannot recompute.
             self._factors = factors
+
+    def _saved_anchors(self, saved: Any) -> dict[str, list[torch.Tensor]] | None:
+        """Checked copies of a checkpoint's anchors on the parameters' devices (None if the policy has none)."""
+        if self._anchors is None:
+            return None
+        where = "Modulator state['anchors']"
+        if not isinstance(saved, Mapping):
+            raise ValueError(
+                f"{where} is {type(saved).__name__}, but {type(self.policy).__name__} pulls towards epoch-start "
+                "anchors: load a checkpoint saved by a Modulator with this policy"
+            )
+        check_same_modalities(saved.keys(), self.modalities, where=where)
+        result: dict[str, list[torch.Tensor]] = {}
+        for name in self.modalities:
+            tensors, params = saved[name], self.params[name]
+            if not isinstance(tensors, (list, tuple)) or len(tensors) != len(params):
+                count = len(tensors) if isinstance(tensors, (list, tuple)) else type(tensors).__name__
+                raise ValueError(
+                    f"{where}[{name!r}] must be a list of {len(params)} tensors (one per modulated parameter), "
+                    f"got {count}; was it saved from the same model?"
+                )
+            copies = []
+            for index, (tensor, param) in enumerate(zip(tensors, params, strict=True)):
+                if not isinstance(tensor, torch.Tensor) or tensor.shape != param.shape or tensor.dtype != param.dtype:
+                    got = f"{tuple(tensor.shape)} {tensor.dtype}" if isinstance(tensor, torch.Tensor) else repr(tensor)
+                    raise ValueError(
+                        f"{where}[{name!r}][{index}] is {got}, but parameter {self._labels[id(param)]!r} is "
+                        f"{tuple(param.shape)} {param.dtype}; was it saved from the same model?"
+                    )
+                copies.append(tensor.detach().to(param.device, copy=True))
+            result[name] = copies
+        return result
 
     # --------------------------------------------------------------------------------- internals
 
@@ -613,6 +799,13 @@ class Modulator:
     def _check_epoch_given(self) -> None:
         if self._epoch_given or "epoch" in self._warned:
             return
+        if self._anchors is not None:
+            self._warn_once(
+                "epoch",
+                f"step() before any set_epoch(): {type(self.policy).__name__} pulls each encoder towards its "
+                "parameters at the epoch start, taken at set_epoch(); without it the anchor stays the initial "
+                "weights. Call mod.set_epoch(epoch) at the start of every epoch",
+            )
         if _depends_on_epoch(self.policy, step=self.clock.step):
             self._warn_once(
                 "epoch",
@@ -651,6 +844,7 @@ class Modulator:
         self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         self._restore_lrs()  # left over only if a step raised past the guard (e.g. it was unwrapped)
+        self._step_transform = None  # computed once per optimizer step, at its first gradient evaluation
         if self.path == "fused":
             return self._scale_after_closure(args, kwargs)
         if self.mode != "lr":
@@ -673,14 +867,20 @@ class Modulator:
 
         ``args`` are ``optimizer.step``'s positional arguments, the optimizer itself first.
         """
+        optimizer = args[0]
+        apply = (
+            self._scale_gradients
+            if self._gradient_policy is None
+            else functools.partial(self._transform_gradients, optimizer)
+        )
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is None:
-            self._scale_gradients()
+            apply()
             return None
 
         def scaled_closure() -> Any:
             result = closure()
-            self._scale_gradients()
+            apply()
             return result
 
         if "closure" in kwargs:
@@ -718,6 +918,160 @@ class Modulator:
                     else:
                         torch._foreach_mul_(grads, factor)
 
+    def _observe_logit_statistics(self, logits: Mapping[str, torch.Tensor], labels: Any) -> None:
+        """GradientPolicy: add this batch's all-reduced logit statistics to the step's sums."""
+        policy = self._gradient_policy
+        assert policy is not None
+        if not policy.uses_logits:
+            return
+        if not isinstance(logits, Mapping) or not logits:
+            raise TypeError(f"observe: logits must be a dict modality -> tensor, got {type(logits).__name__}")
+        check_same_modalities(logits.keys(), self.modalities, where="Modulator.observe logits")
+        device = next(iter(logits.values())).device
+        stats = logit_statistics({name: _to_numpy(value) for name, value in logits.items()}, _to_numpy(labels))
+        sums = stats_to_array(stats, self.modalities, LOGIT_STATISTICS)
+        if self.sync and is_distributed(self.process_group):
+            reduced = all_reduce_sum(sums.ravel().tolist(), device=device, group=self.process_group)
+            sums = np.asarray(reduced, dtype=np.float64).reshape(sums.shape)
+        self._logit_sums = sums if self._logit_sums is None else self._logit_sums + sums
+
+    def _clear_step_inputs(self) -> None:
+        self._logit_sums = None
+        self._unimodal = None
+        self._step_transform = None
+
+    def _transform_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """GradientPolicy: replace each modulated gradient by the policy's transform of it.
+
+        Runs in the optimizer's pre-step hook, so the gradients are final: summed over micro-batches,
+        averaged by DDP, unscaled by ``GradScaler`` (a fused optimizer, which GradScaler does not unscale
+        for, carries the scale in ``optimizer.grad_scale``: undone here and reapplied to the result).
+        """
+        policy = self._gradient_policy
+        assert policy is not None
+        found_inf = getattr(optimizer, "found_inf", None)
+        if isinstance(found_inf, torch.Tensor) and bool(found_inf.item()):
+            return  # GradScaler skips this step (a fused optimizer is still called); step() will not count it
+        name = type(policy).__name__
+        first = self._step_transform is None
+        if first and policy.uses_logits and self._logit_sums is None:
+            raise RuntimeError(
+                f"{name} needs this step's per-modality logits before optimizer.step(): call "
+                "mod.observe(logits, labels) after each forward pass (concat_head_logits / sum_head_logits "
+                "split a fusion head)"
+            )
+        if policy.uses_unimodal_gradients and self._unimodal is None:
+            raise RuntimeError(
+                f"{name} needs each modality's unimodal gradient before optimizer.step(): call "
+                "mod.backward(loss, {modality: unimodal_loss}) instead of loss.backward()"
+            )
+        grad_scale = getattr(optimizer, "grad_scale", None)
+        scale = grad_scale if isinstance(grad_scale, torch.Tensor) else None
+        with torch.no_grad():
+            parts = self._gradient_parts(scale)
+            if first:
+                gradient_stats = _gradient_statistics(parts, self.modalities) if policy.uses_gradient_stats else None
+                logit_stats = (
+                    stats_from_array(self._logit_sums, self.modalities, LOGIT_STATISTICS)
+                    if policy.uses_logits and self._logit_sums is not None
+                    else None
+                )
+                self._step_transform = policy.transform(
+                    step=self.clock.step, epoch=self.clock.epoch, logit_stats=logit_stats, gradient_stats=gradient_stats
+                )
+            transform = self._step_transform
+            assert transform is not None
+            for modality in self.modalities:
+                self._apply_transform(transform, modality, parts[modality], scale)
+        self._logit_sums = None
+        self._unimodal = None  # a closure evaluated again (LBFGS) backpropagates afresh
+        self._apply(policy.modulation(step=self.clock.step, epoch=self.clock.epoch))
+
+    def _gradient_parts(self, scale: torch.Tensor | None) -> dict[str, _Parts]:
+        """Per modality: the trained parameters, their gradients ``G + U`` (unscaled), ``G``, ``U`` and anchors."""
+        unimodal = self._unimodal
+        if unimodal is not None and self.sync and is_distributed(self.process_group):
+            unimodal = self._averaged_unimodal(unimodal)
+        result: dict[str, _Parts] = {}
+        for modality, tensors in self.params.items():
+            indices = [i for i, p in enumerate(tensors) if p.requires_grad and p.grad is not None]
+            params = [tensors[i] for i in indices]
+            sparse = [self._labels[id(p)] for p in params if p.grad.layout != torch.strided]
+            if sparse:
+                raise RuntimeError(
+                    f"{type(self.policy).__name__} cannot transform sparse gradients ({', '.join(sparse[:3])}); "
+                    "use dense embeddings (sparse=False) in the encoders"
+                )
+            plain = [p.grad for p in params]
+            if scale is not None:
+                plain = list(torch._foreach_div(plain, scale))
+            fused, extra = plain, None
+            if unimodal is not None:
+                extra = [
+                    unimodal[id(p)] if id(p) in unimodal else torch.zeros_like(g)
+                    for p, g in zip(params, plain, strict=True)
+                ]
+                fused = list(torch._foreach_sub(plain, extra))
+            anchors = None if self._anchors is None else [self._anchors[modality][i] for i in indices]
+            result[modality] = _Parts(params, plain, fused, extra, anchors)
+        return result
+
+    def _averaged_unimodal(self, unimodal: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """DDP averages ``.grad`` (``G + U``) over ranks; ``U`` must be averaged alike to recover ``G``.
+
+        One all-reduce per device and dtype over every modulated parameter with a gradient (zeros where
+        this rank's unimodal losses did not reach it), in parameter order, which every rank shares.
+        """
+        import torch.distributed as dist
+
+        world = dist.get_world_size(self.process_group)
+        buckets: dict[tuple[torch.device, torch.dtype], list[tuple[int, torch.Tensor]]] = {}
+        for tensors in self.params.values():
+            for param in tensors:
+                if param.requires_grad and param.grad is not None:
+                    value = unimodal.get(id(param))
+                    value = torch.zeros_like(param.grad) if value is None else value
+                    buckets.setdefault((value.device, value.dtype), []).append((id(param), value))
+        result: dict[int, torch.Tensor] = {}
+        for entries in buckets.values():
+            flat = torch.cat([value.reshape(-1) for _, value in entries])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.process_group)
+            flat /= world
+            offset = 0
+            for key, value in entries:
+                result[key] = flat[offset : offset + value.numel()].view_as(value)
+                offset += value.numel()
+        return result
+
+    def _apply_transform(
+        self, transform: GradientTransform, modality: str, parts: _Parts, scale: torch.Tensor | None
+    ) -> None:
+        """``.grad = magnitude * floor(fused * G + unimodal * U) + anchor * (theta - theta*)`` per tensor."""
+        if not parts.params:
+            return
+        a, b = transform.get("fused", modality), transform.get("unimodal", modality)
+        c, magnitude = transform.get("anchor", modality), transform.get("magnitude", modality)
+        floor = bool(transform.get("floor_to_sum", modality))
+        if parts.unimodal is None and a == 1.0 and c == 0.0 and magnitude == 1.0:
+            return  # the identity (a floor on G alone never rescales it)
+        combined = list(torch._foreach_mul(parts.fused, a))
+        if parts.unimodal is not None and b != 0.0:
+            torch._foreach_add_(combined, parts.unimodal, alpha=b)
+        if floor:
+            combined_norms = torch._foreach_norm(combined)
+            plain_norms = torch._foreach_norm(parts.plain)
+            for tensor, norm, plain in zip(combined, combined_norms, plain_norms, strict=True):
+                # c = 0 stays 0; where() also drops the inf/nan of that division.
+                tensor.mul_(torch.where(norm > 0, torch.clamp(plain / norm, min=1.0), torch.ones_like(norm)))
+        if magnitude != 1.0:
+            torch._foreach_mul_(combined, magnitude)
+        if c != 0.0:
+            assert parts.anchors is not None
+            torch._foreach_add_(combined, torch._foreach_sub(parts.params, parts.anchors), alpha=c)
+        if scale is not None:
+            torch._foreach_mul_(combined, scale)
+        torch._foreach_copy_([p.grad for p in parts.params], combined)
+
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._restore_lrs()
         found_inf = getattr(optimizer, "found_inf", None)  # set by GradScaler around a fused step
@@ -748,6 +1102,79 @@ class Modulator:
         sizes = ", ".join(f"{name}: {len(params)} tensors" for name, params in self.params.items())
         path = f", path={self.path!r}" if self.path is not None else ""
         return f"Modulator({self.policy!r}, mode={self.mode!r}{path}, {sizes})"
+
+
+class _Parts(NamedTuple):
+    """One modality's tensors for a GradientPolicy's step: parallel lists over its trained parameters."""
+
+    params: list[torch.Tensor]
+    plain: list[torch.Tensor]  # .grad, unscaled: the gradient of everything backpropagated (G + U)
+    fused: list[torch.Tensor]  # G
+    unimodal: list[torch.Tensor] | None  # U (None unless the policy uses unimodal gradients)
+    anchors: list[torch.Tensor] | None
+
+
+def _gradient_statistics(parts: Mapping[str, _Parts], modalities: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """:data:`~pdmp.transforms.GRADIENT_STATISTICS` per modality, on device in float64, one sync in all."""
+    rows = []
+    device = next((p.fused[0].device for p in parts.values() if p.fused), torch.device("cpu"))
+    for modality in modalities:
+        part = parts[modality]
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        fused_sq = unimodal_sq = dot = fisher = zero
+        if part.fused:
+            squares = [n.to(device) ** 2 for n in torch._foreach_norm(part.fused, 2, dtype=torch.float64)]
+            fused_sq = torch.stack(squares).sum()
+            weights = [sq / g.numel() for sq, g in zip(squares, part.fused, strict=True) if g.dim() >= 2 and g.numel()]
+            fisher = torch.stack(weights).sum() if weights else zero
+            if part.unimodal is not None:
+                norms = torch._foreach_norm(part.unimodal, 2, dtype=torch.float64)
+                unimodal_sq = torch.stack([n.to(device) ** 2 for n in norms]).sum()
+                products = [
+                    (g * u).sum(dtype=torch.float64).to(device) for g, u in zip(part.fused, part.unimodal, strict=True)
+                ]
+                dot = torch.stack(products).sum()
+        rows.append(torch.stack([fused_sq, unimodal_sq, dot, fisher]))
+    return stats_from_array(torch.stack(rows).tolist(), modalities, GRADIENT_STATISTICS)
+
+
+def _check_gradient_policy_options(policy: GradientPolicy, mode: str, optimizer: Any, path: str) -> None:
+    name = type(policy).__name__
+    if mode != "grad":
+        raise ValueError(
+            f"{name} is a GradientPolicy: it transforms each encoder gradient (combining fused and unimodal "
+            "gradients, pulling towards anchors), which no learning-rate multiplier can express; use mode='grad'"
+        )
+    if optimizer is None:
+        raise ValueError(
+            f"{name} is a GradientPolicy, applied once per step just before optimizer.step() (from the step's "
+            "final gradients); pass optimizer=<the torch.optim optimizer that trains these parameters>"
+        )
+    if path == "hooks":
+        raise ValueError(
+            f"{name} is a GradientPolicy, applied once per step to the final gradients before optimizer.step(); "
+            "path='hooks' sees one backward pass at a time: use path='auto' (or 'fused')"
+        )
+
+
+def _check_loss(loss: Any, where: str) -> None:
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"{where} must be a scalar tensor, got {type(loss).__name__}")
+    if loss.numel() != 1 or loss.dim() > 1:
+        raise ValueError(
+            f"{where} has shape {tuple(loss.shape)}; it must be a scalar: reduce it (e.g. .mean()) before backward"
+        )
+    if not loss.requires_grad:
+        raise ValueError(
+            f"{where} does not require grad (computed under torch.no_grad(), or detached); "
+            "compute it from the model's outputs with autograd enabled"
+        )
+
+
+def _copy_parameters(params: Mapping[str, list[nn.Parameter]]) -> dict[str, list[torch.Tensor]]:
+    """Detached copies of every modulated parameter (the anchors: one parameter-sized copy each)."""
+    with torch.no_grad():
+        return {name: [p.detach().clone() for p in tensors] for name, tensors in params.items()}
 
 
 class _StepGuard:
