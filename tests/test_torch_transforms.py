@@ -636,3 +636,102 @@ def test_ddp_ranks_apply_the_same_transform_as_one_process(tmp_path: Path) -> No
             assert ddp["grads"][m] == pytest.approx(alone["grads"][m], rel=1e-4, abs=1e-9)
     for name, value in first["state"].items():
         torch.testing.assert_close(value, single["state"][name], rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------- Lightning
+
+
+@pdmp.register_policy
+class NoUnimodalToy(AllToy):
+    """Logits, anchors and gradient statistics: what Lightning's automatic optimization can drive."""
+
+    kind = "_NoUnimodalToy"
+    uses_unimodal_gradients = False
+
+
+def lightning_data() -> torch.utils.data.DataLoader:
+    a, v, y = batch(0, size=24)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(a, v, y), batch_size=8)
+
+
+def hand_loop(kind: str, epochs: int = 2) -> dict[str, torch.Tensor]:
+    """What the callback should amount to (Lightning's order: forward, backward, step, zero_grad)."""
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    mod = Modulator(encoders(model), POLICIES[kind](), optimizer=optimizer)
+    for epoch in range(epochs):
+        mod.set_epoch(epoch)
+        for a, v, y in lightning_data():
+            out, unimodal = model(a, v)
+            mod.observe({m: t.detach() for m, t in unimodal.items()}, y)
+            if kind == "unimodal":
+                mod.backward(F.cross_entropy(out, y), {m: F.cross_entropy(unimodal[m], y) for m in MODALITIES})
+            else:
+                F.cross_entropy(out, y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            mod.step()
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def lightning_fit(kind: str, *, manual: bool = False, epochs: int = 2) -> dict[str, torch.Tensor]:
+    lightning = pytest.importorskip("lightning.pytorch")
+    from pdmp.backends.torch.lightning import PDMPCallback
+
+    class Module(lightning.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = make_model()
+            self.automatic_optimization = not manual
+
+        def training_step(self, data: Any, index: int) -> Any:
+            a, v, y = data
+            out, unimodal = self.net(a, v)
+            loss = F.cross_entropy(out, y)
+            if not manual:
+                self.pdmp_logits = ({m: t.detach() for m, t in unimodal.items()}, y)
+                return loss
+            # MMPareto-style policies: manual optimization, the Modulator's own backward.
+            modulator = self.trainer.callbacks[0].modulator
+            modulator.observe({m: t.detach() for m, t in unimodal.items()}, y)
+            modulator.backward(loss, {m: F.cross_entropy(unimodal[m], y) for m in MODALITIES})
+            optimizer = self.optimizers()
+            optimizer.step()
+            optimizer.zero_grad()
+            return None
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    module = Module()
+    callback = PDMPCallback({"audio": "net.audio", "image": "net.image"}, POLICIES[kind](), log_every=None)
+    trainer = lightning.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[callback],
+    )
+    trainer.fit(module, train_dataloaders=lightning_data())
+    return {k: v.clone() for k, v in module.net.state_dict().items()}
+
+
+POLICIES["no-unimodal"] = NoUnimodalToy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "manual"), [("no-unimodal", False), ("unimodal", True)])
+def test_lightning_callback_equals_the_hand_written_loop(kind: str, manual: bool) -> None:
+    expected = hand_loop(kind)
+    for name, value in lightning_fit(kind, manual=manual).items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_lightning_refuses_unimodal_gradients_under_automatic_optimization() -> None:
+    with pytest.raises(
+        ValueError, match=r"UnimodalToy needs each modality's unimodal gradient.*automatic_optimization"
+    ):
+        lightning_fit("unimodal", epochs=1)
