@@ -462,7 +462,9 @@ class Modulator:
         encoder's modulated parameters is also kept apart (``torch.autograd.grad``: one extra partial
         backward pass per modality, and one gradient-sized buffer per encoder), summed over the
         micro-batches of the step, averaged over DDP ranks like ``.grad``, and the fused-loss gradient
-        is ``G = .grad - U`` at the optimizer step. For every other policy this is ``loss.backward()``
+        is ``G = .grad - U`` at the optimizer step (so a unimodal loss that also reaches another
+        modality's encoder counts there as part of that encoder's fused gradient: keep each unimodal
+        head on its own encoder's features). For every other policy this is ``loss.backward()``
         (plus the unimodal losses, if given), so a training loop can always call it.
 
         Raises (changing nothing) on a non-scalar loss, a loss that needs no gradient, an unknown
