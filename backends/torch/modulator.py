@@ -397,7 +397,12 @@ class Modulator:
         return not self._removed
 
     def set_epoch(self, epoch: int) -> None:
-        """Tell the modulator the current epoch; call it at the start of every epoch."""
+        """Tell the modulator the current epoch; call it at the start of every epoch.
+
+        A GradientPolicy with ``uses_anchor`` gets its anchor here (a copy of the encoders), except that
+        right after :meth:`load_state_dict` the checkpoint's own epoch keeps the saved anchor, so that a
+        run resumed mid-epoch continues exactly.
+        """
         self._check_open("set_epoch()")
         self.clock.epoch = check_non_negative_int(epoch, name="epoch")
         self._epoch_given = True
