@@ -17,7 +17,7 @@ from pathlib import Path
 import nox
 
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["lint", "tests-core", "tests-torch", "tests-keras", "parity", "tests-bench"]
+nox.options.sessions = ["lint", "tests-core", "tests-torch", "tests-keras", "tests-keras-jax", "parity", "tests-bench"]
 
 ROOT = Path(__file__).parent
 FRAMEWORKS_VENV = ROOT / ".nox" / "frameworks"
@@ -74,6 +74,21 @@ def tests_torch(session: nox.Session) -> None:
 @nox.session(name="tests-keras", venv_backend="none", tags=["tests"])
 def tests_keras(session: nox.Session) -> None:
     _pytest(session, _frameworks_python(session), "-m", "keras and not parity and not bench", "tests/")
+
+
+# The Keras test files that apply under KERAS_BACKEND=jax (the others need TensorFlow and skip there).
+KERAS_JAX_TESTS = ["tests/test_keras_jax.py", "tests/test_keras_quickstart.py"]
+
+
+@nox.session(name="tests-keras-jax", venv_backend="none", tags=["tests"])
+def tests_keras_jax(session: nox.Session) -> None:
+    """The Keras adapter on Keras's JAX backend, in the shared framework venv (the ``jax`` extra is in ``all``).
+
+    Keras fixes its backend at import, so this is its own pytest run; JAX's default (float32) configuration.
+    """
+    python = _frameworks_python(session)
+    session.run(python, "-m", "pytest", "-m", "keras and not parity and not bench", *KERAS_JAX_TESTS,
+                *session.posargs, external=True, env={**FRAMEWORK_ENV, "KERAS_BACKEND": "jax"})  # fmt: skip
 
 
 def _oldest_allowed(extra: str) -> list[str]:

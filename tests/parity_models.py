@@ -313,8 +313,11 @@ def train_torch(
 # -- Keras ----------------------------------------------------------------------------------------------------
 
 
-def keras_model(spec: Spec, weights: Mapping[str, np.ndarray]) -> Any:
-    """The functional Keras model (every layer float64), holding ``weights``."""
+def keras_model(spec: Spec, weights: Mapping[str, np.ndarray], activation: str = "tanh") -> Any:
+    """The functional Keras model (every layer float64), holding ``weights``.
+
+    ``activation``: the encoders' (``tests/test_parity_jax.py`` uses ``"relu"``: Keras's JAX ``tanh``
+    returns float32 for a float64 input, which would make its float64 model partly float32)."""
     import keras
 
     f64 = "float64"
@@ -323,11 +326,14 @@ def keras_model(spec: Spec, weights: Mapping[str, np.ndarray]) -> Any:
     for name, kind, _ in spec:
         h = inputs[name]
         if kind == "mlp":
-            h = keras.layers.Dense(HIDDEN, activation="tanh", name=f"{name}_fc1", dtype=f64)(h)
+            h = keras.layers.Dense(HIDDEN, activation=activation, name=f"{name}_fc1", dtype=f64)(h)
         else:
-            h = keras.layers.Conv2D(CHANNELS, 3, padding="same", activation="tanh", name=f"{name}_conv", dtype=f64)(h)
+            conv = keras.layers.Conv2D(
+                CHANNELS, 3, padding="same", activation=activation, name=f"{name}_conv", dtype=f64
+            )
+            h = conv(h)
             h = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool", dtype=f64)(h)
-        features.append(keras.layers.Dense(WIDTH, activation="tanh", name=f"{name}_fc2", dtype=f64)(h))
+        features.append(keras.layers.Dense(WIDTH, activation=activation, name=f"{name}_fc2", dtype=f64)(h))
     fused = keras.layers.Concatenate(name="concat", dtype=f64)(features)
     out = keras.layers.Dense(CLASSES, name="head", dtype=f64)(fused)
     model = keras.Model(inputs, out, name="fused")
@@ -359,13 +365,14 @@ def train_keras(
     mode: str = "grad",
     optimizer: str = "sgd",
     seed: int = 0,
+    activation: str = "tanh",
 ) -> Trace:
     """Train with :class:`pdmp.backends.keras.ModulatedModel` and ``fit()`` (unshuffled); record every step."""
     import keras
 
     from pdmp.backends.keras import ConcatHead, ModulatedModel
 
-    inner = keras_model(spec, weights)
+    inner = keras_model(spec, weights, activation)
     model: Any = inner
     if policy is not None:
         wants_logits = policy.needs_logits or policy.observes_scores

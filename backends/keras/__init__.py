@@ -1,4 +1,4 @@
-"""PDMP for Keras 3 on TensorFlow: a ``fit()``-compatible model that modulates per-modality gradients.
+"""PDMP for Keras 3 on TensorFlow or JAX: a ``fit()``-compatible model that modulates per-modality gradients.
 
 Names mirror :mod:`pdmp.backends.torch`; the coefficient math is the core's (:mod:`pdmp.policies`).
 
@@ -12,13 +12,14 @@ Names mirror :mod:`pdmp.backends.torch`; the coefficient math is the core's (:mo
 * :func:`dependency_shares`: each modality's dependency share of a fused model over a dataset.
 * :class:`PDMPLogger`: a callback putting ``pdmp/coef_<m>`` and ``pdmp/share_<m>`` into ``fit()``'s logs.
 
-Importing this module with ``KERAS_BACKEND`` other than ``tensorflow`` raises ImportError (see
-:data:`SUPPORTED_BACKENDS`).
+Keras's backend is the one ``KERAS_BACKEND`` selects: ``tensorflow`` or ``jax`` (the backend-specific
+step lives in ``tensorflow/`` and ``jax/``); importing this module on any other raises ImportError
+naming the active and the supported backends (:data:`SUPPORTED_BACKENDS`).
 """
 
 from pdmp.backends._coexistence import load_triton_before_tensorflow
 
-load_triton_before_tensorflow()  # before keras loads tensorflow: see the module
+load_triton_before_tensorflow()  # before keras loads tensorflow (if it does): see the module
 
 from pdmp.backends.keras._backend import SUPPORTED_BACKENDS, check_backend  # noqa: E402
 

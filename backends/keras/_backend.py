@@ -1,28 +1,44 @@
-"""Which Keras backends this adapter runs on, checked once at import.
+"""Which Keras backends this adapter runs on, checked once at import, and the code specific to each.
 
-The adapter's ``train_step`` is written against TensorFlow: ``tf.GradientTape`` for gradients,
-``tf.distribute`` replica contexts to all-reduce OGM-GE scores, and the TF optimizer's per-variable
-``update_step`` for ``lr`` mode. Keras 3's torch and jax backends run ``train_step`` through
-different machinery (``loss.backward()`` / a stateless ``jax.value_and_grad``), so a model built
-here would silently train unmodulated there. Refusing at import is safer than that.
+As Keras keeps one folder per backend (``keras/src/backend/<name>/``), the little that differs here
+lives in one package per backend, with the same two modules:
+
+* ``<backend>.trainer.ModulatedTrainer``: the ``train_step`` (TensorFlow: ``tf.GradientTape``, stateful;
+  JAX: Keras's stateless ``train_step(state, data) -> (logs, state)``) and how Python reads the model's
+  variables during ``fit()`` (JAX keeps them out of the variables until it syncs);
+* ``<backend>.ops``: the operations ``keras.ops`` does not express the same way on both (replica
+  all-reduce, in-graph label checks, stateless noise, sparse gradients, which dtypes exist).
+
+Everything else (policies, schedule, OGM-GE's formula, the lr-mode optimizer hook, saving) is written
+once, in ``keras.ops`` where it runs in the step. Keras's torch and numpy backends train through other
+machinery (``loss.backward()``, no training at all), so a model built there would silently train
+unmodulated: the import refuses them.
 """
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 import keras
 
 #: Keras backends on which :mod:`pdmp.backends.keras` works.
-SUPPORTED_BACKENDS: tuple[str, ...] = ("tensorflow",)
+SUPPORTED_BACKENDS: tuple[str, ...] = ("tensorflow", "jax")
 
 
 def check_backend() -> str:
-    """Return the active Keras backend, or raise ImportError naming the supported ones and why."""
+    """Return the active Keras backend, or raise ImportError naming it, the supported ones and why."""
     backend = keras.backend.backend()
     if backend not in SUPPORTED_BACKENDS:
         raise ImportError(
             f"pdmp.backends.keras supports KERAS_BACKEND in {list(SUPPORTED_BACKENDS)}, but Keras is running on "
-            f"{backend!r}. Its train_step modulates gradients with tf.GradientTape and all-reduces OGM-GE scores "
-            "with tf.distribute, which the torch/jax backends do not use. Set KERAS_BACKEND=tensorflow before "
-            "importing keras, or, for PyTorch models, use pdmp.backends.torch."
+            f"{backend!r}. The adapter modulates gradients inside Keras's train_step, which it implements for the "
+            "TensorFlow (tf.GradientTape) and JAX (stateless step) backends only. Set KERAS_BACKEND=tensorflow or "
+            "KERAS_BACKEND=jax before importing keras, or, for PyTorch models, use pdmp.backends.torch."
         )
     return backend
+
+
+def backend_module(name: str) -> ModuleType:
+    """``pdmp.backends.keras.<active backend>.<name>`` (``ops`` or ``trainer``)."""
+    return importlib.import_module(f"pdmp.backends.keras.{check_backend()}.{name}")

@@ -1,12 +1,14 @@
-"""The few Keras internals the adapter relies on, reached in one place.
+"""The few Keras internals the adapter relies on, reached in one place (with the backends' trainers).
 
 ``ModulatedModel.train_step`` must behave like Keras's own so that the ``loss`` shown by ``fit()`` and
-user overrides of ``compute_loss`` keep working; that step uses ``Trainer._compute_loss`` (which
-tolerates ``compute_loss`` overrides without a ``training`` argument), ``Trainer._loss_tracker`` and
-``unscale_loss_for_distribution`` (Keras >= 3.8, hence the lower bound in ``pyproject.toml``).
-Checking a model's structure (which layer is the head, what a ``ConcatHead`` concatenates) reads the
-functional graph: ``KerasTensor._keras_history`` and ``Operation._inbound_nodes``. If a Keras release
-moves them, only this file changes.
+user overrides of ``compute_loss`` keep working; the TensorFlow step uses ``Trainer._compute_loss``
+(which tolerates ``compute_loss`` overrides without a ``training`` argument), ``Trainer._loss_tracker``
+and ``unscale_loss_for_distribution`` (Keras >= 3.8, hence the lower bound in ``pyproject.toml``); the
+JAX step uses ``JAXTrainer.compute_loss_and_updates`` and ``_update_metrics_variables``, as Keras's own
+JAX ``train_step`` does (``tensorflow/trainer.py``, ``jax/trainer.py``). Checking a model's structure
+(which layer is the head, what a ``ConcatHead`` concatenates) reads the functional graph:
+``KerasTensor._keras_history`` and ``Operation._inbound_nodes``. If a Keras release moves them, only
+these files change.
 """
 
 from __future__ import annotations
@@ -14,17 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
-from keras.src.losses.loss import unscale_loss_for_distribution
 from keras.src.ops.operation import Operation
-
-
-def compute_loss_like_keras(model: keras.Model, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> tf.Tensor:
-    """The loss exactly as Keras's TF ``train_step`` computes it, also updating the ``loss`` metric."""
-    loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-    batch = tf.shape(next(i for i in keras.tree.flatten(x) if i is not None))[0]
-    model._loss_tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=batch)
-    return loss
 
 
 def output_in_caller(layer: keras.layers.Layer) -> Any:

@@ -5,7 +5,9 @@ Keras restores a model's *variables* everywhere a run can resume (``.keras`` fil
 restores Python attributes. A policy that learns during training (:attr:`CoefficientPolicy.observes_scores`)
 therefore keeps its :meth:`~pdmp.CoefficientPolicy.state_dict` in a variable, encoded here: the numbers
 of the state, in the order of a template state, as float64 (exact for floats and for integers up to
-2**53). Nothing policy-specific: any state made of dicts and lists of numbers whose shape does not
+2**53). Where the backend has no float64 (JAX without ``jax_enable_x64``) the variable holds the same
+float64 numbers' bit patterns as pairs of int32 (:func:`pack`), so the state is still exact. Nothing
+policy-specific: any state made of dicts and lists of numbers whose shape does not
 change during training fits (:class:`pdmp.AdaptivePDMP`'s moving averages and update count do).
 """
 
@@ -18,6 +20,23 @@ from typing import Any
 import numpy as np
 
 _EXACT_INT = 2**53
+#: The variable's dtype, and int32 words per number, for each dtype the backend gives wide floats.
+STORAGE = {"float64": "float64", "float32": "int32"}
+WORDS = {"float64": 1, "float32": 2}
+
+
+def pack(vector: np.ndarray, wide_float: str) -> np.ndarray:
+    """The float64 ``vector`` as the variable stores it (see :data:`STORAGE`)."""
+    vector = np.asarray(vector, dtype=np.float64)
+    return vector if wide_float == "float64" else vector.astype("<f8").view("<i4")
+
+
+def unpack(stored: Any) -> np.ndarray:
+    """The float64 vector a variable's value holds (float64 as is; int32 words as float64 bit patterns)."""
+    array = np.asarray(stored)
+    if array.dtype.kind == "i":
+        return np.ascontiguousarray(array, dtype="<i4").view("<f8")
+    return array.astype(np.float64)
 
 
 class StateLayout:

@@ -9,12 +9,12 @@ relies on takes one call per model.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from pdmp._validation import check_positive_int
 from pdmp.backends.keras.heads import LayerLogits
@@ -106,7 +106,8 @@ def dependency_shares(
 
 def _batches(x: Any, y: Any, batch_size: int) -> Iterator[tuple[Any, Any]]:
     """``(inputs, labels)`` batches from a ``tf.data.Dataset`` or from whole arrays."""
-    if isinstance(x, tf.data.Dataset):
+    tf = sys.modules.get("tensorflow")  # a tf.data.Dataset exists only where TensorFlow was imported
+    if tf is not None and isinstance(x, tf.data.Dataset):
         if y is not None:
             raise ValueError("dependency_shares: x is a tf.data.Dataset yielding (inputs, labels); leave y out")
         for index, batch in enumerate(x):

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
-import tensorflow as tf
+import numpy as np
+from keras import ops
 
 from pdmp._validation import check_modality_names
 
 
-def concat_head_logits(head: keras.layers.Layer, features: Mapping[str, Any]) -> dict[str, tf.Tensor]:
+def concat_head_logits(head: keras.layers.Layer, features: Mapping[str, Any]) -> dict[str, Any]:
     """Decompose a concat-fusion ``Dense`` head into per-modality logits.
 
     ``features`` must be in the order they are concatenated before ``head`` (dicts keep insertion
@@ -37,7 +38,7 @@ def concat_head_logits(head: keras.layers.Layer, features: Mapping[str, Any]) ->
             f"concat_head_logits needs a built Dense-like head with a 2-D kernel, got {type(head).__name__} "
             f"{getattr(head, 'name', '')!r}; for other heads pass your own logits function"
         )
-    tensors = {name: tf.convert_to_tensor(features[name]) for name in names}
+    tensors = {name: ops.convert_to_tensor(features[name]) for name in names}
     widths = [int(tensors[name].shape[-1]) for name in names]
     if sum(widths) != kernel.shape[0]:
         given = dict(zip(names, widths, strict=True))
@@ -45,17 +46,18 @@ def concat_head_logits(head: keras.layers.Layer, features: Mapping[str, Any]) ->
             f"concat_head_logits: feature widths {given} add up to {sum(widths)}, but head "
             f"{head.name!r} takes {kernel.shape[0]} inputs; pass the features that are concatenated into it, in order"
         )
-    blocks = tf.split(tf.convert_to_tensor(kernel), widths, axis=0)
+    # Read through ops.convert_to_tensor: inside a stateless (JAX) step that is this step's value of the kernel.
+    blocks = ops.split(ops.convert_to_tensor(kernel), np.cumsum(widths)[:-1].tolist(), axis=0)
     bias = getattr(head, "bias", None)
-    share = None if bias is None else tf.convert_to_tensor(bias) / len(names)
+    share = None if bias is None else ops.convert_to_tensor(bias) / len(names)
     result = {}
     for name, block in zip(names, blocks, strict=True):
-        out = tf.matmul(tf.cast(tensors[name], block.dtype), block)
+        out = ops.matmul(ops.cast(tensors[name], block.dtype), block)
         result[name] = out if share is None else out + share
     return result
 
 
-def sum_head_logits(heads: Mapping[str, Any], features: Mapping[str, Any]) -> dict[str, tf.Tensor]:
+def sum_head_logits(heads: Mapping[str, Any], features: Mapping[str, Any]) -> dict[str, Any]:
     """Per-modality logits of sum fusion, ``out = sum_u heads[u](features[u])``: ``out_u = heads[u](features[u])``."""
     names = check_modality_names(heads.keys(), where="sum_head_logits heads")
     if set(features) != set(names):
@@ -83,7 +85,7 @@ class ConcatHead:
     def taps(self) -> dict[str, str]:
         return dict(self.features)
 
-    def logits(self, model: keras.Model, tapped: Mapping[str, Any]) -> dict[str, tf.Tensor]:
+    def logits(self, model: keras.Model, tapped: Mapping[str, Any]) -> dict[str, Any]:
         return concat_head_logits(model.get_layer(self.head), {name: tapped[name] for name in self.features})
 
     def get_config(self) -> dict[str, Any]:
@@ -99,7 +101,7 @@ class SumHeads:
     def taps(self) -> dict[str, str]:
         return dict(self.heads)
 
-    def logits(self, model: keras.Model, tapped: Mapping[str, Any]) -> dict[str, tf.Tensor]:
+    def logits(self, model: keras.Model, tapped: Mapping[str, Any]) -> dict[str, Any]:
         return dict(tapped)
 
     def get_config(self) -> dict[str, Any]:

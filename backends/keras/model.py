@@ -2,8 +2,9 @@
 
 It wraps any built Keras model (functional, sequential or subclassed) and keeps ``fit()``,
 ``evaluate()``, ``predict()``, metrics, callbacks, the progress bar, mixed precision and ``.keras``
-saving working: the step is Keras's stock TensorFlow ``train_step`` with one addition between
-``tape.gradient`` and ``optimizer.apply_gradients``.
+saving working: the step is Keras's stock ``train_step`` with one addition between the gradients and
+the optimizer's update. Keras on TensorFlow and on JAX (``KERAS_BACKEND=jax``) are supported; the step
+of each lives in ``tensorflow/trainer.py`` and ``jax/trainer.py``, everything else here.
 
 Concepts map one-to-one to :class:`pdmp.backends.torch.Modulator`:
 
@@ -42,13 +43,14 @@ has learnt, at the same step as the clock.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeAlias
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from pdmp._validation import (
     check_disjoint_assignment,
@@ -58,8 +60,8 @@ from pdmp._validation import (
     check_same_modalities,
 )
 from pdmp.backends.keras import _ogm, _optimizer_lr, _policy_state
+from pdmp.backends.keras._backend import backend_module
 from pdmp.backends.keras._keras_private import (
-    compute_loss_like_keras,
     inbound_tensors,
     output_in_caller,
     producing_layer,
@@ -80,6 +82,14 @@ Member: TypeAlias = "keras.layers.Layer | keras.Variable | str"
 #: ``fn(model, x, training) -> {modality: logits}``: a user function giving OGM-GE's per-modality logits.
 LogitsFn = Callable[[keras.Model, Any, bool], Mapping[str, Any]]
 
+_backend_ops = backend_module("ops")
+# The backend's train_step (tensorflow/trainer.py or jax/trainer.py), mixed in before keras.Model.
+_ModulatedTrainer: Any = backend_module("trainer").ModulatedTrainer
+# The dtypes of the coefficients/scores and of the counters: the core's float64 where the backend has it
+# (TensorFlow; JAX with jax_enable_x64), else float32/int32 (a JAX float64 variable would hold float32).
+_WIDE_FLOAT = "float64" if _backend_ops.FLOAT64 else "float32"
+_WIDE_INT = "int64" if _backend_ops.FLOAT64 else "int32"
+
 
 class _Hidden:
     """Holds Python objects that Keras's attribute tracking must not walk (or save twice)."""
@@ -91,7 +101,7 @@ class _Hidden:
 
 
 @keras.saving.register_keras_serializable(package="pdmp")
-class ModulatedModel(keras.Model):
+class ModulatedModel(_ModulatedTrainer, keras.Model):
     """Wraps ``model`` so that ``fit()`` scales each modality's encoder gradients by the policy's coefficient.
 
     Args:
@@ -121,9 +131,10 @@ class ModulatedModel(keras.Model):
             ``fn(model, x, training) -> {modality: logits}`` (runs an extra forward; register it with
             ``keras.saving.register_keras_serializable`` to save the model).
         seed: seed of OGM-GE's gradient noise. Noise is drawn statelessly from (seed, step, variable),
-            so it is reproducible and identical on every replica. Under ``tf.distribute`` it is added to
-            each replica's gradient before the optimizer sums them, with that replica's gradient's
-            standard deviation (the single-device reference adds it once, after reduction).
+            so it is reproducible and identical on every replica (the streams of TensorFlow and JAX
+            differ; each is reproducible). Under ``tf.distribute`` it is added to each replica's
+            gradient before the optimizer sums them, with that replica's gradient's standard deviation
+            (the single-device reference adds it once, after reduction).
 
     Training: ``fit()`` keeps the schedule by itself (``steps_per_execution > 1`` is refused for
     policies whose coefficients change from step to step). ``train_on_batch`` counts its step; call
@@ -137,6 +148,13 @@ class ModulatedModel(keras.Model):
     brought up to date from the model's variables before every step; the variables, not the Python
     object, hold what it has learnt, so ``.keras`` files, ``load_weights``, ``BackupAndRestore`` and
     ``EarlyStopping(restore_best_weights=True)`` restore it with the weights and the clock.
+
+    On JAX (``KERAS_BACKEND=jax``): the same, through Keras's stateless JAX step (``fit()``,
+    ``train_on_batch``, ``evaluate``, ``predict``, ``.keras`` files). Without ``jax_enable_x64`` JAX has
+    no float64, so coefficients and scores are float32 and the counters int32 (a learning policy's state
+    is still kept exactly, as float64 bit patterns in an int32 variable). TensorFlow only:
+    ``tf.distribute`` (on JAX ``keras.distribution`` is refused) and the loop of your own above
+    (``tf.GradientTape``).
     """
 
     def __init__(
@@ -184,7 +202,7 @@ class ModulatedModel(keras.Model):
         index = {}
         for position, name in enumerate(self.modalities):
             for variable in groups[name]:
-                for key in _optimizer_lr.variable_keys(variable):
+                for key in _backend_ops.variable_keys(variable):
                     index[key] = position
         self._index = _Hidden(index)
         spec = _check_logits_spec(policy, modality_logits, model)
@@ -194,22 +212,22 @@ class ModulatedModel(keras.Model):
         # float64: the core computes coefficients and scores in float64; a float64 model then trains with
         # exactly the torch adapter's values (gradients cast them to their own dtype).
         self.pdmp_coefficients = self.add_weight(
-            shape=(count,), initializer="ones", dtype="float64", trainable=False, aggregation="mean",
+            shape=(count,), initializer="ones", dtype=_WIDE_FLOAT, trainable=False, aggregation="mean",
             name="pdmp_coefficients",
         )  # fmt: skip
         self.pdmp_scores = self.add_weight(
-            shape=(count,), initializer="zeros", dtype="float64", trainable=False, aggregation="mean",
+            shape=(count,), initializer="zeros", dtype=_WIDE_FLOAT, trainable=False, aggregation="mean",
             name="pdmp_scores",
         )  # fmt: skip
         self.pdmp_noise_gate = self.add_weight(
             shape=(), initializer="zeros", dtype="float32", trainable=False, aggregation="mean", name="pdmp_noise_gate"
         )
         self.pdmp_step = self.add_weight(
-            shape=(), initializer="zeros", dtype="int64", trainable=False, aggregation="only_first_replica",
+            shape=(), initializer="zeros", dtype=_WIDE_INT, trainable=False, aggregation="only_first_replica",
             name="pdmp_step",
         )  # fmt: skip
         self.pdmp_epoch = self.add_weight(
-            shape=(), initializer="zeros", dtype="int64", trainable=False, aggregation="only_first_replica",
+            shape=(), initializer="zeros", dtype=_WIDE_INT, trainable=False, aggregation="only_first_replica",
             name="pdmp_epoch",
         )  # fmt: skip
         self._state_layout = _Hidden(None)
@@ -218,16 +236,21 @@ class ModulatedModel(keras.Model):
             self._state_layout = _Hidden(layout)
             # What the policy has learnt, and whether pdmp_scores holds a step's scores it has not yet seen.
             self.pdmp_policy_state = self.add_weight(
-                shape=(layout.size,), initializer="zeros", dtype="float64", trainable=False,
-                aggregation="only_first_replica", name="pdmp_policy_state",
+                shape=(layout.size * _policy_state.WORDS[_WIDE_FLOAT],), initializer="zeros",
+                dtype=_policy_state.STORAGE[_WIDE_FLOAT], trainable=False, aggregation="only_first_replica",
+                name="pdmp_policy_state",
             )  # fmt: skip
-            self.pdmp_policy_state.assign(layout.encode(policy.state_dict()))
+            self.pdmp_policy_state.assign(_policy_state.pack(layout.encode(policy.state_dict()), _WIDE_FLOAT))
             self.pdmp_pending = self.add_weight(
-                shape=(), initializer="zeros", dtype="int64", trainable=False, aggregation="only_first_replica",
+                shape=(), initializer="zeros", dtype=_WIDE_INT, trainable=False, aggregation="only_first_replica",
                 name="pdmp_pending",
             )  # fmt: skip
         self._clock = Clock()
         self._lr_lookup = _Hidden(self._lr_multiplier)
+        # Inside a train step: the step's coefficients, which lr mode's learning rates use (a stateless JAX
+        # step cannot read them from the variable); and where call() hands its modality logits over (JAX).
+        self._step_coefficient_values = _Hidden(None)
+        self._captured = _Hidden(None)
         # step(): the optimizer's iteration count at the last counted step, to tell skipped steps apart.
         self._iterations_seen = _Hidden(None)
         self._epoch_was_set = False
@@ -237,35 +260,14 @@ class ModulatedModel(keras.Model):
     # -- the forward pass and the step ------------------------------------------------------------
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
-        return self.inner_model(inputs, training=training)
+        captured = self._captured.value
+        if captured is None:
+            return self.inner_model(inputs, training=training)
+        # A JAX step runs the forward pass inside Keras's loss function; the logits leave it through here.
+        y_pred, captured["logits"] = self._forward_with_logits(inputs, training)
+        return y_pred
 
-    def train_step(self, data: Any) -> dict[str, Any]:
-        """Keras's TensorFlow ``train_step`` with :meth:`modulate_gradients` before ``apply_gradients``.
-
-        The step counter advances by the optimizer's own iteration count, so a step that a
-        ``LossScaleOptimizer`` skipped (non-finite gradients) is not counted.
-        """
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            y_pred, modality_logits = self._forward(x)
-            loss = compute_loss_like_keras(self, x, y, y_pred, sample_weight)
-            if self.optimizer is not None:
-                loss = self.optimizer.scale_loss(loss)
-        variables = self.trainable_weights
-        if variables:
-            gradients = tape.gradient(loss, variables)
-            coefficients = None if modality_logits is None else self.observe(modality_logits, y)
-            gradients = self.modulate_gradients(gradients, variables, coefficients=coefficients)
-            before = tf.convert_to_tensor(_iterations(self.optimizer))
-            scaled = _optimizer_lr.scaled_count(self.optimizer)
-            self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-            taken = tf.cast(tf.convert_to_tensor(_iterations(self.optimizer)) - before, tf.int64)
-            if self.mode == "lr":
-                self._check_lr_mode_applied(gradients, variables, scaled, taken)
-            self.pdmp_step.assign_add(taken)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    def observe(self, modality_logits: Mapping[str, Any], labels: Any) -> tf.Tensor:
+    def observe(self, modality_logits: Mapping[str, Any], labels: Any) -> Any:
         """Record this batch's per-modality batch scores (in the graph); for OGM-GE, set the coefficients.
 
         The scores ``s_m = sum_i softmax(logits_m)[i, y_i]`` are summed over replicas, so every replica
@@ -279,22 +281,20 @@ class ModulatedModel(keras.Model):
         self.policy.check_modalities(list(modality_logits), where="ModulatedModel.observe logits")
         width = modality_logits[self.modalities[0]].shape[-1]
         _check_numpy_labels(labels, None if width is None else int(width), where="observe() labels")
-        scores = _ogm.batch_scores([modality_logits[name] for name in self.modalities], labels, dtype=tf.float64)
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            scores = context.all_reduce(tf.distribute.ReduceOp.SUM, scores)
+        scores = _ogm.batch_scores([modality_logits[name] for name in self.modalities], labels, dtype=_WIDE_FLOAT)
+        scores = _backend_ops.all_reduce_sum(scores)
         self.pdmp_scores.assign(scores)
         if isinstance(self.policy, OGMGE):
-            gate = tf.convert_to_tensor(self.pdmp_noise_gate)  # 1 while OGM-GE is active
+            gate = ops.convert_to_tensor(self.pdmp_noise_gate)  # 1 while OGM-GE is active
             coefficients = gate * _ogm.coefficients(scores, self.policy.alpha) + (1.0 - gate)
-            self.pdmp_coefficients.assign(tf.cast(coefficients, tf.float64))
+            self.pdmp_coefficients.assign(ops.cast(coefficients, _WIDE_FLOAT))
             return coefficients
         if self.policy.observes_scores:
             self.pdmp_pending.assign(1)
-        return tf.convert_to_tensor(self.pdmp_coefficients)
+        return ops.convert_to_tensor(self.pdmp_coefficients)
 
     def modulate_gradients(
-        self, gradients: Sequence[Any], variables: Sequence[Any], *, coefficients: tf.Tensor | None = None
+        self, gradients: Sequence[Any], variables: Sequence[Any], *, coefficients: Any = None
     ) -> list[Any]:
         """Scale (``grad`` mode) and, for OGM-GE, add noise to each modality variable's gradient.
 
@@ -305,12 +305,13 @@ class ModulatedModel(keras.Model):
         :attr:`modalities` order) default to the model's coefficient variables.
         """
         if coefficients is None:
-            coefficients = tf.convert_to_tensor(self.pdmp_coefficients)
+            coefficients = ops.convert_to_tensor(self.pdmp_coefficients)
         noisy = self.policy.adds_noise
         if noisy:
             scale_loss = getattr(getattr(self, "optimizer", None), "scale_loss", None)
-            loss_scale = tf.constant(1.0) if scale_loss is None else tf.cast(scale_loss(tf.constant(1.0)), tf.float32)
-            gate = tf.convert_to_tensor(self.pdmp_noise_gate)
+            one = ops.convert_to_tensor(1.0, "float32")
+            loss_scale = one if scale_loss is None else ops.cast(scale_loss(one), "float32")
+            gate = ops.convert_to_tensor(self.pdmp_noise_gate)
         if self.mode == "lr":
             if getattr(self, "optimizer", None) is None:
                 raise RuntimeError(
@@ -324,22 +325,17 @@ class ModulatedModel(keras.Model):
             modality = index.get(id(variable))
             if gradient is None or modality is None:
                 continue
-            if isinstance(gradient, tf.IndexedSlices) and noisy:
-                gradient = tf.convert_to_tensor(gradient)
-            k = tf.cast(coefficients[modality], gradient.dtype)
-            if self.mode == "grad":
-                scaled = (
-                    tf.IndexedSlices(gradient.values * k, gradient.indices, gradient.dense_shape)
-                    if isinstance(gradient, tf.IndexedSlices)
-                    else gradient * k
-                )
-            else:
-                scaled = gradient
             if noisy:
-                raw = tf.cast(gradient, tf.float32) / loss_scale
-                seed = tf.stack([tf.cast(self.seed, tf.int64), tf.convert_to_tensor(self.pdmp_step) * 4096 + position])
-                noise = tf.random.stateless_normal(tf.shape(raw), seed=seed) * (_ogm.sample_std(raw) + OGM_NOISE_EPS)
-                scaled = scaled + tf.cast(gate * noise * loss_scale, scaled.dtype)
+                gradient = _backend_ops.densify(gradient)
+            k = ops.cast(coefficients[modality], gradient.dtype)
+            scaled = _backend_ops.scale_gradient(gradient, k) if self.mode == "grad" else gradient
+            if noisy:
+                raw = ops.cast(gradient, "float32") / loss_scale
+                draw = _backend_ops.stateless_normal(
+                    ops.shape(raw), self.seed, ops.convert_to_tensor(self.pdmp_step), position
+                )
+                noise = draw * (_ogm.sample_std(raw) + OGM_NOISE_EPS)
+                scaled = scaled + ops.cast(gate * noise * loss_scale, scaled.dtype)
             result[position] = scaled
         return result
 
@@ -352,12 +348,13 @@ class ModulatedModel(keras.Model):
         ``LossScaleOptimizer`` skipped non-finite gradients) is not counted; returns whether it was.
         It runs the policy in Python, so call it outside ``tf.function`` (your traced step may be one).
         """
-        if not tf.executing_eagerly():
+        if _backend_ops.inside_traced_function():
             raise RuntimeError(
                 "ModulatedModel.step() computes the next coefficients in Python and cannot run inside "
                 "tf.function; call it after your (traced) training step, in the Python loop"
             )
         self._warn_if_epoch_never_set("step()")
+        self._attach_state()
         if self.policy.observes_scores and not int(self.pdmp_pending.numpy()):
             raise RuntimeError(
                 f"{type(self.policy).__name__} learns from every batch: call model.observe(modality_logits, labels) "
@@ -393,24 +390,44 @@ class ModulatedModel(keras.Model):
         self.update_coefficients()
         return super().train_on_batch(*args, **kwargs)
 
-    def _forward(self, x: Any) -> tuple[Any, dict[str, Any] | None]:
+    def _forward_with_logits(self, x: Any, training: Any) -> tuple[Any, dict[str, Any] | None]:
+        """The inner model's output and each modality's logits (``modality_logits``), from one forward pass
+        (a logits function runs its own)."""
         spec = self._logits.value
         if spec is None:
-            return self(x, training=True), None
+            return self.inner_model(x, training=training), None
         if callable(spec) and not hasattr(spec, "taps"):
-            y_pred = self(x, training=True)
-            return y_pred, dict(spec(self.inner_model, x, True))
-        y_pred, tapped = self._tap_model.value(x, training=True)
+            y_pred = self.inner_model(x, training=training)
+            return y_pred, dict(spec(self.inner_model, x, training))
+        y_pred, tapped = self._tap_model.value(x, training=training)
         return y_pred, spec.logits(self.inner_model, tapped)
 
-    def _lr_multiplier(self, variable: Any) -> tf.Tensor | None:
+    def _lr_multiplier(self, variable: Any) -> Any:
         modality = self._index.value.get(id(variable))
         if modality is None:
             return None
-        return tf.convert_to_tensor(self.pdmp_coefficients)[modality]
+        coefficients = self._step_coefficient_values.value
+        if coefficients is None:  # a loop of your own: the coefficient variables
+            coefficients = ops.convert_to_tensor(self.pdmp_coefficients)
+        return coefficients[modality]
+
+    @contextlib.contextmanager
+    def _step_coefficients(self, coefficients: Any) -> Iterator[None]:
+        """lr mode scales the learning rates with ``coefficients`` (this step's) while the optimizer applies."""
+        self._step_coefficient_values.value = coefficients
+        try:
+            yield
+        finally:
+            self._step_coefficient_values.value = None
+
+    def _optimizer_iterations(self) -> Any:
+        return _iterations(self.optimizer)
+
+    def _lr_scaled_count(self) -> int:
+        return _optimizer_lr.scaled_count(self.optimizer)
 
     def _check_lr_mode_applied(
-        self, gradients: Sequence[Any], variables: Sequence[Any], scaled_before: int, taken: tf.Tensor
+        self, gradients: Sequence[Any], variables: Sequence[Any], scaled_before: int, taken: Any
     ) -> None:
         """Raise if ``apply_gradients`` updated modality variables without passing them through
         ``update_step``, the one path where lr mode scales the learning rate (a Keras change would do that).
@@ -423,8 +440,8 @@ class ModulatedModel(keras.Model):
             return
         if _optimizer_lr.scaled_count(self.optimizer) > scaled_before:
             return
-        if tf.executing_eagerly() and (
-            getattr(self.optimizer, "gradient_accumulation_steps", None) or int(taken.numpy()) == 0
+        if _backend_ops.update_step_may_be_skipped() and (
+            getattr(self.optimizer, "gradient_accumulation_steps", None) or int(np.asarray(taken)) == 0
         ):
             return
         raise RuntimeError(_lr_not_applied_message(self.optimizer))
@@ -435,7 +452,7 @@ class ModulatedModel(keras.Model):
         """Tell the policy which epoch starts (0-based); ``fit()`` calls it for you."""
         epoch = check_non_negative_int(epoch, name="epoch")
         self._epoch_was_set = True
-        self._sync_clock()
+        self._sync_clock()  # also brings a running JAX fit()'s values into the variables
         self._clock.epoch = epoch
         self.pdmp_epoch.assign(epoch)
         optimizer = getattr(self, "optimizer", None)  # None before compile()
@@ -449,6 +466,7 @@ class ModulatedModel(keras.Model):
         ``fit()``, ``train_on_batch``, :meth:`step` and :meth:`set_epoch` call it for you. It always
         writes: restored weights may hold other values than the ones this object last wrote.
         """
+        self._attach_state()
         if isinstance(self.policy, OGMGE):
             self.pdmp_noise_gate.assign(1.0 if self.policy.active(self._clock.epoch) else 0.0)
             return
@@ -465,7 +483,7 @@ class ModulatedModel(keras.Model):
         """Adopt the learning policy's state stored in the variables (restored with the weights)."""
         layout = self._state_layout.value
         if layout is not None and layout.size:
-            self.policy.load_state_dict(layout.decode(self.pdmp_policy_state.numpy()))
+            self.policy.load_state_dict(layout.decode(_policy_state.unpack(self.pdmp_policy_state.numpy())))
 
     def _fold_pending_scores(self) -> None:
         """Hand the last step's scores to the learning policy, once (its coefficients were fixed before)."""
@@ -475,12 +493,13 @@ class ModulatedModel(keras.Model):
         self.policy.update(dict(zip(self.modalities, (float(v) for v in values), strict=True)))
         layout = self._state_layout.value
         if layout.size:
-            self.pdmp_policy_state.assign(layout.encode(self.policy.state_dict()))
+            self.pdmp_policy_state.assign(_policy_state.pack(layout.encode(self.policy.state_dict()), _WIDE_FLOAT))
         self.pdmp_pending.assign(0)
 
     def _sync_clock(self) -> None:
         """Adopt the step/epoch stored in the variables: they are restored with the weights and
         advanced in the graph, so they, not the Python copy, are the truth."""
+        self._attach_state()
         self._clock.step = int(self.pdmp_step.numpy())
         self._clock.epoch = int(self.pdmp_epoch.numpy())
 
@@ -503,15 +522,18 @@ class ModulatedModel(keras.Model):
     @property
     def step_count(self) -> int:
         """Training steps the optimizer took while modulated, as stored in the model."""
+        self._attach_state()
         return int(self.pdmp_step.numpy())
 
     @property
     def epoch(self) -> int:
+        self._attach_state()
         return int(self.pdmp_epoch.numpy())
 
     @property
     def coefficients(self) -> dict[str, float]:
         """Current coefficient of each modality (for OGM-GE: the last batch's)."""
+        self._attach_state()
         values = np.asarray(self.pdmp_coefficients.numpy(), dtype=np.float64)
         return {name: float(value) for name, value in zip(self.modalities, values, strict=True)}
 
@@ -544,6 +566,7 @@ class ModulatedModel(keras.Model):
         }
 
     def _scores(self) -> dict[str, float]:
+        self._attach_state()
         return dict(zip(self.modalities, (float(s) for s in self.pdmp_scores.numpy()), strict=True))
 
     def load_state_dict(self, state: Mapping[str, Any], *, strict: bool = True) -> None:
@@ -587,6 +610,7 @@ class ModulatedModel(keras.Model):
             raise ValueError(f"state['policy_state'] does not fit {self.policy!r}: {error}") from error
         pending = _pending_scores(state.get("pending_scores"), self.modalities, learning=self.policy.observes_scores)
         # Checked: now change state.
+        self._attach_state()
         if seed != self.seed:
             self.seed = seed
             self.train_function = None  # the seed is a trace-time constant: retrace
@@ -597,7 +621,7 @@ class ModulatedModel(keras.Model):
         self.policy.load_state_dict(policy_state)
         if encoded is not None:
             if encoded.size:
-                self.pdmp_policy_state.assign(encoded)
+                self.pdmp_policy_state.assign(_policy_state.pack(encoded, _WIDE_FLOAT))
             self.pdmp_pending.assign(0 if pending is None else 1)
             if pending is not None:
                 self.pdmp_scores.assign(np.asarray([pending[n] for n in self.modalities], dtype=np.float64))

@@ -1,0 +1,1 @@
+"""The JAX-specific parts of the Keras adapter (see :mod:`pdmp.backends.keras._backend`)."""

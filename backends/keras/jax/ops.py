@@ -1,0 +1,68 @@
+"""The operations the shared step needs that JAX does its own way (same names in ``tensorflow/ops.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import keras
+
+#: JAX has float64 (and int64) only with ``jax_enable_x64``; without it a float64 variable would silently
+#: hold float32, so the model asks for float32/int32 variables instead (see ``ModulatedModel``).
+FLOAT64 = bool(jax.config.jax_enable_x64)
+
+
+def variable_keys(variable: keras.Variable) -> list[int]:
+    """Identities under which the optimizer hands ``variable`` to ``update_step``: the Keras variable itself.
+
+    (Not its ``value``: a JAX array is replaced at every step, and a freed array's id can be reused.)
+    """
+    return [id(variable)]
+
+
+def all_reduce_sum(values: Any) -> Any:
+    """The identity: a jitted JAX step computes on the whole (global) batch, so there is nothing to sum."""
+    return values
+
+
+def _raise_if(bad: Any, message: str) -> None:
+    if bool(bad):
+        raise ValueError(message)
+
+
+def checked_labels(labels: Any, classes: Any, message: str) -> Any:
+    """``labels`` (int32 class indices); an out-of-range one fails the step with ``message``.
+
+    JAX gathers out of range silently (clamped or NaN), and a jitted step cannot raise on a value, so a
+    host callback raises instead (the error surfaces as a ``JaxRuntimeError`` quoting the message).
+    """
+    jax.debug.callback(_raise_if, jnp.any(labels < 0), f"{message} a negative (or NaN) label")
+    jax.debug.callback(_raise_if, jnp.any(labels >= classes), f"{message} a label >= the logits' width")
+    return labels
+
+
+def stateless_normal(shape: Any, seed: int, step: Any, position: int) -> Any:
+    """Float32 standard normal noise determined by (seed, step, position) alone."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), jnp.asarray(step, jnp.uint32)), position)
+    return jax.random.normal(key, tuple(shape), dtype=jnp.float32)
+
+
+def densify(gradient: Any) -> Any:
+    """JAX gradients are dense already."""
+    return gradient
+
+
+def scale_gradient(gradient: Any, k: Any) -> Any:
+    return gradient * k
+
+
+def inside_traced_function() -> bool:
+    """False: a value traced by JAX cannot reach the Python side of the adapter (reading it fails)."""
+    return False
+
+
+def update_step_may_be_skipped() -> bool:
+    """False: the JAX optimizer calls ``update_step`` for every variable on every path (``lax.cond``
+    traces both branches of a skipped loss-scaled or gradient-accumulation step)."""
+    return False

@@ -1,0 +1,85 @@
+"""``ModulatedModel``'s JAX step: Keras's stateless JAX ``train_step`` plus the PDMP part before the update.
+
+Keras's JAX trainer calls ``train_step(state, data) -> (logs, state)`` with every variable's value in
+``state`` and keeps the variables themselves detached during ``fit()`` (``jax_state_sync`` reattaches
+them). So the step reads and writes the model's own variables (coefficients, scores, clock) only inside
+a ``keras.StatelessScope`` mapping them to ``state``, and returns their new values in ``state``; the
+shared code of :class:`~pdmp.backends.keras.ModulatedModel` (``observe``, ``modulate_gradients``, the
+lr-mode hook) runs unchanged inside that scope. The Python side syncs before it reads or writes them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import keras
+from keras import ops
+from keras.src.distribution import distribution_lib
+
+
+class ModulatedTrainer:
+    """Mixed into ``ModulatedModel`` (before ``keras.Model``) when Keras runs on JAX."""
+
+    def train_step(self: Any, state: Any, data: Any) -> tuple[dict[str, Any], Any]:
+        """Keras's JAX ``train_step`` with :meth:`modulate_gradients` between the gradients and the update.
+
+        The step counter advances by the optimizer's own iteration count (a step a ``LossScaleOptimizer``
+        skipped is not counted), and OGM-GE's logits come from the same forward pass as the loss.
+        """
+        if distribution_lib.distribution() is not None:
+            raise NotImplementedError(
+                f"ModulatedModel on JAX does not support keras.distribution ({distribution_lib.distribution()!r}) "
+                "yet; train on one device, or use KERAS_BACKEND=tensorflow with tf.distribute"
+            )
+        trainable, non_trainable, optimizer_values, metrics_values = state
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+
+        def loss_and_logits(trainable: Any, non_trainable: Any, metrics_values: Any) -> tuple[Any, Any]:
+            # call() hands the modality logits of its forward pass over through this dict (see _captured).
+            captured: dict[str, Any] = {}
+            self._captured.value = captured
+            try:
+                loss, aux = self.compute_loss_and_updates(
+                    trainable, non_trainable, metrics_values, x, y, sample_weight,
+                    training=True, optimizer_variables=optimizer_values,
+                )  # fmt: skip
+            finally:
+                self._captured.value = None
+            return loss, (aux, captured.get("logits"))
+
+        (_, (aux, modality_logits)), gradients = jax.value_and_grad(loss_and_logits, has_aux=True)(
+            trainable, non_trainable, metrics_values
+        )
+        unscaled_loss, y_pred, non_trainable, metrics_values = aux
+        references = self.non_trainable_variables
+        mapping = [
+            *zip(references, non_trainable, strict=True),
+            *zip(self.optimizer.variables, optimizer_values, strict=True),
+        ]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            if modality_logits is None:
+                coefficients = ops.convert_to_tensor(self.pdmp_coefficients)
+            else:
+                coefficients = self.observe(modality_logits, y)
+            gradients = self.modulate_gradients(gradients, self.trainable_variables, coefficients=coefficients)
+        non_trainable = [scope.get_current_value(v) for v in references]
+        position = [id(v) for v in self.optimizer.variables].index(id(self._optimizer_iterations()))
+        scaled = self._lr_scaled_count()
+        with self._step_coefficients(coefficients):
+            trainable, new_optimizer_values = self.optimizer.stateless_apply(optimizer_values, gradients, trainable)
+        taken = new_optimizer_values[position] - optimizer_values[position]
+        if self.mode == "lr":
+            self._check_lr_mode_applied(gradients, self.trainable_variables, scaled, taken)
+        with keras.StatelessScope(state_mapping=list(zip(references, non_trainable, strict=True))) as scope:
+            self.pdmp_step.assign_add(ops.cast(taken, self.pdmp_step.dtype))
+        non_trainable = [scope.get_current_value(v) for v in references]
+        logs, metrics_values = self._update_metrics_variables(
+            metrics_values, unscaled_loss, x, y, y_pred, sample_weight
+        )
+        return logs, (trainable, non_trainable, new_optimizer_values, metrics_values)
+
+    def _attach_state(self: Any) -> None:
+        """Put the values of a running ``fit()`` back into the variables, so that Python reads (and writes)
+        the current ones; the next step then starts from the variables (Keras's own callback sync)."""
+        self.jax_state_sync()

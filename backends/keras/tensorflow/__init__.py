@@ -1,0 +1,1 @@
+"""The TensorFlow-specific parts of the Keras adapter (see :mod:`pdmp.backends.keras._backend`)."""

@@ -1,0 +1,72 @@
+"""The operations the shared step needs that TensorFlow does its own way (same names in ``jax/ops.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+#: float64 tensors always exist in TensorFlow: coefficients and scores are kept at the core's precision.
+FLOAT64 = True
+
+
+def variable_keys(variable: keras.Variable) -> list[int]:
+    """Identities under which the TF optimizer may hand ``variable`` to ``update_step``: the Keras variable,
+    its ``tf.Variable``, and under ``tf.distribute`` each replica's component."""
+    backing = getattr(variable, "value", variable)
+    keys = [id(variable), id(backing)]
+    keys.extend(id(component) for component in getattr(backing, "values", ()))
+    return keys
+
+
+def all_reduce_sum(values: tf.Tensor) -> tf.Tensor:
+    """Sum over the replicas of a ``tf.distribute`` replica context, so every replica holds the same values."""
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+    return values
+
+
+def checked_labels(labels: tf.Tensor, classes: Any, message: str) -> tf.Tensor:
+    """``labels`` (int32 class indices) that fail the step, with ``message``, when one is out of range.
+
+    Out-of-range indices would make the gather fail deep inside TF (CPU) or read zeros (GPU).
+    """
+    checks = [
+        tf.debugging.assert_non_negative(labels, message=f"{message} a negative (or NaN) label"),
+        tf.debugging.assert_less(
+            labels, tf.cast(classes, labels.dtype), message=f"{message} a label >= the logits' width"
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(labels)
+
+
+def stateless_normal(shape: Any, seed: int, step: tf.Tensor, position: int) -> tf.Tensor:
+    """Float32 standard normal noise determined by (seed, step, position) alone, identical on every replica."""
+    counter = tf.cast(step, tf.int64) * 4096 + position
+    return tf.random.stateless_normal(shape, seed=tf.stack([tf.cast(seed, tf.int64), counter]))
+
+
+def densify(gradient: Any) -> Any:
+    """A dense gradient (an embedding's ``tf.IndexedSlices`` becomes a tensor)."""
+    return tf.convert_to_tensor(gradient) if isinstance(gradient, tf.IndexedSlices) else gradient
+
+
+def scale_gradient(gradient: Any, k: Any) -> Any:
+    """``k * gradient``, keeping a sparse ``tf.IndexedSlices`` sparse."""
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.IndexedSlices(gradient.values * k, gradient.indices, gradient.dense_shape)
+    return gradient * k
+
+
+def inside_traced_function() -> bool:
+    """Whether this runs inside ``tf.function``, where Python cannot read a tensor's value."""
+    return not tf.executing_eagerly()
+
+
+def update_step_may_be_skipped() -> bool:
+    """Whether an optimizer step that is not taken (a skipped loss-scaled step, a gradient-accumulation
+    step) calls no ``update_step`` at all: eagerly yes; a traced step traces every branch."""
+    return tf.executing_eagerly()

@@ -1,0 +1,57 @@
+"""``ModulatedModel``'s TensorFlow step: Keras's stock TF ``train_step`` plus the PDMP part before the update."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras.src.losses.loss import unscale_loss_for_distribution
+
+
+def compute_loss_like_keras(model: keras.Model, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> tf.Tensor:
+    """The loss exactly as Keras's TF ``train_step`` computes it, also updating the ``loss`` metric."""
+    loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+    batch = tf.shape(next(i for i in keras.tree.flatten(x) if i is not None))[0]
+    model._loss_tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=batch)
+    return loss
+
+
+class ModulatedTrainer:
+    """Mixed into ``ModulatedModel`` (before ``keras.Model``) when Keras runs on TensorFlow."""
+
+    def train_step(self: Any, data: Any) -> dict[str, Any]:
+        """Keras's TensorFlow ``train_step`` with :meth:`modulate_gradients` before ``apply_gradients``.
+
+        The step counter advances by the optimizer's own iteration count, so a step that a
+        ``LossScaleOptimizer`` skipped (non-finite gradients) is not counted.
+        """
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred, modality_logits = self._forward(x)
+            loss = compute_loss_like_keras(self, x, y, y_pred, sample_weight)
+            if self.optimizer is not None:
+                loss = self.optimizer.scale_loss(loss)
+        variables = self.trainable_weights
+        if variables:
+            gradients = tape.gradient(loss, variables)
+            coefficients = None if modality_logits is None else self.observe(modality_logits, y)
+            gradients = self.modulate_gradients(gradients, variables, coefficients=coefficients)
+            iterations = self._optimizer_iterations()
+            before = tf.convert_to_tensor(iterations)
+            scaled = self._lr_scaled_count()
+            with self._step_coefficients(coefficients):
+                self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+            taken = tf.cast(tf.convert_to_tensor(iterations) - before, tf.int64)
+            if self.mode == "lr":
+                self._check_lr_mode_applied(gradients, variables, scaled, taken)
+            self.pdmp_step.assign_add(taken)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _forward(self: Any, x: Any) -> tuple[Any, Any]:
+        if self._logits.value is None:
+            return self(x, training=True), None
+        return self._forward_with_logits(x, True)
+
+    def _attach_state(self) -> None:
+        """Nothing to do: TensorFlow's step updates the variables themselves."""
