@@ -20,6 +20,7 @@ from pdmp import (
     OGMGE,
     PDMP,
     CoefficientPolicy,
+    GradientPolicy,
     InversePDMP,
     NoModulation,
     Ranking,
@@ -113,6 +114,8 @@ def modulation_mode(config: TrainConfig, policy: CoefficientPolicy) -> Literal["
     """How a run applies its policy: gradient scaling under SGD (where it equals a learning-rate
     multiplier); per-modality learning rates under AdamW, which normalises a constant gradient factor
     away. OGM-GE keeps gradient mode everywhere, as published: its noise is a gradient term."""
+    if isinstance(policy, GradientPolicy):  # transforms beyond scaling (the baselines) act on gradients
+        return "grad"
     return "lr" if config.optimizer == "adamw" and not policy.adds_noise else "grad"
 
 

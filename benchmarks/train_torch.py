@@ -13,7 +13,7 @@ from torch import nn
 
 from benchmarks.models_torch import FusionNet, UnimodalNet, make_encoder
 from benchmarks.protocol import TrainConfig, is_new_best, modulation_mode, split_metrics, summarise
-from pdmp import CoefficientPolicy
+from pdmp import AGM, ARL, CoefficientPolicy, GradientPolicy, mono_modal_responses
 from pdmp.backends.torch import Modulator
 
 
@@ -85,6 +85,8 @@ def train_run(
     train_x, train_y = _tensors(dataset.train, modalities, device)
     val_x, val_y = _tensors(dataset.val, modalities, device)
     test_x, test_y = _tensors(dataset.test, modalities, device)
+    if isinstance(policy, GradientPolicy) and policy.uses_unimodal_gradients and isinstance(model, FusionNet):
+        add_unimodal_heads(model, len(dataset.class_names), seed)
     optimizer = make_optimizer(model, config, lr_scale)
     modulator = None
     if policy is not None and isinstance(model, FusionNet):
@@ -106,15 +108,19 @@ def train_run(
         for index in _batches(train_y.shape[0], config.batch_size, generator):
             index = index.to(device)
             y = train_y[index]
-            if isinstance(model, FusionNet):
-                logits, per_modality = model({name: x[index] for name, x in train_x.items()})
-                if modulator is not None:
-                    modulator.observe({name: value.detach() for name, value in per_modality.items()}, y)
-            else:
-                logits = model(train_x[modalities[0]][index])
-            loss = loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if isinstance(model, FusionNet) and isinstance(policy, GradientPolicy) and modulator is not None:
+                inputs = {name: x[index] for name, x in train_x.items()}
+                logits, loss = baseline_step(model, inputs, y, policy, modulator, epoch, loss_fn)
+            else:
+                if isinstance(model, FusionNet):
+                    logits, per_modality = model({name: x[index] for name, x in train_x.items()})
+                    if modulator is not None:
+                        modulator.observe({name: value.detach() for name, value in per_modality.items()}, y)
+                else:
+                    logits = model(train_x[modalities[0]][index])
+                loss = loss_fn(logits, y)
+                loss.backward()
             optimizer.step()
             schedule.step()
             if modulator is not None:
@@ -148,6 +154,56 @@ def train_run(
     best_test = evaluate(model, test_x, test_y)
     # The last epoch's validation predictions: the ranking stage ranks unimodal runs by these.
     return summarise(history, start, val_fused.argmax(1), final_test=final_test, best_test=best_test)
+
+
+def add_unimodal_heads(model: FusionNet, classes: int, seed: int) -> None:
+    """MMPareto's unimodal heads (one linear layer per encoder), drawn from their own random stream so
+    that the shared model starts from the same weights as every other method of the seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 7919)
+        heads = {name: nn.Linear(int(encoder.width), classes) for name, encoder in model.encoders.items()}  # type: ignore[arg-type]
+    device = next(model.parameters()).device
+    model.unimodal_heads = nn.ModuleDict(heads).to(device)
+
+
+def baseline_step(
+    model: FusionNet,
+    inputs: Mapping[str, torch.Tensor],
+    y: torch.Tensor,
+    policy: GradientPolicy,
+    modulator: Modulator,
+    epoch: int,
+    loss_fn: nn.Module,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward for a gradient-transform baseline, wired as its reference code does.
+
+    MMPareto: a unimodal head per encoder, and the fused and unimodal losses handed to the modulator
+    separately. AGM: the fused model's outputs with the other modality's input zeroed (no gradient, eval
+    mode, as the reference's masked passes), combined into mono-modal responses. InfoReg and ARL: the
+    fusion head's decomposed logits, whose unimodal losses join the training loss (ARL weights them by
+    ``auxiliary_weight``). Returns the fused logits and the fused loss.
+    """
+    features = model.encode(inputs)
+    logits = model.fuse(features)
+    loss = loss_fn(logits, y)
+    if policy.uses_unimodal_gradients:
+        heads = model.unimodal_heads
+        unimodal = {name: loss_fn(heads[name](features[name]), y) for name in model.modalities}
+        modulator.backward(loss, unimodal)
+        return logits, loss
+    if isinstance(policy, AGM):
+        with torch.no_grad():
+            model.eval()
+            responses = mono_modal_responses(lambda masked: model(masked)[0], inputs)
+            model.train()
+        modulator.observe(responses, y)
+        loss.backward()
+        return logits, loss
+    decomposed = model.per_modality_logits(features)
+    modulator.observe({name: value.detach() for name, value in decomposed.items()}, y)
+    weight = policy.auxiliary_weight(epoch) if isinstance(policy, ARL) else 1.0
+    (loss + weight * sum(loss_fn(decomposed[name], y) for name in model.modalities)).backward()
+    return logits, loss
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, lr_scale: float = 1.0) -> torch.optim.Optimizer:

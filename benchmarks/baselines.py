@@ -1,0 +1,132 @@
+"""PDMP against the balancing methods it is compared with: OGM-GE, AGM, MMPareto, InfoReg and ARL.
+
+    python -m benchmarks.baselines --regime audio_dominant --threads 1
+    python -m benchmarks.baselines --regime image_dominant --threads 1
+    python -m benchmarks.baselines --regime under_optimization --threads 1
+
+For one built-in AV-digits regime (torch, CNN encoders, concat, the main benchmark's recipe: SGD lr
+0.05, momentum 0.9, 10 epochs, cosine decay), every method at its reference defaults, untuned, on the
+same seeds and data order: joint training, PDMP (10, 0.5, one warm-up epoch, the main benchmark's
+ranking), OGM-GE (alpha 0.8), AGM (alpha 1), MMPareto (gamma 1.5, a unimodal head per encoder),
+InfoReg (strengths 0.95 audio / 0.1 image, the reference's audio / visual constants; window 10,
+threshold 0.05) and ARL (T 4, gamma 4). ARL's warm-up is one epoch here, like PDMP's (the reference's
+6 of 100 epochs would leave 4 of these 10). How each method is wired into the training loop is
+``benchmarks.train_torch.baseline_step``. Nothing is tuned, so every seed is an evaluation seed.
+Paired differences against PDMP and against joint training, with paired Student-t intervals.
+
+Written under ``--out`` (default ``results/baselines/<regime>``): ``evaluation.json`` (resumable),
+``summary.md`` and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import pdmp
+from benchmarks.gamma_search import DEFAULT_RANKINGS, LR, make_train
+from benchmarks.protocol import environment
+from pdmp.compare import Candidate, Study, compare
+
+REGIMES = ("image_dominant", "audio_dominant", "under_optimization")
+INFOREG_STRENGTH = {"audio": 0.95, "image": 0.1}  # the reference's audio / visual constants (CREMA-D)
+
+
+def candidates(ranking: pdmp.Ranking) -> list[Candidate]:
+    names = ranking.order
+    strength = {name: INFOREG_STRENGTH.get(name, 0.95) for name in names}
+    return [
+        Candidate("joint", pdmp.NoModulation(names)),
+        Candidate("pdmp", pdmp.PDMP.from_ranking(ranking, gamma_p=10.0, gamma_r=0.5, warmup=1)),
+        Candidate("ogmge", pdmp.OGMGE(names, alpha=0.8)),
+        Candidate("agm", pdmp.AGM(names)),
+        Candidate("mmpareto", pdmp.MMPareto(names)),
+        Candidate("inforeg", pdmp.InfoReg(names, strength)),
+        Candidate("arl", pdmp.ARL(names, warmup=1)),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--regime", required=True, choices=REGIMES)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--ranking", type=Path, default=None, help="ranking JSON (default: the main benchmark's)")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--subset", type=float, default=None, help="fraction of each split (quick checks only)")
+    parser.add_argument("--report-only", action="store_true", help="rebuild summary.md from the saved runs")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from benchmarks.run import load_dataset
+
+    dataset_name = f"av_digits:{args.regime}"
+    out = args.out or Path("results") / "baselines" / args.regime
+    out.mkdir(parents=True, exist_ok=True)
+    ranking_file = args.ranking or DEFAULT_RANKINGS / f"ranking_av_digits-{args.regime}_cnn.json"
+    ranking = pdmp.Ranking.load(ranking_file)
+    if args.report_only:
+        stored = Study.load(out / "evaluation.json")
+        complete = [s for s in stored.seeds if all((c.name, s) in stored.runs for c in stored.candidates)]
+        study = Study(stored.candidates, complete, stored.reference)
+        study.runs = {key: run for key, run in stored.runs.items() if key[1] in complete}
+    else:
+        data = load_dataset(dataset_name, 0, args.subset)
+        train = make_train(dataset_name, data)
+        study = compare(
+            train, candidates(ranking), args.seeds, path=out / "evaluation.json", train_options={"budget": args.epochs}
+        )
+    write_summary(out, args, argv, ranking_file, ranking, study)
+    return 0
+
+
+def write_summary(
+    out: Path, args: argparse.Namespace, argv: list[str] | None, ranking_file: Path, ranking: pdmp.Ranking, study: Study
+) -> None:
+    command = " ".join(["python -m benchmarks.baselines", *(argv if argv is not None else sys.argv[1:])])
+    total = sum(run["wall_time_s"] for run in study.runs.values()) / 60
+    joint = [study.runs[("joint", s)]["wall_time_s"] for s in study.seeds if ("joint", s) in study.runs]
+    lines = [
+        f"# Baselines: av_digits {args.regime} (torch, CNN, concat, SGD lr {LR}, {args.epochs} epochs)",
+        "",
+        f"Command: `{command}`. Ranking (PDMP's): `{ranking_file.name}` ({' > '.join(ranking.order)}). "
+        f"Seeds {study.seeds}; every method at its reference defaults (nothing tuned).",
+        "",
+        "## Final-epoch test accuracy, paired against PDMP",
+        "",
+        study.to_markdown("test_acc", reference="pdmp"),
+        "",
+        "## The same, paired against joint training",
+        "",
+        study.to_markdown("test_acc", reference="joint"),
+        "",
+        "## Test accuracy at the best-validation epoch, paired against PDMP",
+        "",
+        study.to_markdown("test_acc_at_best_val", reference="pdmp"),
+        "",
+        f"Total wall time {total:.1f} min ({np.mean(joint) / 60 if joint else float('nan'):.1f} min per joint run) "
+        f"on {environment()['processor']} ({os.cpu_count()} cores, {args.threads or 'all'} torch thread(s)).",
+    ]
+    text = "\n".join(lines) + "\n"
+    (out / "summary.md").write_text(text)
+    try:
+        study.plot(out / "evaluation.png", "test_acc")
+    except ImportError as error:
+        print(f"plot skipped: {error}")
+    print(text)
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    code = main()
+    print(f"finished in {(time.perf_counter() - started) / 60:.1f} min")
+    raise SystemExit(code)
