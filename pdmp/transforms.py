@@ -196,7 +196,7 @@ class GradientPolicy(CoefficientPolicy):
     Subclasses declare what they need from the training loop (each costs something, see the README's
     baselines section) and implement :meth:`transform`, which the adapters call exactly once per
     optimizer step, just before it, and which may update the policy's state (running averages); the
-    state must round-trip through :meth:`state_dict` so that training resumes exactly.
+    state must round-trip through :meth:`~pdmp.CoefficientPolicy.state_dict` so that training resumes exactly.
     """
 
     #: Per-modality logits of this batch, through the adapter's ``observe(logits, labels)``.

@@ -22,7 +22,8 @@ class ModulatedTrainer:
     """Mixed into ``ModulatedModel`` (before ``keras.Model``) when Keras runs on JAX."""
 
     def train_step(self: Any, state: Any, data: Any) -> tuple[dict[str, Any], Any]:
-        """Keras's JAX ``train_step`` with :meth:`modulate_gradients` between the gradients and the update.
+        """Keras's JAX ``train_step`` with
+        :meth:`~pdmp.backends.keras.ModulatedModel.modulate_gradients` between the gradients and the update.
 
         The step counter advances by the optimizer's own iteration count (a step a ``LossScaleOptimizer``
         skipped is not counted), and OGM-GE's logits come from the same forward pass as the loss.

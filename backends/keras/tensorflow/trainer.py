@@ -21,7 +21,8 @@ class ModulatedTrainer:
     """Mixed into ``ModulatedModel`` (before ``keras.Model``) when Keras runs on TensorFlow."""
 
     def train_step(self: Any, data: Any) -> dict[str, Any]:
-        """Keras's TensorFlow ``train_step`` with :meth:`modulate_gradients` before ``apply_gradients``.
+        """Keras's TensorFlow ``train_step`` with
+        :meth:`~pdmp.backends.keras.ModulatedModel.modulate_gradients` before ``apply_gradients``.
 
         The step counter advances by the optimizer's own iteration count, so a step that a
         ``LossScaleOptimizer`` skipped (non-finite gradients) is not counted.
