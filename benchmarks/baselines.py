@@ -21,19 +21,16 @@ Written under ``--out`` (default ``results/baselines/<regime>``): ``evaluation.j
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 import pdmp
-from benchmarks.gamma_search import DEFAULT_RANKINGS, LR, make_train
-from benchmarks.protocol import environment
-from pdmp.compare import Candidate, Study, compare
+from benchmarks.gamma_search import LR, make_train
+from benchmarks.study_cli import add_common_arguments, finished_part, machine_line, prepare, write_summary
+from pdmp.compare import Candidate, compare
 
-REGIMES = ("image_dominant", "audio_dominant", "under_optimization")
 INFOREG_STRENGTH = {"audio": 0.95, "image": 0.1}  # the reference's audio / visual constants (CREMA-D)
 
 
@@ -53,52 +50,29 @@ def candidates(ranking: pdmp.Ranking) -> list[Candidate]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--regime", required=True, choices=REGIMES)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_common_arguments(parser, seeds=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--ranking", type=Path, default=None, help="ranking JSON (default: the main benchmark's)")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--subset", type=float, default=None, help="fraction of each split (quick checks only)")
     parser.add_argument("--report-only", action="store_true", help="rebuild summary.md from the saved runs")
     args = parser.parse_args(argv)
-
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from benchmarks.run import load_dataset
-
-    dataset_name = f"av_digits:{args.regime}"
-    out = args.out or Path("results") / "baselines" / args.regime
-    out.mkdir(parents=True, exist_ok=True)
-    ranking_file = args.ranking or DEFAULT_RANKINGS / f"ranking_av_digits-{args.regime}_cnn.json"
-    ranking = pdmp.Ranking.load(ranking_file)
+    regime = prepare(args, "baselines")
     if args.report_only:
-        stored = Study.load(out / "evaluation.json")
-        complete = [s for s in stored.seeds if all((c.name, s) in stored.runs for c in stored.candidates)]
-        study = Study(stored.candidates, complete, stored.reference)
-        study.runs = {key: run for key, run in stored.runs.items() if key[1] in complete}
+        study = finished_part(regime.out / "evaluation.json")
     else:
-        data = load_dataset(dataset_name, 0, args.subset)
-        train = make_train(dataset_name, data)
+        train = make_train(regime.dataset_name, regime.load_data(args.subset))
         study = compare(
-            train, candidates(ranking), args.seeds, path=out / "evaluation.json", train_options={"budget": args.epochs}
+            train,
+            candidates(regime.ranking),
+            args.seeds,
+            path=regime.out / "evaluation.json",
+            train_options={"budget": args.epochs},
         )
-    write_summary(out, args, argv, ranking_file, ranking, study)
-    return 0
-
-
-def write_summary(
-    out: Path, args: argparse.Namespace, argv: list[str] | None, ranking_file: Path, ranking: pdmp.Ranking, study: Study
-) -> None:
     command = " ".join(["python -m benchmarks.baselines", *(argv if argv is not None else sys.argv[1:])])
     total = sum(run["wall_time_s"] for run in study.runs.values()) / 60
     joint = [study.runs[("joint", s)]["wall_time_s"] for s in study.seeds if ("joint", s) in study.runs]
     lines = [
         f"# Baselines: av_digits {args.regime} (torch, CNN, concat, SGD lr {LR}, {args.epochs} epochs)",
         "",
-        f"Command: `{command}`. Ranking (PDMP's): `{ranking_file.name}` ({' > '.join(ranking.order)}). "
+        f"Command: `{command}`. Ranking (PDMP's): `{regime.ranking_file.name}` ({' > '.join(regime.ranking.order)}). "
         f"Seeds {study.seeds}; every method at its reference defaults (nothing tuned).",
         "",
         "## Final-epoch test accuracy, paired against PDMP",
@@ -113,16 +87,10 @@ def write_summary(
         "",
         study.to_markdown("test_acc_at_best_val", reference="pdmp"),
         "",
-        f"Total wall time {total:.1f} min ({np.mean(joint) / 60 if joint else float('nan'):.1f} min per joint run) "
-        f"on {environment()['processor']} ({os.cpu_count()} cores, {args.threads or 'all'} torch thread(s)).",
+        machine_line(total, args.threads, f" ({np.mean(joint) / 60 if joint else float('nan'):.1f} min per joint run)"),
     ]
-    text = "\n".join(lines) + "\n"
-    (out / "summary.md").write_text(text)
-    try:
-        study.plot(out / "evaluation.png", "test_acc")
-    except ImportError as error:
-        print(f"plot skipped: {error}")
-    print(text)
+    write_summary(regime.out, lines, study)
+    return 0
 
 
 if __name__ == "__main__":

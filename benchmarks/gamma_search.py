@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import pdmp
-from benchmarks.protocol import ENCODER_OVERRIDES, TrainConfig, environment
+from benchmarks import study_cli
+from benchmarks.protocol import ENCODER_OVERRIDES, TrainConfig
+from benchmarks.study_cli import add_common_arguments, finished_part, machine_line, prepare
 from pdmp.compare import Candidate, Study, compare, default_candidates
 from pdmp.search import gamma_grid, search_gammas
 
-ROOT = Path(__file__).resolve().parent
-DEFAULT_RANKINGS = ROOT / "reported" / "main"
 LR = 0.05  # the main benchmark's SGD learning rate (see README: base lr set in pilots)
 LR_SCALES = (0.5, 2.0, 5.0, 10.0)
 FAMILIES = ("pdmp", "uniform", "joint_lr", "inverse")
@@ -109,14 +108,9 @@ def evaluation_candidates(ranking: pdmp.Ranking, chosen: Sequence[Candidate]) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--regime", required=True, choices=("image_dominant", "audio_dominant", "under_optimization"))
+    add_common_arguments(parser, seeds=[0, 1, 2, 3, 4], seeds_help="evaluation seeds")
     parser.add_argument("--tuning-seeds", type=int, nargs="+", default=[100])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="evaluation seeds")
     parser.add_argument("--budgets", type=int, nargs="+", default=[3, 10], help="epochs per successive-halving rung")
-    parser.add_argument("--ranking", type=Path, default=None, help="ranking JSON (default: the main benchmark's)")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--subset", type=float, default=None, help="fraction of each split (quick checks only)")
     parser.add_argument(
         "--families",
         nargs="+",
@@ -130,22 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         help="rebuild summary.md from the saved search and evaluation files, over the seeds every candidate finished",
     )
     args = parser.parse_args(argv)
-
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from benchmarks.run import load_dataset
-
-    dataset_name = f"av_digits:{args.regime}"
-    out = args.out or Path("results") / "gamma-search" / args.regime
-    out.mkdir(parents=True, exist_ok=True)
-    ranking_file = args.ranking or DEFAULT_RANKINGS / f"ranking_av_digits-{args.regime}_cnn.json"
-    ranking = pdmp.Ranking.load(ranking_file)
+    regime = prepare(args, "gamma-search")
+    out, ranking, ranking_file = regime.out, regime.ranking, regime.ranking_file
     if args.report_only:
         return report_only(out, args, argv, ranking, ranking_file)
-    data = load_dataset(dataset_name, 0, args.subset)
-    train = make_train(dataset_name, data)
+    dataset_name = regime.dataset_name
+    train = make_train(dataset_name, regime.load_data(args.subset))
     started = time.perf_counter()
 
     result = search_gammas(
@@ -188,10 +172,8 @@ def report_only(
         folder=out / "search",
         progress=False,
     )
+    study = finished_part(out / "evaluation.json")
     stored = Study.load(out / "evaluation.json")
-    complete = [s for s in stored.seeds if all((c.name, s) in stored.runs for c in stored.candidates)]
-    study = Study(stored.candidates, complete, stored.reference)
-    study.runs = {key: run for key, run in stored.runs.items() if key[1] in complete}
     chosen = [replace(candidate, name=f"{family}_tuned") for family, candidate in result.best.items()]
     search_seconds = sum(result.cost(family)["wall_time_s"] for family in result.best)
     total = (search_seconds + sum(run["wall_time_s"] for run in stored.runs.values())) / 60
@@ -239,16 +221,9 @@ def write_summary(
         "",
         study.to_markdown("test_acc_at_best_val"),
         "",
-        f"Total wall time {total_minutes:.1f} min on {environment()['processor']} ({os.cpu_count()} cores, "
-        f"{args.threads or 'all'} torch thread(s)).",
+        machine_line(total_minutes, args.threads),
     ]
-    text = "\n".join(lines) + "\n"
-    (out / "summary.md").write_text(text)
-    try:
-        study.plot(out / "evaluation.png", "test_acc")
-    except ImportError as error:
-        print(f"plot skipped: {error}")
-    print(text)
+    study_cli.write_summary(out, lines, study)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,11 +28,9 @@ from typing import Any
 import numpy as np
 
 import pdmp
-from benchmarks.gamma_search import DEFAULT_RANKINGS, make_train
-from benchmarks.protocol import environment
+from benchmarks.gamma_search import make_train
+from benchmarks.study_cli import add_common_arguments, finished_part, machine_line, prepare, write_summary
 from pdmp.compare import Candidate, Study, compare, default_candidates
-
-REGIMES = ("image_dominant", "audio_dominant", "under_optimization")
 
 
 def candidates(ranking: pdmp.Ranking) -> list[Candidate]:
@@ -69,65 +66,38 @@ def convergence_table(out: Path, study: Study, epochs: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--regime", required=True, choices=REGIMES)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_common_arguments(parser, seeds=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--lr", type=float, default=1e-3, help="SGD base learning rate (momentum 0.9)")
-    parser.add_argument("--ranking", type=Path, default=None, help="ranking JSON (default: the main benchmark's)")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--subset", type=float, default=None, help="fraction of each split (quick checks only)")
     parser.add_argument("--report-only", action="store_true", help="rebuild summary.md from the saved runs")
     args = parser.parse_args(argv)
     if args.epochs < 4:
         parser.error(f"--epochs {args.epochs}: the paper's regime trains long; use at least 4")
-
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from benchmarks.run import load_dataset
-
-    dataset_name = f"av_digits:{args.regime}"
-    out = args.out or Path("results") / "paper-regime" / args.regime
-    (out / "curves").mkdir(parents=True, exist_ok=True)
-    ranking_file = args.ranking or DEFAULT_RANKINGS / f"ranking_av_digits-{args.regime}_cnn.json"
-    ranking = pdmp.Ranking.load(ranking_file)
+    regime = prepare(args, "paper-regime")
+    out = regime.out
+    (out / "curves").mkdir(exist_ok=True)
     if args.report_only:
-        study = Study.load(out / "evaluation.json")
-        complete = [s for s in study.seeds if all((c.name, s) in study.runs for c in study.candidates)]
-        finished = Study(study.candidates, complete, study.reference)
-        finished.runs = {key: run for key, run in study.runs.items() if key[1] in complete}
-        write_summary(out, args, argv, ranking_file, ranking, finished)
-        return 0
+        study = finished_part(out / "evaluation.json")
+    else:
 
-    def keep_curve(policy: pdmp.CoefficientPolicy, seed: int, result: dict[str, Any]) -> None:
-        history = result["history"]
-        curve = {
-            "val_acc": [record["val"]["acc"] for record in history],
-            "train_acc": [record["train_acc"] for record in history],
-            "train_loss": [record["train_loss"] for record in history],
-            "coefficients": [record["coefficients"] for record in history],
-        }
-        curve_path(out, policy, seed).write_text(json.dumps(curve))
+        def keep_curve(policy: pdmp.CoefficientPolicy, seed: int, result: dict[str, Any]) -> None:
+            history = result["history"]
+            curve = {
+                "val_acc": [record["val"]["acc"] for record in history],
+                "train_acc": [record["train_acc"] for record in history],
+                "train_loss": [record["train_loss"] for record in history],
+                "coefficients": [record["coefficients"] for record in history],
+            }
+            curve_path(out, policy, seed).write_text(json.dumps(curve))
 
-    data = load_dataset(dataset_name, 0, args.subset)
-    train = make_train(dataset_name, data, lr=args.lr, on_result=keep_curve)
-    study = compare(
-        train, candidates(ranking), args.seeds, path=out / "evaluation.json", train_options={"budget": args.epochs}
-    )
-    write_summary(out, args, argv, ranking_file, ranking, study)
-    return 0
-
-
-def write_summary(
-    out: Path,
-    args: argparse.Namespace,
-    argv: list[str] | None,
-    ranking_file: Path,
-    ranking: pdmp.Ranking,
-    study: Study,
-) -> None:
+        train = make_train(regime.dataset_name, regime.load_data(args.subset), lr=args.lr, on_result=keep_curve)
+        study = compare(
+            train,
+            candidates(regime.ranking),
+            args.seeds,
+            path=out / "evaluation.json",
+            train_options={"budget": args.epochs},
+        )
     command = " ".join(["python -m benchmarks.paper_regime", *(argv if argv is not None else sys.argv[1:])])
     total = sum(run["wall_time_s"] for run in study.runs.values()) / 60
     joint_runs = [study.runs[("joint", s)]["wall_time_s"] for s in study.seeds if ("joint", s) in study.runs]
@@ -135,7 +105,7 @@ def write_summary(
         f"# The paper's regime: av_digits {args.regime} (torch, CNN, concat, SGD lr {args.lr}, momentum 0.9, "
         f"{args.epochs} epochs, cosine decay)",
         "",
-        f"Command: `{command}`. Ranking: `{ranking_file.name}` ({' > '.join(ranking.order)}). "
+        f"Command: `{command}`. Ranking: `{regime.ranking_file.name}` ({' > '.join(regime.ranking.order)}). "
         f"Seeds {study.seeds} (nothing tuned).",
         "",
         "## Final-epoch test accuracy, paired against joint training",
@@ -154,17 +124,12 @@ def write_summary(
         "",
         convergence_table(out, study, args.epochs),
         "",
-        f"Total wall time {total:.1f} min ({np.mean(joint_runs) / 60 if joint_runs else float('nan'):.1f} min per "
-        f"joint run) on {environment()['processor']} ({os.cpu_count()} cores, {args.threads or 'all'} torch "
-        "thread(s)).",
+        machine_line(
+            total, args.threads, f" ({np.mean(joint_runs) / 60 if joint_runs else float('nan'):.1f} min per joint run)"
+        ),
     ]
-    text = "\n".join(lines) + "\n"
-    (out / "summary.md").write_text(text)
-    try:
-        study.plot(out / "evaluation.png", "test_acc")
-    except ImportError as error:
-        print(f"plot skipped: {error}")
-    print(text)
+    write_summary(out, lines, study)
+    return 0
 
 
 if __name__ == "__main__":
