@@ -22,13 +22,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
 
 import pdmp
 from benchmarks.gamma_search import LR, make_train
-from benchmarks.study_cli import add_common_arguments, finished_part, machine_line, prepare, write_summary
+from benchmarks.study_cli import (
+    add_common_arguments,
+    finished_part,
+    machine_line,
+    prepare,
+    run_timed,
+    write_summary,
+)
 from pdmp.compare import Candidate, compare
 
 INFOREG_STRENGTH = {"audio": 0.95, "image": 0.1}  # the reference's audio / visual constants (CREMA-D)
@@ -94,7 +100,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    started = time.perf_counter()
-    code = main()
-    print(f"finished in {(time.perf_counter() - started) / 60:.1f} min")
-    raise SystemExit(code)
+    raise SystemExit(run_timed(main))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,14 @@ import numpy as np
 
 import pdmp
 from benchmarks.gamma_search import make_train
-from benchmarks.study_cli import add_common_arguments, finished_part, machine_line, prepare, write_summary
+from benchmarks.study_cli import (
+    add_common_arguments,
+    finished_part,
+    machine_line,
+    prepare,
+    run_timed,
+    write_summary,
+)
 from pdmp.compare import Candidate, Study, compare, default_candidates
 
 
@@ -133,7 +139,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    started = time.perf_counter()
-    code = main()
-    print(f"finished in {(time.perf_counter() - started) / 60:.1f} min")
-    raise SystemExit(code)
+    raise SystemExit(run_timed(main))

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,11 @@ def write_summary(out: Path, lines: Sequence[str], study: Study, metric: str = "
     except ImportError as error:
         print(f"plot skipped: {error}")
     print(text)
+
+
+def run_timed(main: Callable[[], int]) -> int:
+    """Run a script's ``main`` and say how long it took (for ``if __name__ == "__main__"``)."""
+    started = time.perf_counter()
+    code = main()
+    print(f"finished in {(time.perf_counter() - started) / 60:.1f} min")
+    return code

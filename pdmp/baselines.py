@@ -318,8 +318,6 @@ class AGM(GradientPolicy):
         end_epoch: int = 20,
     ) -> None:
         super().__init__(modalities)
-        if len(self.modalities) < 2:
-            raise ValueError("AGM compares modalities with each other: it needs at least two")
         self.alpha = check_positive_finite(alpha, name="alpha")
         self.clip = check_positive_finite(clip, name="clip")
         self.start_epoch = check_non_negative_int(start_epoch, name="start_epoch")
@@ -428,8 +426,6 @@ class ARL(GradientPolicy):
         entropy_floor: float = 0.3,
     ) -> None:
         super().__init__(modalities)
-        if len(self.modalities) < 2:
-            raise ValueError("ARL weighs modalities against each other: it needs at least two")
         self.temperature = check_positive_finite(temperature, name="temperature")
         self.gamma = check_non_negative_finite(gamma, name="gamma")
         self.warmup = check_non_negative_int(warmup, name="warmup")
