@@ -283,6 +283,16 @@ def mono_modal_responses(forward: Callable[[dict[str, Any]], Any], inputs: Mappi
     return shapley_responses(outputs, names)
 
 
+#: Exponents above this are clamped so that AGM's coefficients stay finite (``exp(700)`` ~ 1e304).
+_MAX_EXPONENT = 700.0
+
+
+def _exp(x: float) -> float:
+    """``exp`` that saturates instead of overflowing (the reference's float32 tensors give inf, and then
+    inf - inf = NaN once both of AGM's exponentials overflow)."""
+    return math.exp(min(x, _MAX_EXPONENT))
+
+
 @register_policy
 class AGM(GradientPolicy):
     """AGM, adaptive gradient modulation (Li et al., ICCV 2023).
@@ -301,7 +311,10 @@ class AGM(GradientPolicy):
     reference multiplies the gradient flowing into ``phi_m``, which also reaches the encoders through
     the masked passes; for a linear fusion head the two agree up to those passes), and the masked passes
     carry no gradient; outside the window the coefficient is 1 (the reference keeps applying the last
-    in-window coefficient); the cross-entropy is not clamped at ``-log(1e-8)``; the reference's extra
+    in-window coefficient); the cross-entropy is not clamped at ``-log(1e-8)``; exponents are capped at
+    700, so when the modalities' losses differ by hundreds of nats (large logits) the coefficients stay
+    finite: the better modality's tends to 0 and the other's to ``exp(alpha * clip)``, as in the
+    reference up to the point where its float32 exponentials overflow to inf and NaN; the reference's extra
     gradient-norm clipping (when the head's gradient leaves [-1, 1]) is left to the training loop.
     """
 
@@ -338,9 +351,9 @@ class AGM(GradientPolicy):
         mean_before = sum(self._running.values()) / len(self._running)
         result = {}
         for m in self.modalities:
-            ratio = math.exp(scale * (mean_now - losses[m]))
-            optimum = math.exp(scale * (mean_before - self._running[m]))
-            result[m] = math.exp(self.alpha * min(optimum - ratio, self.clip))
+            ratio = _exp(scale * (mean_now - losses[m]))
+            optimum = _exp(scale * (mean_before - self._running[m]))
+            result[m] = _exp(self.alpha * min(optimum - ratio, self.clip))
         return result
 
     def compute_transform(

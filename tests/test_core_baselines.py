@@ -427,3 +427,15 @@ def test_missing_or_bad_statistics_are_refused(policy):
 def test_bad_options_are_refused(build, match):
     with pytest.raises((ValueError, TypeError), match=match):
         build()
+
+
+def test_agm_saturates_instead_of_overflowing_when_losses_are_far_apart():
+    # Mean cross-entropies 400 nats apart (huge logits): exp(2 * 400) overflows a float.
+    policy = AGM(MODALITIES)
+    stats = {"audio": {**dict.fromkeys(LOGIT_STATISTICS, 1.0), "cross_entropy": 0.0, "count": 1.0},
+             "visual": {**dict.fromkeys(LOGIT_STATISTICS, 1.0), "cross_entropy": 400.0, "count": 1.0}}  # fmt: skip
+    first = policy.transform(step=0, epoch=0, logit_stats=stats).fused
+    # audio: ratio exp(400) (capped) far above its optimum 1 -> 0; visual: ratio ~0, optimum 1 -> e.
+    assert first["audio"] == 0.0 and first["visual"] == pytest.approx(math.e)
+    second = policy.transform(step=1, epoch=0, logit_stats=stats).fused
+    assert all(math.isfinite(v) for v in second.values())
