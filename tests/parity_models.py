@@ -118,6 +118,8 @@ class Trace:
 
     params: list[dict[str, np.ndarray]] = field(default_factory=list)
     coefficients: list[dict[str, float]] = field(default_factory=list)
+    #: A GradientPolicy's transform of every step (``GradientTransform.as_array``), where one was used.
+    transforms: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -421,3 +423,192 @@ def names_of(spec: Spec) -> list[str]:
 
 def flatten(values: Iterable[dict[str, float]], names: Sequence[str]) -> np.ndarray:
     return np.array([[row[name] for name in names] for row in values], dtype=np.float64)
+
+
+# -- GradientPolicies (the baselines) ---------------------------------------------------------------------------
+#
+# Each is wired as the README's baselines example does: MMPareto gets one unimodal head per encoder (a Dense
+# on the encoder's features, weights ``"<modality>_unimodal/kernel"``), whose losses are kept apart; AGM's
+# logits are the mono-modal responses of masked passes, without gradient; the others (InfoReg, ARL) observe
+# the fusion head's decomposed logits and add their cross-entropies to the loss (weight 1: ARL is given
+# gamma=1, so that its auxiliary weight is 1 in every epoch).
+
+
+def unimodal_head_weights(spec: Spec, seed: int = 2) -> dict[str, np.ndarray]:
+    """A unimodal head per modality (``Dense(CLASSES)`` on its features), Keras layout, float64."""
+    rng = np.random.default_rng(seed)
+    limit = math.sqrt(6.0 / (WIDTH + CLASSES))
+    weights = {}
+    for name, _, _ in spec:
+        weights[f"{name}_unimodal/kernel"] = rng.uniform(-limit, limit, size=(WIDTH, CLASSES))
+        weights[f"{name}_unimodal/bias"] = rng.uniform(-0.1, 0.1, size=(CLASSES,))
+    return weights
+
+
+def train_torch_transform(
+    spec: Spec,
+    weights: Mapping[str, np.ndarray],
+    x: Mapping[str, np.ndarray],
+    y: np.ndarray,
+    policy: Any,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = MOMENTUM,
+) -> Trace:
+    """Train with a GradientPolicy through :class:`pdmp.backends.torch.Modulator`; record every step."""
+    import torch
+    from torch import nn
+
+    import pdmp
+    from pdmp.backends.torch import Modulator
+
+    model = torch_model(spec, weights)
+    named = torch_parameters(model, spec)
+    heads = {}
+    if policy.uses_unimodal_gradients:
+        for name, _, _ in spec:
+            head = nn.Linear(WIDTH, CLASSES).double()
+            with torch.no_grad():
+                head.weight.copy_(torch.from_numpy(weights[f"{name}_unimodal/kernel"].T.copy()))
+                head.bias.copy_(torch.from_numpy(weights[f"{name}_unimodal/bias"].copy()))
+            heads[name] = head
+            named[f"{name}_unimodal/kernel"], named[f"{name}_unimodal/bias"] = head.weight, head.bias
+    parameters = [*model.parameters(), *(p for head in heads.values() for p in head.parameters())]
+    opt = torch.optim.SGD(parameters, lr=lr, momentum=momentum)
+    ce = nn.functional.cross_entropy
+    mod = Modulator({name: model.encoders[name] for name, _, _ in spec}, policy, optimizer=opt)
+    trace = Trace()
+    labels = torch.from_numpy(y)
+    for epoch in range(epochs):
+        mod.set_epoch(epoch)
+        for rows in batches(len(y), batch_size):
+            batch, target = torch_inputs(spec, x, rows), labels[rows]
+            out, features = model(batch)
+            loss = ce(out, target)
+            opt.zero_grad()
+            if policy.uses_unimodal_gradients:
+                mod.backward(loss, {m: ce(heads[m](f), target) for m, f in features.items()})
+            elif isinstance(policy, pdmp.AGM):
+                with torch.no_grad():
+                    mod.observe(pdmp.mono_modal_responses(lambda masked: model(masked)[0], batch), target)
+                loss.backward()
+            else:
+                parts = _torch_decomposed_logits(model.head, features)
+                mod.observe({m: p.detach() for m, p in parts.items()}, target)
+                (loss + sum(ce(p, target) for p in parts.values())).backward()
+            opt.step()
+            trace.coefficients.append(mod.coefficients)
+            trace.transforms.append(policy.last_transform.as_array(mod.modalities))
+            mod.step()
+            trace.params.append({key: from_torch_layout(key, p.detach().numpy()) for key, p in named.items()})
+    mod.remove()
+    return trace
+
+
+def _torch_decomposed_logits(head: Any, features: Mapping[str, Any]) -> dict[str, Any]:
+    """``f_m W_m^T + b / M`` per modality, with gradient (``pdmp.backends.torch.concat_head_logits`` computes
+    the same under ``no_grad``, for observing only), as Keras's ``ConcatHead`` gives them."""
+    from torch.nn import functional
+
+    result, start = {}, 0
+    for name, value in features.items():
+        stop = start + value.shape[-1]
+        result[name] = functional.linear(value, head.weight[:, start:stop], head.bias / len(features))
+        start = stop
+    return result
+
+
+def keras_transform_model(spec: Spec, weights: Mapping[str, np.ndarray], policy: Any) -> Any:
+    """The Keras model for ``policy``, wrapped in ``ModulatedModel`` as :func:`train_torch_transform` wires it."""
+    import pdmp
+    from pdmp.backends.keras import ConcatHead, ModulatedModel
+
+    names = [name for name, _, _ in spec]
+    inner = keras_model(spec, weights)
+    decomposed = ConcatHead("head", {name: f"{name}_fc2" for name in names})
+    if policy.uses_unimodal_gradients:
+        inner = _with_unimodal_heads(inner, spec, weights)
+        return ModulatedModel(inner, encoder_layers(spec), policy, unimodal_logits=_unimodal_head_logits)
+    if isinstance(policy, pdmp.AGM):
+        return ModulatedModel(inner, encoder_layers(spec), policy, modality_logits=_mono_modal_responses)
+    return ModulatedModel(inner, encoder_layers(spec), policy, modality_logits=decomposed, unimodal_logits=decomposed)
+
+
+def _mono_modal_responses(model: Any, x: Any, training: bool) -> dict[str, Any]:
+    import keras
+
+    import pdmp
+
+    responses = pdmp.mono_modal_responses(lambda inputs: model(inputs, training=False), x)
+    return {name: keras.ops.stop_gradient(value) for name, value in responses.items()}
+
+
+def _unimodal_head_logits(model: Any, x: Any, training: bool) -> dict[str, Any]:
+    features = model.features(x, training=training)
+    return {name: model.unimodal_heads[name](value) for name, value in features.items()}
+
+
+def _with_unimodal_heads(fused: Any, spec: Spec, weights: Mapping[str, np.ndarray]) -> Any:
+    """``fused`` plus a unimodal head per modality (its variables train with the model's)."""
+    import keras
+
+    names = [name for name, _, _ in spec]
+
+    class WithUnimodalHeads(keras.Model):
+        def __init__(self) -> None:
+            super().__init__(name="with_unimodal_heads")
+            self.fused = fused
+            self.features = keras.Model(fused.inputs, {n: fused.get_layer(f"{n}_fc2").output for n in names})
+            self.unimodal_heads = {n: keras.layers.Dense(CLASSES, name=f"{n}_unimodal", dtype="float64") for n in names}
+
+        def call(self, inputs: Any, training: Any = None) -> Any:
+            return self.fused(inputs, training=training)
+
+    model = WithUnimodalHeads()
+    for name in names:
+        head = model.unimodal_heads[name]
+        head.build((None, WIDTH))
+        head.kernel.assign(weights[f"{name}_unimodal/kernel"])
+        head.bias.assign(weights[f"{name}_unimodal/bias"])
+    model({name: np.zeros((1, *shape)) for name, _, shape in spec})
+    return model
+
+
+def train_keras_transform(
+    spec: Spec,
+    weights: Mapping[str, np.ndarray],
+    x: Mapping[str, np.ndarray],
+    y: np.ndarray,
+    policy: Any,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = MOMENTUM,
+) -> Trace:
+    """Train with a GradientPolicy through :class:`pdmp.backends.keras.ModulatedModel` and ``fit()``."""
+    import keras
+
+    model = keras_transform_model(spec, weights, policy)
+    model.compile(
+        optimizer=keras.optimizers.SGD(lr, momentum=momentum),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype="float64"),
+    )
+    inner = model.inner_model
+    named = keras_parameters(getattr(inner, "fused", inner))
+    if policy.uses_unimodal_gradients:
+        for name, _, _ in spec:
+            head = inner.unimodal_heads[name]
+            named[f"{name}_unimodal/kernel"], named[f"{name}_unimodal/bias"] = head.kernel, head.bias
+    trace = Trace()
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            trace.coefficients.append(model.coefficients)
+            trace.transforms.append(policy.last_transform.as_array(model.modalities))
+            trace.params.append({key: np.array(v.numpy()) for key, v in named.items()})
+
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0, callbacks=[Record()])
+    return trace

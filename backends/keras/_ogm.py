@@ -21,7 +21,7 @@ from pdmp.backends.keras._backend import backend_module
 
 _TINY = float(np.finfo(np.float32).tiny)
 _backend_ops = backend_module("ops")
-_LABELS = "OGM-GE labels must be class indices in [0, number of classes); got"
+_LABELS = "{who} labels must be class indices in [0, number of classes); got"
 
 
 def batch_scores(logits: Sequence[Any], labels: Any, *, dtype: str = "float32") -> Any:
@@ -30,19 +30,25 @@ def batch_scores(logits: Sequence[Any], labels: Any, *, dtype: str = "float32") 
     ``labels`` may be class indices (any shape that flattens to the batch) or one-hot rows. ``dtype``:
     the arithmetic's (the model's adapter asks for float64 where the backend has it, the core's precision).
     """
-    first = ops.convert_to_tensor(logits[0])
+    labels = class_indices(labels, logits[0])
+    scores = []
+    for out in logits:
+        probabilities = ops.softmax(ops.cast(ops.stop_gradient(out), dtype), axis=-1)
+        scores.append(ops.sum(ops.take_along_axis(probabilities, labels[:, None], axis=-1)))
+    return ops.stack(scores)
+
+
+def class_indices(labels: Any, logits: Any, *, who: str = "OGM-GE") -> Any:
+    """``labels`` (class indices of any shape that flattens to the batch, or one-hot rows) as int32 indices,
+    failing the step when one is outside ``0..classes-1`` (``classes``: the width of ``logits``)."""
+    first = ops.convert_to_tensor(logits)
     labels = ops.convert_to_tensor(labels)
     if labels.ndim is not None and labels.ndim == first.ndim and labels.shape[-1] != 1:
         labels = ops.argmax(labels, axis=-1)  # one-hot / probability targets
     labels = ops.reshape(labels, (-1,))
     if "float" in keras.backend.standardize_dtype(labels.dtype):
         labels = ops.where(ops.isfinite(labels), labels, -1.0)  # NaN/inf: refused as a negative label below
-    labels = _backend_ops.checked_labels(ops.cast(labels, "int32"), ops.shape(first)[-1], _LABELS)
-    scores = []
-    for out in logits:
-        probabilities = ops.softmax(ops.cast(ops.stop_gradient(out), dtype), axis=-1)
-        scores.append(ops.sum(ops.take_along_axis(probabilities, labels[:, None], axis=-1)))
-    return ops.stack(scores)
+    return _backend_ops.checked_labels(ops.cast(labels, "int32"), ops.shape(first)[-1], _LABELS.format(who=who))
 
 
 def coefficients(scores: Any, alpha: float) -> Any:

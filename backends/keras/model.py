@@ -59,7 +59,7 @@ from pdmp._validation import (
     check_positive_finite,
     check_same_modalities,
 )
-from pdmp.backends.keras import _ogm, _optimizer_lr, _policy_state
+from pdmp.backends.keras import _ogm, _optimizer_lr, _policy_state, _transforms
 from pdmp.backends.keras._backend import backend_module
 from pdmp.backends.keras._keras_private import (
     inbound_tensors,
@@ -76,6 +76,7 @@ from pdmp.policies import (
     NoModulation,
     policy_from_config,
 )
+from pdmp.transforms import LOGIT_STATISTICS, GradientPolicy
 
 Mode = Literal["grad", "lr"]
 Member: TypeAlias = "keras.layers.Layer | keras.Variable | str"
@@ -130,6 +131,14 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             names of a functional model; the logits come from the training forward pass itself), or
             ``fn(model, x, training) -> {modality: logits}`` (runs an extra forward; register it with
             ``keras.saving.register_keras_serializable`` to save the model).
+        unimodal_logits: each modality's own unimodal head's logits, ``(batch, classes)`` like the output,
+            in the same forms as ``modality_logits`` (the heads must be layers of ``model``, so that they
+            train). Each modality's unimodal loss, the mean sparse categorical cross-entropy of these
+            logits (integer or one-hot labels; unweighted), is added to the training loss. Required by a
+            GradientPolicy with ``uses_unimodal_gradients`` (MMPareto), for which each encoder's gradient
+            of it (``U``) is also kept apart from the rest (``G``, one more partial backward pass per
+            modality); optional otherwise (InfoReg's and ARL's unimodal losses: pass the decomposed
+            ``ConcatHead`` here too; a weight other than 1 needs a loss of your own).
         seed: seed of OGM-GE's gradient noise. Noise is drawn statelessly from (seed, step, variable),
             so it is reproducible and identical on every replica (the streams of TensorFlow and JAX
             differ; each is reproducible). Under ``tf.distribute`` it is added to each replica's
@@ -149,6 +158,22 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
     object, hold what it has learnt, so ``.keras`` files, ``load_weights``, ``BackupAndRestore`` and
     ``EarlyStopping(restore_best_weights=True)`` restore it with the weights and the clock.
 
+    GradientPolicies (:class:`pdmp.transforms.GradientPolicy`: :class:`pdmp.AGM`, :class:`pdmp.MMPareto`,
+    :class:`pdmp.InfoReg`, :class:`pdmp.ARL`, your own), ``mode="grad"`` only, in ``fit()`` and
+    ``train_on_batch``: the step computes what the policy declares it uses (the logit statistics of
+    ``modality_logits``, summed over replicas; ``U`` apart from ``G`` from ``unimodal_logits``; the
+    gradient statistics), calls the core's ``policy.transform`` once on the host (``tf.numpy_function``,
+    so on TensorFlow the step runs without XLA: ``jit_compile`` is set to False; ``jax.pure_callback``
+    on JAX) and applies :func:`pdmp.transforms.apply_transform`'s formula to the encoders' gradients
+    (:mod:`pdmp.backends.keras._transforms`). The policy's state is kept in a variable, and so are the
+    anchors (``uses_anchor``): a copy of the encoders taken at :meth:`set_epoch` (epoch 0: the initial
+    weights), kept when a restored model re-announces the anchors' epoch; ``coefficients`` report
+    ``magnitude * fused`` of the last step. Under ``tf.distribute`` the encoders' gradients are summed
+    over the replicas before the transform (one all-reduce more per step). For AGM, pass its masked
+    passes as ``modality_logits=lambda model, x, training: {m: ops.stop_gradient(v) for m, v in
+    pdmp.mono_modal_responses(lambda inputs: model(inputs, training=False), x).items()}`` (a registered
+    function, to save the model).
+
     On JAX (``KERAS_BACKEND=jax``): the same, through Keras's stateless JAX step (``fit()``,
     ``train_on_batch``, ``evaluate``, ``predict``, ``.keras`` files). Without ``jax_enable_x64`` JAX has
     no float64, so coefficients and scores are float32 and the counters int32 (a learning policy's state
@@ -165,6 +190,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         *,
         mode: Mode = "grad",
         modality_logits: LayerLogits | LogitsFn | None = None,
+        unimodal_logits: LayerLogits | LogitsFn | None = None,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -182,6 +208,12 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             )
         if mode not in ("grad", "lr"):
             raise ValueError(f"mode must be 'grad' or 'lr', got {mode!r}")
+        if isinstance(policy, GradientPolicy) and mode != "grad":
+            raise ValueError(
+                f"{type(policy).__name__} is a GradientPolicy: it transforms each encoder gradient (combining fused "
+                "and unimodal gradients, pulling towards anchors), which no learning-rate multiplier can express; "
+                "use mode='grad'"
+            )
         if not isinstance(modalities, Mapping):
             raise TypeError(
                 f"modalities must be a dict {{name: layer(s)/variable(s)}}, got {type(modalities).__name__}"
@@ -206,8 +238,11 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
                     index[key] = position
         self._index = _Hidden(index)
         spec = _check_logits_spec(policy, modality_logits, model)
+        unimodal = _check_unimodal_spec(policy, unimodal_logits)
         self._logits = _Hidden(spec)
-        self._tap_model = _Hidden(_tap_model(model, spec) if hasattr(spec, "taps") else None)
+        self._unimodal_logits = _Hidden(unimodal)
+        tapped = [s for s in (spec, unimodal) if hasattr(s, "taps")]
+        self._tap_model = _Hidden(_tap_model(model, tapped) if tapped else None)
         count = len(self.modalities)
         # float64: the core computes coefficients and scores in float64; a float64 model then trains with
         # exactly the torch adapter's values (gradients cast them to their own dtype).
@@ -231,16 +266,41 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             name="pdmp_epoch",
         )  # fmt: skip
         self._state_layout = _Hidden(None)
-        if policy.observes_scores:
+        if policy.observes_scores or isinstance(policy, GradientPolicy):
             layout = _policy_state.StateLayout(policy.state_dict(), owner=type(policy).__name__)
             self._state_layout = _Hidden(layout)
-            # What the policy has learnt, and whether pdmp_scores holds a step's scores it has not yet seen.
+            # What the policy has learnt (a GradientPolicy's state is updated in the step, by the host call).
             self.pdmp_policy_state = self.add_weight(
                 shape=(layout.size * _policy_state.WORDS[_WIDE_FLOAT],), initializer="zeros",
                 dtype=_policy_state.STORAGE[_WIDE_FLOAT], trainable=False, aggregation="only_first_replica",
                 name="pdmp_policy_state",
             )  # fmt: skip
             self.pdmp_policy_state.assign(_policy_state.pack(layout.encode(policy.state_dict()), _WIDE_FLOAT))
+        self._anchors = _Hidden(None)
+        self._anchors_restored = _Hidden(False)
+        if isinstance(policy, GradientPolicy):
+            self._host_transform = _Hidden(_transforms.host_transform(policy, layout, _WIDE_FLOAT))
+            if policy.uses_anchor:
+                # The encoders at the start of the anchor's epoch (epoch 0: the initial weights), saved with the
+                # model so that a resumed run pulls towards the same point; pdmp_anchor_epoch says which epoch.
+                anchors: dict[str, tuple[keras.Variable, ...]] = {}
+                for position, name in enumerate(self.modalities):
+                    copies = []
+                    for i, variable in enumerate(groups[name]):
+                        anchor = self.add_weight(
+                            shape=tuple(variable.shape), initializer="zeros", dtype=variable.dtype, trainable=False,
+                            aggregation="only_first_replica", name=f"pdmp_anchor_{position}_{i}",
+                        )  # fmt: skip
+                        anchor.assign(variable)
+                        copies.append(anchor)
+                    anchors[name] = tuple(copies)
+                self._anchors = _Hidden(anchors)
+                self.pdmp_anchor_epoch = self.add_weight(
+                    shape=(), initializer="zeros", dtype=_WIDE_INT, trainable=False,
+                    aggregation="only_first_replica", name="pdmp_anchor_epoch",
+                )  # fmt: skip
+        if policy.observes_scores:
+            # Whether pdmp_scores holds a step's scores the learning policy has not yet seen.
             self.pdmp_pending = self.add_weight(
                 shape=(), initializer="zeros", dtype=_WIDE_INT, trainable=False, aggregation="only_first_replica",
                 name="pdmp_pending",
@@ -264,7 +324,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         if captured is None:
             return self.inner_model(inputs, training=training)
         # A JAX step runs the forward pass inside Keras's loss function; the logits leave it through here.
-        y_pred, captured["logits"] = self._forward_with_logits(inputs, training)
+        y_pred, captured["logits"], captured["unimodal"] = self._forward_with_logits(inputs, training)
         return y_pred
 
     def observe(self, modality_logits: Mapping[str, Any], labels: Any) -> Any:
@@ -278,6 +338,11 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         otherwise gather garbage on some devices). Returns the coefficients of this step, in
         :attr:`modalities` order.
         """
+        if isinstance(self.policy, GradientPolicy):
+            raise RuntimeError(
+                f"{type(self.policy).__name__} is a GradientPolicy: its statistics and transform are computed inside "
+                "fit()/train_on_batch from modality_logits=; ModulatedModel.observe() is for coefficient policies"
+            )
         self.policy.check_modalities(list(modality_logits), where="ModulatedModel.observe logits")
         width = modality_logits[self.modalities[0]].shape[-1]
         _check_numpy_labels(labels, None if width is None else int(width), where="observe() labels")
@@ -304,6 +369,12 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         and scaled back (the loss scale is the compiled optimizer's). ``coefficients`` (in
         :attr:`modalities` order) default to the model's coefficient variables.
         """
+        if isinstance(self.policy, GradientPolicy):
+            raise RuntimeError(
+                f"{type(self.policy).__name__} is a GradientPolicy: it needs the fused and unimodal gradients apart, "
+                "this step's statistics and the anchors, which ModulatedModel gathers inside its own train_step; "
+                "train with fit() or train_on_batch (a loop of your own can call model.train_on_batch(x, y))"
+            )
         if coefficients is None:
             coefficients = ops.convert_to_tensor(self.pdmp_coefficients)
         noisy = self.policy.adds_noise
@@ -390,17 +461,136 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         self.update_coefficients()
         return super().train_on_batch(*args, **kwargs)
 
-    def _forward_with_logits(self, x: Any, training: Any) -> tuple[Any, dict[str, Any] | None]:
-        """The inner model's output and each modality's logits (``modality_logits``), from one forward pass
-        (a logits function runs its own)."""
-        spec = self._logits.value
-        if spec is None:
-            return self.inner_model(x, training=training), None
-        if callable(spec) and not hasattr(spec, "taps"):
+    def _forward_with_logits(self, x: Any, training: Any) -> tuple[Any, dict[str, Any] | None, dict[str, Any] | None]:
+        """The inner model's output, each modality's logits (``modality_logits``) and each modality's unimodal
+        logits (``unimodal_logits``), from one forward pass (a logits function runs its own)."""
+        specs = (self._logits.value, self._unimodal_logits.value)
+        if all(spec is None for spec in specs):
+            return self.inner_model(x, training=training), None, None
+        tapped: dict[str, Any] = {}
+        if self._tap_model.value is None:
             y_pred = self.inner_model(x, training=training)
-            return y_pred, dict(spec(self.inner_model, x, training))
-        y_pred, tapped = self._tap_model.value(x, training=training)
-        return y_pred, spec.logits(self.inner_model, tapped)
+        else:
+            y_pred, tapped = self._tap_model.value(x, training=training)
+        results: list[dict[str, Any] | None] = []
+        for spec in specs:
+            if spec is None:
+                results.append(None)
+            elif hasattr(spec, "taps"):
+                results.append(spec.logits(self.inner_model, {m: tapped[layer] for m, layer in spec.taps().items()}))
+            else:
+                results.append(dict(spec(self.inner_model, x, training)))
+        if results[1] is not None:
+            _check_unimodal_logits(results[1], self.modalities, y_pred)
+        return y_pred, results[0], results[1]
+
+    def _unimodal_losses(self, unimodal: Mapping[str, Any], labels: Any) -> list[Any]:
+        """Each modality's unimodal loss (mean sparse categorical cross-entropy from its logits), scaled as
+        Keras scales the compiled loss for ``tf.distribute`` (so that the replicas' gradients sum to the
+        batch's)."""
+        replicas = _backend_ops.replica_count()
+        return [_transforms.unimodal_loss(unimodal[name], labels) / replicas for name in self.modalities]
+
+    def _transform_gradients(
+        self,
+        gradients: Sequence[Any],
+        variables: Sequence[Any],
+        modality_logits: Mapping[str, Any] | None,
+        labels: Any,
+        unimodal: Sequence[Sequence[Any] | None] | None,
+    ) -> list[Any]:
+        """A GradientPolicy's step: statistics, one host call of ``policy.transform``, the formula.
+
+        ``gradients``: of everything backpropagated (``G + U``), loss-scaled like the optimizer expects,
+        one replica's share under ``tf.distribute``; ``unimodal``: for policies that use them, per modality
+        ``U`` of each of its encoder's tensors in ``gradients`` order (see :meth:`_encoder_positions`).
+        Returns the gradients with each modality tensor's replaced (same scaling and replica share).
+        """
+        policy = self.policy
+        assert isinstance(policy, GradientPolicy)
+        scale_loss = getattr(getattr(self, "optimizer", None), "scale_loss", None)
+        one = ops.convert_to_tensor(1.0, "float32")
+        loss_scale = one if scale_loss is None else ops.cast(scale_loss(one), "float32")
+        replicas = _backend_ops.replica_count()
+        positions = self._encoder_positions(gradients, variables)
+        result = list(gradients)
+        plain: list[list[Any]] = []
+        fused: list[list[Any]] = []
+        apart: list[list[Any] | None] = []
+        for m, indices in enumerate(positions):
+            raw = [_backend_ops.densify(gradients[i]) for i in indices]
+            extra = None if unimodal is None else list(unimodal[m] or [])
+            if extra is not None and raw and all(u is None for u in extra):
+                name = self.modalities[m]
+                raise ValueError(
+                    f"unimodal_logits[{name!r}] does not depend on modality {name!r}'s encoder variables, so "
+                    f"{type(policy).__name__} has no unimodal gradient to combine; compute it from this modality's "
+                    "encoder features through its own unimodal head"
+                )
+            if replicas > 1:
+                # The formula is not linear (norms, the anchor term): apply it to the whole batch's gradient.
+                raw = list(_backend_ops.all_reduce_sum(raw)) if raw else raw
+                extra = list(_backend_ops.all_reduce_sum(extra)) if extra else extra
+            raw = [g / ops.cast(loss_scale, g.dtype) for g in raw]
+            if extra is not None:
+                extra = [
+                    ops.zeros_like(g) if u is None else ops.cast(u, g.dtype) / ops.cast(loss_scale, g.dtype)
+                    for g, u in zip(raw, extra, strict=True)
+                ]
+            plain.append(raw)
+            apart.append(extra)
+            fused.append(raw if extra is None else [g - u for g, u in zip(raw, extra, strict=True)])
+        count = len(self.modalities)
+        if policy.uses_logits:
+            if modality_logits is None:  # pragma: no cover - refused at construction
+                raise RuntimeError(f"{type(policy).__name__} needs modality_logits")
+            logit_stats = _transforms.logit_statistics(
+                [modality_logits[name] for name in self.modalities], labels, dtype=_WIDE_FLOAT,
+                who=type(policy).__name__,
+            )  # fmt: skip
+            logit_stats = _backend_ops.all_reduce_sum(logit_stats)
+            self.pdmp_scores.assign(logit_stats[:, LOGIT_STATISTICS.index("true_prob")])
+        else:
+            logit_stats = ops.zeros((count, len(LOGIT_STATISTICS)), _WIDE_FLOAT)
+        if policy.uses_gradient_stats:
+            gradient_stats = ops.stack(
+                [_transforms.gradient_statistics(fused[m], apart[m], dtype=_WIDE_FLOAT) for m in range(count)]
+            )
+        else:
+            gradient_stats = ops.zeros((count, 4), _WIDE_FLOAT)
+        state = ops.convert_to_tensor(self.pdmp_policy_state)
+        transform, new_state = _backend_ops.host_call(
+            self._host_transform.value,
+            [ops.convert_to_tensor(self.pdmp_step), ops.convert_to_tensor(self.pdmp_epoch), logit_stats,
+             gradient_stats, state],
+            [((count, 5), _WIDE_FLOAT), (tuple(state.shape), keras.backend.standardize_dtype(state.dtype))],
+        )  # fmt: skip
+        self.pdmp_policy_state.assign(new_state)
+        self.pdmp_coefficients.assign(transform[:, 3] * transform[:, 0])  # magnitude * fused: what logs report
+        anchors = self._anchors.value
+        for m, indices in enumerate(positions):
+            params = anchor_values = None
+            if anchors is not None:
+                params = [variables[i] for i in indices]
+                name = self.modalities[m]
+                by_variable = dict(zip(map(id, self._groups.value[name]), anchors[name], strict=True))
+                anchor_values = [by_variable[id(v)] for v in params]
+            new = _transforms.transformed(transform[m], fused[m], plain[m], apart[m], params, anchor_values)
+            for i, value in zip(indices, new, strict=True):
+                value = value * ops.cast(loss_scale, value.dtype)
+                result[i] = value / replicas if replicas > 1 else value
+        return result
+
+    def _encoder_positions(self, gradients: Sequence[Any], variables: Sequence[Any]) -> list[list[int]]:
+        """Per modality (in :attr:`modalities` order), the positions in ``variables`` of its encoder's
+        variables that have a gradient."""
+        index = self._index.value
+        positions: list[list[int]] = [[] for _ in self.modalities]
+        for i, (gradient, variable) in enumerate(zip(gradients, variables, strict=True)):
+            modality = index.get(id(variable))
+            if gradient is not None and modality is not None:
+                positions[modality].append(i)
+        return positions
 
     def _lr_multiplier(self, variable: Any) -> Any:
         modality = self._index.value.get(id(variable))
@@ -455,10 +645,33 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         self._sync_clock()  # also brings a running JAX fit()'s values into the variables
         self._clock.epoch = epoch
         self.pdmp_epoch.assign(epoch)
+        self._take_anchors(epoch)
         optimizer = getattr(self, "optimizer", None)  # None before compile()
         if optimizer is not None:
             self._iterations_seen.value = int(_iterations(optimizer).numpy())
         self.update_coefficients()
+
+    def _take_anchors(self, epoch: int) -> None:
+        """A GradientPolicy with ``uses_anchor``: copy the encoders into the anchors at the epoch start, except
+        that anchors restored from a checkpoint are kept when their own epoch is announced (a run resumed
+        mid-epoch pulls towards the same point as the uninterrupted one), as the torch Modulator does."""
+        anchors = self._anchors.value
+        if anchors is None:
+            return
+        restored = self._anchors_restored.value and int(self.pdmp_anchor_epoch.numpy()) == epoch
+        self._anchors_restored.value = False
+        if restored:
+            return
+        for name in self.modalities:
+            for anchor, variable in zip(anchors[name], self._groups.value[name], strict=True):
+                anchor.assign(variable)
+        self.pdmp_anchor_epoch.assign(epoch)
+
+    def load_own_variables(self, store: Any) -> None:
+        """Keras's loading of this model's own variables (``.keras`` files, ``load_weights``,
+        ``BackupAndRestore``); marks restored anchors, which :meth:`set_epoch` keeps for their epoch."""
+        super().load_own_variables(store)
+        self._anchors_restored.value = self._anchors.value is not None
 
     def update_coefficients(self) -> None:
         """Write the policy's coefficients for the current step/epoch into the model's variables.
@@ -469,6 +682,10 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         self._attach_state()
         if isinstance(self.policy, OGMGE):
             self.pdmp_noise_gate.assign(1.0 if self.policy.active(self._clock.epoch) else 0.0)
+            return
+        if isinstance(self.policy, GradientPolicy):
+            # The step computes its transform (and the coefficients it reports) itself; adopt its state.
+            self._sync_policy()
             return
         if self.policy.needs_logits:
             raise NotImplementedError(f"{type(self.policy).__name__} needs logits and has no Keras implementation")
@@ -545,15 +762,17 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
     def state_dict(self) -> dict[str, Any]:
         """Policy, clock and coefficients, as plain Python values (what a ``.keras`` file also stores).
 
-        ``policy_state`` is what a learning policy has learnt (empty for the others) and
-        ``pending_scores`` the last step's scores it has not yet folded in (``None`` when there are none).
+        ``policy_state`` is what a learning policy or a GradientPolicy has learnt (empty for the others)
+        and ``pending_scores`` the last step's scores a learning policy has not yet folded in (``None``
+        when there are none). A GradientPolicy's anchors are variables: they are saved and restored with
+        the weights, not here.
         """
         self._sync_clock()
         pending = None
-        if self.policy.observes_scores:
+        if self._state_layout.value is not None:
             self._sync_policy()
-            if int(self.pdmp_pending.numpy()):
-                pending = self._scores()
+        if self.policy.observes_scores and int(self.pdmp_pending.numpy()):
+            pending = self._scores()
         return {
             "policy": self.policy.get_config(),
             "mode": self.mode,
@@ -619,9 +838,9 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         self.pdmp_epoch.assign(clock.epoch)
         self.pdmp_coefficients.assign(np.asarray(values, dtype=np.float64))
         self.policy.load_state_dict(policy_state)
-        if encoded is not None:
-            if encoded.size:
-                self.pdmp_policy_state.assign(_policy_state.pack(encoded, _WIDE_FLOAT))
+        if encoded is not None and encoded.size:
+            self.pdmp_policy_state.assign(_policy_state.pack(encoded, _WIDE_FLOAT))
+        if self.policy.observes_scores:
             self.pdmp_pending.assign(0 if pending is None else 1)
             if pending is not None:
                 self.pdmp_scores.assign(np.asarray([pending[n] for n in self.modalities], dtype=np.float64))
@@ -635,6 +854,22 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         warns (once) when ``mode="grad"`` meets an optimizer that normalises gradients away."""
         steps = kwargs.get("steps_per_execution", args[6] if len(args) > 6 else 1)
         _check_steps_per_execution(self.policy, steps)
+        if isinstance(self.policy, GradientPolicy) and _backend_ops.HOST_CALL_BLOCKS_XLA:
+            # The policy's transform runs in Python once per step (tf.numpy_function), which XLA cannot compile.
+            kwargs = dict(kwargs)
+            for position, name in ((7, "jit_compile"), (8, "auto_scale_loss")):
+                if len(args) > position:
+                    kwargs[name] = args[position]
+            args = args[:7]
+            if kwargs.get("jit_compile", "auto") is True:
+                warnings.warn(
+                    f"jit_compile=True: {type(self.policy).__name__}'s transform runs the core policy on the host "
+                    "once per step (tf.numpy_function), which XLA cannot compile; the train step is compiled as a "
+                    "tf.function without XLA (jit_compile=False) instead",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            kwargs["jit_compile"] = False
         super().compile(*args, **kwargs)
         optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         if self.mode == "grad" and not isinstance(self.policy, NoModulation) and _is_adaptive(optimizer):
@@ -664,7 +899,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         to the front of ``callbacks``, so that History, CSVLogger and TensorBoard see what they log.
         """
         _check_steps_per_execution(self.policy, getattr(self, "steps_per_execution", 1))
-        if self._logits.value is not None:
+        if self._logits.value is not None or self._unimodal_logits.value is not None:
             labels = kwargs["y"] if "y" in kwargs else (args[1] if len(args) > 1 else None)
             _check_numpy_labels(labels, _output_width(self.inner_model), where="fit() y")
         from pdmp.backends.keras.logs import PDMPLogger  # here: logs imports this module
@@ -688,13 +923,6 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
     # -- saving -----------------------------------------------------------------------------------------
 
     def get_config(self) -> dict[str, Any]:
-        spec = self._logits.value
-        if spec is None:
-            logits_config = None
-        elif hasattr(spec, "get_config"):
-            logits_config = spec.get_config()
-        else:
-            logits_config = {"type": "function", "function": keras.saving.serialize_keras_object(spec)}
         # Variables are stored as positions in ``model.weights``: that order is rebuilt exactly from the
         # model's config on load, whereas variable paths of nested models are not stable across loads.
         position = {id(v): i for i, v in enumerate(self.inner_model.weights)}
@@ -705,7 +933,8 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             "modalities": {name: [position[id(v)] for v in group] for name, group in self._groups.value.items()},
             "policy": self.policy.get_config(),
             "mode": self.mode,
-            "modality_logits": logits_config,
+            "modality_logits": _logits_config(self._logits.value),
+            "unimodal_logits": _logits_config(self._unimodal_logits.value),
             "seed": self.seed,
         }
 
@@ -713,18 +942,29 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> ModulatedModel:
         options = dict(config)
         model = keras.saving.deserialize_keras_object(options.pop("model"), custom_objects=custom_objects)
-        logits_config = options.pop("modality_logits", None)
-        spec: Any = None
-        if logits_config is not None:
-            if logits_config.get("type") == "function":
-                spec = keras.saving.deserialize_keras_object(logits_config["function"], custom_objects=custom_objects)
-            else:
-                spec = layer_logits_from_config(logits_config)
+        spec = _logits_from_config(options.pop("modality_logits", None), custom_objects)
+        unimodal = _logits_from_config(options.pop("unimodal_logits", None), custom_objects)
         policy = policy_from_config(options.pop("policy"))
         options.pop("dtype", None)
         weights = model.weights
         modalities = {name: [weights[int(i)] for i in indices] for name, indices in options.pop("modalities").items()}
-        return cls(model, modalities, policy, modality_logits=spec, **options)
+        return cls(model, modalities, policy, modality_logits=spec, unimodal_logits=unimodal, **options)
+
+
+def _logits_config(spec: Any) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    if hasattr(spec, "get_config"):
+        return spec.get_config()
+    return {"type": "function", "function": keras.saving.serialize_keras_object(spec)}
+
+
+def _logits_from_config(config: Mapping[str, Any] | None, custom_objects: Any) -> Any:
+    if config is None:
+        return None
+    if config.get("type") == "function":
+        return keras.saving.deserialize_keras_object(config["function"], custom_objects=custom_objects)
+    return layer_logits_from_config(config)
 
 
 class _ScheduleCallback(keras.callbacks.Callback):
@@ -756,9 +996,10 @@ class _ScheduleCallback(keras.callbacks.Callback):
 def _depends_on_step(policy: CoefficientPolicy) -> bool:
     """Whether the policy's coefficients can change between two steps of one epoch (unknown policies: yes).
 
-    OGM-GE changes per batch too, but in the graph, from the batch's logits: nothing to refresh.
+    OGM-GE and GradientPolicies change per batch too, but in the graph (a GradientPolicy's transform is
+    called from the step): nothing to refresh.
     """
-    if isinstance(policy, (NoModulation, OGMGE)):
+    if isinstance(policy, (NoModulation, OGMGE, GradientPolicy)):
         return False
     return not (isinstance(policy, PDMP) and policy.unit == "epoch")
 
@@ -974,6 +1215,14 @@ def _restrict(policy: CoefficientPolicy, groups: Mapping[str, tuple[keras.Variab
 
 def _check_logits_spec(policy: CoefficientPolicy, spec: Any, model: keras.Model) -> Any:
     if spec is None:
+        if isinstance(policy, GradientPolicy) and policy.uses_logits:
+            raise ValueError(
+                f"{type(policy).__name__} needs this batch's per-modality logits (its logit statistics) every step: "
+                "pass modality_logits=ConcatHead(head=..., features={...}) or SumHeads(heads={...}) (decomposed fusion "
+                "logits, unimodal heads), or a function fn(model, x, training) -> {modality: logits} (e.g. AGM's "
+                "masked passes: pdmp.mono_modal_responses(lambda inputs: model(inputs, training=False), x), "
+                "wrapped in keras.ops.stop_gradient)"
+            )
         if policy.needs_logits or policy.observes_scores:
             why = "needs per-modality logits" if policy.needs_logits else "learns from per-modality logits"
             raise ValueError(
@@ -989,9 +1238,50 @@ def _check_logits_spec(policy: CoefficientPolicy, spec: Any, model: keras.Model)
     raise TypeError(f"modality_logits must be ConcatHead, SumHeads or a function, got {type(spec).__name__}")
 
 
-def _tap_model(model: keras.Model, spec: LayerLogits) -> keras.Model:
-    """A view of ``model`` returning ``(output, {modality: tapped layer output})`` in one forward pass."""
-    wanted = {*spec.taps().values(), *([spec.head] if isinstance(spec, ConcatHead) else [])}
+def _check_unimodal_spec(policy: CoefficientPolicy, spec: Any) -> Any:
+    if spec is None:
+        if isinstance(policy, GradientPolicy) and policy.uses_unimodal_gradients:
+            raise ValueError(
+                f"{type(policy).__name__} combines each encoder's fused-loss and unimodal-loss gradients: pass "
+                "unimodal_logits= giving each modality's own unimodal head's logits: SumHeads(heads={modality: "
+                "unimodal head layer}) for a functional model, or a function fn(model, x, training) -> "
+                "{modality: logits}"
+            )
+        return None
+    if hasattr(spec, "taps"):
+        policy.check_modalities(list(spec.taps()), where=f"unimodal_logits {type(spec).__name__} modality names")
+        return spec
+    if callable(spec):
+        return spec
+    raise TypeError(f"unimodal_logits must be ConcatHead, SumHeads or a function, got {type(spec).__name__}")
+
+
+def _check_unimodal_logits(logits: Any, modalities: Sequence[str], y_pred: Any) -> None:
+    """Trace time: the unimodal logits name exactly the modalities, each ``(batch, classes)`` like the output."""
+    if not isinstance(logits, Mapping):
+        raise TypeError(f"unimodal_logits must give a dict {{modality: logits}}, got {type(logits).__name__}")
+    check_same_modalities(list(logits), modalities, where="unimodal_logits")
+    expected = tuple(y_pred.shape)
+    for name in modalities:
+        shape = tuple(logits[name].shape)
+        same = len(shape) == 2 == len(expected) and all(
+            a is None or b is None or a == b for a, b in zip(shape, expected, strict=True)
+        )
+        if not same:
+            raise ValueError(
+                f"unimodal_logits[{name!r}] has shape {shape}, but the model's output has shape {expected}: each "
+                "modality's unimodal head must give (batch, classes) logits like the fused output (its unimodal "
+                "loss is the sparse categorical cross-entropy from those logits)"
+            )
+
+
+def _tap_model(model: keras.Model, specs: Sequence[LayerLogits]) -> keras.Model:
+    """A view of ``model`` returning ``(output, {layer name: its output})`` for the layers ``specs`` read,
+    in one forward pass."""
+    wanted: set[str] = set()
+    for item in specs:
+        wanted |= {*item.taps().values(), *([item.head] if isinstance(item, ConcatHead) else [])}
+    spec = specs[0]
     try:
         names = {layer.name for layer in model.layers}
         inputs, output = model.inputs, model.output
@@ -1006,9 +1296,11 @@ def _tap_model(model: keras.Model, spec: LayerLogits) -> keras.Model:
             f"{type(spec).__name__}: model {model.name!r} has no top-level layer(s) {missing}; "
             f"its layers: {', '.join(sorted(names))}"
         )
-    if isinstance(spec, ConcatHead):
-        _check_concatenation_order(model, spec)
-    tapped = {name: output_in_caller(model.get_layer(layer)) for name, layer in spec.taps().items()}
+    for item in specs:
+        if isinstance(item, ConcatHead):
+            _check_concatenation_order(model, item)
+    layers = sorted({layer for item in specs for layer in item.taps().values()})
+    tapped = {layer: output_in_caller(model.get_layer(layer)) for layer in layers}
     return keras.Model(inputs, (output, tapped))
 
 

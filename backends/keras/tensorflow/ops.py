@@ -70,3 +70,22 @@ def update_step_may_be_skipped() -> bool:
     """Whether an optimizer step that is not taken (a skipped loss-scaled step, a gradient-accumulation
     step) calls no ``update_step`` at all: eagerly yes; a traced step traces every branch."""
     return tf.executing_eagerly()
+
+
+#: ``tf.numpy_function`` (the host call of a GradientPolicy's transform) cannot be XLA-compiled.
+HOST_CALL_BLOCKS_XLA = True
+
+
+def replica_count() -> int:
+    """How many replicas of a ``tf.distribute`` step each compute a part of the batch's gradient (1 without)."""
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else int(context.num_replicas_in_sync)
+
+
+def host_call(fn: Any, inputs: list[Any], outputs: list[tuple[tuple[int, ...], str]]) -> list[tf.Tensor]:
+    """``fn(*inputs)`` run by Python on the host in the middle of the step; ``outputs``: each result's
+    (shape, dtype). ``tf.numpy_function``, so the train function must not be XLA-compiled."""
+    results = tf.numpy_function(fn, inputs, [tf.as_dtype(dtype) for _, dtype in outputs], stateful=True)
+    for result, (shape, _) in zip(results, outputs, strict=True):
+        result.set_shape(shape)
+    return list(results)

@@ -8,6 +8,8 @@ import keras
 import tensorflow as tf
 from keras.src.losses.loss import unscale_loss_for_distribution
 
+from pdmp.transforms import GradientPolicy
+
 
 def compute_loss_like_keras(model: keras.Model, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> tf.Tensor:
     """The loss exactly as Keras's TF ``train_step`` computes it, also updating the ``loss`` metric."""
@@ -21,23 +23,43 @@ class ModulatedTrainer:
     """Mixed into ``ModulatedModel`` (before ``keras.Model``) when Keras runs on TensorFlow."""
 
     def train_step(self: Any, data: Any) -> dict[str, Any]:
-        """Keras's TensorFlow ``train_step`` with
-        :meth:`~pdmp.backends.keras.ModulatedModel.modulate_gradients` before ``apply_gradients``.
+        """Keras's TensorFlow ``train_step`` with :meth:`modulate_gradients` before ``apply_gradients``.
 
         The step counter advances by the optimizer's own iteration count, so a step that a
-        ``LossScaleOptimizer`` skipped (non-finite gradients) is not counted.
+        ``LossScaleOptimizer`` skipped (non-finite gradients) is not counted. A GradientPolicy's step
+        backpropagates the unimodal losses too (each modality's apart, where the policy asks) and
+        replaces the encoders' gradients by :meth:`_transform_gradients`.
         """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            y_pred, modality_logits = self._forward(x)
+        gradient_policy = isinstance(self.policy, GradientPolicy)
+        separate = gradient_policy and self.policy.uses_unimodal_gradients
+        with tf.GradientTape(persistent=separate) as tape:
+            y_pred, modality_logits, unimodal_logits = self._forward(x)
             loss = compute_loss_like_keras(self, x, y, y_pred, sample_weight)
+            unimodal_losses = [] if unimodal_logits is None else self._unimodal_losses(unimodal_logits, y)
+            if unimodal_losses:
+                loss = loss + tf.add_n([tf.cast(u, loss.dtype) for u in unimodal_losses])
             if self.optimizer is not None:
                 loss = self.optimizer.scale_loss(loss)
+                unimodal_losses = [self.optimizer.scale_loss(u) for u in unimodal_losses]
         variables = self.trainable_weights
         if variables:
             gradients = tape.gradient(loss, variables)
-            coefficients = None if modality_logits is None else self.observe(modality_logits, y)
-            gradients = self.modulate_gradients(gradients, variables, coefficients=coefficients)
+            if gradient_policy:
+                unimodal = None
+                if separate:
+                    # U of each modality's own encoder: one more (partial) backward pass per modality.
+                    positions = self._encoder_positions(gradients, variables)
+                    unimodal = [
+                        tape.gradient(unimodal_losses[m], [variables[i] for i in indices]) if indices else []
+                        for m, indices in enumerate(positions)
+                    ]
+                    del tape
+                gradients = self._transform_gradients(gradients, variables, modality_logits, y, unimodal)
+                coefficients = None
+            else:
+                coefficients = None if modality_logits is None else self.observe(modality_logits, y)
+                gradients = self.modulate_gradients(gradients, variables, coefficients=coefficients)
             iterations = self._optimizer_iterations()
             before = tf.convert_to_tensor(iterations)
             scaled = self._lr_scaled_count()
@@ -49,9 +71,9 @@ class ModulatedTrainer:
             self.pdmp_step.assign_add(taken)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-    def _forward(self: Any, x: Any) -> tuple[Any, Any]:
-        if self._logits.value is None:
-            return self(x, training=True), None
+    def _forward(self: Any, x: Any) -> tuple[Any, Any, Any]:
+        if self._logits.value is None and self._unimodal_logits.value is None:
+            return self(x, training=True), None, None
         return self._forward_with_logits(x, True)
 
     def _attach_state(self) -> None:
