@@ -11,8 +11,10 @@ ranking), OGM-GE (alpha 0.8), AGM (alpha 1), MMPareto (gamma 1.5, a unimodal hea
 InfoReg (strengths 0.95 audio / 0.1 image, the reference's audio / visual constants; window 10,
 threshold 0.05) and ARL (T 4, gamma 4). ARL's warm-up is one epoch here, like PDMP's (the reference's
 6 of 100 epochs would leave 4 of these 10). How each method is wired into the training loop is
-``benchmarks.train_torch.baseline_step``. Nothing is tuned, so every seed is an evaluation seed.
-Paired differences against PDMP and against joint training, with paired Student-t intervals.
+``benchmarks.train_torch.baseline_step``; AGM's and ARL's reference gradient clipping follows their
+modulation (``benchmarks.train_torch.reference_clipping``). Nothing is tuned, so every seed is an
+evaluation seed. Paired differences against PDMP and against joint training, with paired Student-t
+intervals.
 
 Written under ``--out`` (default ``results/baselines/<regime>``): ``evaluation.json`` (resumable),
 ``summary.md`` and a plot.

@@ -92,6 +92,9 @@ def train_run(
     if policy is not None and isinstance(model, FusionNet):
         mode = modulation_mode(config, policy)
         modulator = Modulator(dict(model.encoders.items()), policy, mode=mode, optimizer=optimizer)
+        if isinstance(policy, (AGM, ARL)):
+            # Registered after the Modulator's, so it clips the transformed gradients, as the references do.
+            optimizer.register_step_pre_hook(reference_clipping(model, policy))
     # The scheduler comes after the Modulator, whose "lr" mode splits the optimizer's parameter groups.
     steps_per_epoch = -(-train_y.shape[0] // config.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
@@ -204,6 +207,25 @@ def baseline_step(
     weight = policy.auxiliary_weight(epoch) if isinstance(policy, ARL) else 1.0
     (loss + weight * sum(loss_fn(decomposed[name], y) for name in model.modalities)).backward()
     return logits, loss
+
+
+def reference_clipping(model: FusionNet, policy: GradientPolicy) -> Any:
+    """The gradient clipping AGM's and ARL's reference training loops apply after their modulation.
+
+    AGM (``run/CREMAD_main.py``): when the fusion head's weight gradient leaves [-1, 1], every gradient
+    is clipped to a total norm of 1 (AGM's boost can reach ``exp(alpha * clip)``). ARL
+    (``main_arl_variance.py``): always clipped to a total norm of 40.
+    """
+
+    def clip(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if isinstance(policy, AGM):
+            grad = model.head.weight.grad
+            if grad is not None and (float(grad.max()) > 1.0 or float(grad.min()) < -1.0):
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        else:
+            nn.utils.clip_grad_norm_(model.parameters(), 40.0)
+
+    return clip
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, lr_scale: float = 1.0) -> torch.optim.Optimizer:
