@@ -520,13 +520,13 @@ def _torch_decomposed_logits(head: Any, features: Mapping[str, Any]) -> dict[str
     return result
 
 
-def keras_transform_model(spec: Spec, weights: Mapping[str, np.ndarray], policy: Any) -> Any:
+def keras_transform_model(spec: Spec, weights: Mapping[str, np.ndarray], policy: Any, activation: str = "tanh") -> Any:
     """The Keras model for ``policy``, wrapped in ``ModulatedModel`` as :func:`train_torch_transform` wires it."""
     import pdmp
     from pdmp.backends.keras import ConcatHead, ModulatedModel
 
     names = [name for name, _, _ in spec]
-    inner = keras_model(spec, weights)
+    inner = keras_model(spec, weights, activation)
     decomposed = ConcatHead("head", {name: f"{name}_fc2" for name in names})
     if policy.uses_unimodal_gradients:
         inner = _with_unimodal_heads(inner, spec, weights)
@@ -587,11 +587,12 @@ def train_keras_transform(
     batch_size: int,
     lr: float,
     momentum: float = MOMENTUM,
+    activation: str = "tanh",
 ) -> Trace:
     """Train with a GradientPolicy through :class:`pdmp.backends.keras.ModulatedModel` and ``fit()``."""
     import keras
 
-    model = keras_transform_model(spec, weights, policy)
+    model = keras_transform_model(spec, weights, policy, activation)
     model.compile(
         optimizer=keras.optimizers.SGD(lr, momentum=momentum),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype="float64"),

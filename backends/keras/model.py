@@ -163,9 +163,10 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
     ``train_on_batch``: the step computes what the policy declares it uses (the logit statistics of
     ``modality_logits``, summed over replicas; ``U`` apart from ``G`` from ``unimodal_logits``; the
     gradient statistics), calls the core's ``policy.transform`` once on the host (``tf.numpy_function``,
-    so on TensorFlow the step runs without XLA: ``jit_compile`` is set to False; ``jax.pure_callback``
-    on JAX) and applies :func:`pdmp.transforms.apply_transform`'s formula to the encoders' gradients
-    (:mod:`pdmp.backends.keras._transforms`). The policy's state is kept in a variable, and so are the
+    so the step runs without XLA: ``jit_compile`` is set to False) and applies
+    :func:`pdmp.transforms.apply_transform`'s formula to the encoders' gradients
+    (:mod:`pdmp.backends.keras._transforms`). TensorFlow only for now (refused on JAX). The policy's
+    state is kept in a variable, and so are the
     anchors (``uses_anchor``): a copy of the encoders taken at :meth:`set_epoch` (epoch 0: the initial
     weights), kept when a restored model re-announces the anchors' epoch; ``coefficients`` report
     ``magnitude * fused`` of the last step. Under ``tf.distribute`` the encoders' gradients are summed
@@ -208,6 +209,12 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             )
         if mode not in ("grad", "lr"):
             raise ValueError(f"mode must be 'grad' or 'lr', got {mode!r}")
+        if isinstance(policy, GradientPolicy) and not _backend_ops.SUPPORTS_GRADIENT_POLICIES:
+            raise NotImplementedError(
+                f"{type(policy).__name__} is a GradientPolicy, which ModulatedModel applies on Keras's TensorFlow "
+                f"backend only (Keras runs on {keras.backend.backend()!r}); set KERAS_BACKEND=tensorflow, or train "
+                "with pdmp.backends.torch. On this backend: PDMP, OGMGE, AdaptivePDMP and NoModulation"
+            )
         if isinstance(policy, GradientPolicy) and mode != "grad":
             raise ValueError(
                 f"{type(policy).__name__} is a GradientPolicy: it transforms each encoder gradient (combining fused "
@@ -558,14 +565,18 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             )
         else:
             gradient_stats = ops.zeros((count, 4), _WIDE_FLOAT)
-        state = ops.convert_to_tensor(self.pdmp_policy_state)
+        stateful = self._state_layout.value.size > 0
+        # A stateless policy's (empty) state does not cross the host call: a zero-size output buffer may be
+        # aliased by XLA, which a JAX step would then donate twice.
+        state = ops.convert_to_tensor(self.pdmp_policy_state) if stateful else ops.zeros((1,), "int32")
         transform, new_state = _backend_ops.host_call(
             self._host_transform.value,
             [ops.convert_to_tensor(self.pdmp_step), ops.convert_to_tensor(self.pdmp_epoch), logit_stats,
              gradient_stats, state],
             [((count, 5), _WIDE_FLOAT), (tuple(state.shape), keras.backend.standardize_dtype(state.dtype))],
         )  # fmt: skip
-        self.pdmp_policy_state.assign(new_state)
+        if stateful:
+            self.pdmp_policy_state.assign(new_state)
         self.pdmp_coefficients.assign(transform[:, 3] * transform[:, 0])  # magnitude * fused: what logs report
         anchors = self._anchors.value
         for m, indices in enumerate(positions):

@@ -68,17 +68,6 @@ def update_step_may_be_skipped() -> bool:
     return False
 
 
-#: ``jax.pure_callback`` runs inside a jitted step.
-HOST_CALL_BLOCKS_XLA = False
-
-
-def replica_count() -> int:
-    """1: a jitted JAX step computes the whole batch's gradient."""
-    return 1
-
-
-def host_call(fn: Any, inputs: list[Any], outputs: list[tuple[tuple[int, ...], str]]) -> list[Any]:
-    """``fn(*inputs)`` run by Python on the host in the middle of the (jitted) step: ``jax.pure_callback``,
-    which is right as ``fn`` depends on its inputs only; ``outputs``: each result's (shape, dtype)."""
-    specs = tuple(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in outputs)
-    return list(jax.pure_callback(fn, specs, *inputs))
+#: GradientPolicies (AGM, MMPareto, InfoReg, ARL) are not yet applied by the JAX step: ``ModulatedModel``
+#: refuses them here, naming the TensorFlow backend that applies them.
+SUPPORTS_GRADIENT_POLICIES = False

@@ -72,6 +72,8 @@ def update_step_may_be_skipped() -> bool:
     return tf.executing_eagerly()
 
 
+#: The TensorFlow step applies GradientPolicies (AGM, MMPareto, InfoReg, ARL, ...).
+SUPPORTS_GRADIENT_POLICIES = True
 #: ``tf.numpy_function`` (the host call of a GradientPolicy's transform) cannot be XLA-compiled.
 HOST_CALL_BLOCKS_XLA = True
 
