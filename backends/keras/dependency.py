@@ -65,11 +65,11 @@ def dependency_shares(
     batch_size = check_positive_int(batch_size, name="batch_size")
     if hasattr(modality_logits, "taps"):
         spec: Any = modality_logits
-        tap = _tap_model(model, [spec])
+        tap = _tap_model(model, spec)
 
         def logits_of(inputs: Any) -> Mapping[str, Any]:
-            _, tapped = tap(inputs, training=False)  # keyed by layer name
-            return spec.logits(model, {name: tapped[layer] for name, layer in spec.taps().items()})
+            _, tapped, _ = tap(inputs, training=False)
+            return spec.logits(model, tapped)
     elif callable(modality_logits):
         function = modality_logits
 

@@ -478,7 +478,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         if self._tap_model.value is None:
             y_pred = self.inner_model(x, training=training)
         else:
-            y_pred, tapped = self._tap_model.value(x, training=training)
+            y_pred, _, tapped = self._tap_model.value(x, training=training)
         results: list[dict[str, Any] | None] = []
         for spec in specs:
             if spec is None:
@@ -1286,9 +1286,10 @@ def _check_unimodal_logits(logits: Any, modalities: Sequence[str], y_pred: Any) 
             )
 
 
-def _tap_model(model: keras.Model, specs: Sequence[LayerLogits]) -> keras.Model:
-    """A view of ``model`` returning ``(output, {layer name: its output})`` for the layers ``specs`` read,
-    in one forward pass."""
+def _tap_model(model: keras.Model, specs: LayerLogits | Sequence[LayerLogits]) -> keras.Model:
+    """A view of ``model`` returning, in one forward pass, ``(output, {modality: tapped output}, {layer name:
+    its output})``: the second for the first spec (what ``spec.logits`` reads), the third for every spec."""
+    specs = [specs] if hasattr(specs, "taps") else list(specs)
     wanted: set[str] = set()
     for item in specs:
         wanted |= {*item.taps().values(), *([item.head] if isinstance(item, ConcatHead) else [])}
@@ -1311,8 +1312,9 @@ def _tap_model(model: keras.Model, specs: Sequence[LayerLogits]) -> keras.Model:
         if isinstance(item, ConcatHead):
             _check_concatenation_order(model, item)
     layers = sorted({layer for item in specs for layer in item.taps().values()})
-    tapped = {layer: output_in_caller(model.get_layer(layer)) for layer in layers}
-    return keras.Model(inputs, (output, tapped))
+    by_layer = {layer: output_in_caller(model.get_layer(layer)) for layer in layers}
+    first = {name: by_layer[layer] for name, layer in spec.taps().items()}
+    return keras.Model(inputs, (output, first, by_layer))
 
 
 def _check_concatenation_order(model: keras.Model, spec: ConcatHead) -> None:
