@@ -161,11 +161,15 @@ class FusionNet(nn.Module):
         joined = torch.cat(ordered, dim=1)
         return self.head(sum(torch.sigmoid(self.gates[name](joined)) * features[name] for name in self.modalities))
 
-    def per_modality_logits(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def per_modality_logits(
+        self, features: Mapping[str, torch.Tensor], *, detach: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Decomposed logits; ``detach=False`` keeps them differentiable (for unimodal losses)."""
         if self.fusion == "concat":
-            return concat_head_logits(self.head, {name: features[name] for name in self.modalities})
+            ordered = {name: features[name] for name in self.modalities}
+            return concat_head_logits(self.head, ordered, detach=detach)
         if self.fusion == "sum":
-            return sum_head_logits(dict(self.heads.items()), dict(features))  # type: ignore[arg-type]
+            return sum_head_logits(dict(self.heads.items()), dict(features), detach=detach)  # type: ignore[arg-type]
         return {
             name: self.fuse({other: f if other == name else torch.zeros_like(f) for other, f in features.items()})
             for name in self.modalities

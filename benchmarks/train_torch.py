@@ -202,7 +202,7 @@ def baseline_step(
         modulator.observe(responses, y)
         loss.backward()
         return logits, loss
-    decomposed = model.per_modality_logits(features)
+    decomposed = model.per_modality_logits(features, detach=False)
     modulator.observe({name: value.detach() for name, value in decomposed.items()}, y)
     weight = policy.auxiliary_weight(epoch) if isinstance(policy, ARL) else 1.0
     (loss + weight * sum(loss_fn(decomposed[name], y) for name in model.modalities)).backward()

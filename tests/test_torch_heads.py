@@ -53,3 +53,19 @@ def test_head_helpers_name_bad_input() -> None:
         concat_head_logits(nn.Sequential(head), {"a": torch.ones(1, 3), "b": torch.ones(1, 3)})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"unknown modality\(ies\) \['audoi'\]"):
         sum_head_logits({"audio": head, "image": head}, {"audoi": torch.ones(1, 6), "image": torch.ones(1, 6)})
+
+
+def test_split_heads_are_differentiable_on_request() -> None:
+    """``detach=False`` keeps the graph (InfoReg's and ARL's unimodal losses train through it); the
+    default stays detached (scores only)."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(5, 3)
+    features = {"a": torch.randn(4, 2, requires_grad=True), "b": torch.randn(4, 3, requires_grad=True)}
+    assert not any(v.requires_grad for v in concat_head_logits(head, features).values())
+    parts = concat_head_logits(head, features, detach=False)
+    parts["a"].sum().backward()
+    assert features["a"].grad is not None and features["b"].grad is None
+    assert head.weight.grad is not None and torch.count_nonzero(head.weight.grad[:, 2:]) == 0
+    heads = {"a": torch.nn.Linear(2, 3), "b": torch.nn.Linear(3, 3)}
+    assert all(v.requires_grad for v in sum_head_logits(heads, features, detach=False).values())
+    assert not any(v.requires_grad for v in sum_head_logits(heads, features).values())
