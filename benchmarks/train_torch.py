@@ -184,7 +184,7 @@ def baseline_step(
     separately. AGM: the fused model's outputs with the other modality's input zeroed (no gradient, eval
     mode, as the reference's masked passes), combined into mono-modal responses. InfoReg and ARL: the
     fusion head's decomposed logits, whose unimodal losses join the training loss (ARL weights them by
-    ``auxiliary_weight``). Returns the fused logits and the fused loss.
+    ``unimodal_loss_weight``). Returns the fused logits and the fused loss.
     """
     features = model.encode(inputs)
     logits = model.fuse(features)
@@ -204,7 +204,7 @@ def baseline_step(
         return logits, loss
     decomposed = model.per_modality_logits(features, detach=False)
     modulator.observe({name: value.detach() for name, value in decomposed.items()}, y)
-    weight = policy.auxiliary_weight(epoch) if isinstance(policy, ARL) else 1.0
+    weight = policy.unimodal_loss_weight(epoch)  # ARL: gamma after its warm-up
     (loss + weight * sum(loss_fn(decomposed[name], y) for name in model.modalities)).backward()
     return logits, loss
 

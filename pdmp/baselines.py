@@ -449,6 +449,10 @@ class ARL(GradientPolicy):
         epoch = check_non_negative_int(epoch, name="epoch")
         return 1.0 if epoch < self.warmup else self.gamma
 
+    def unimodal_loss_weight(self, epoch: int) -> float:
+        """:meth:`auxiliary_weight`: what the adapters apply to the unimodal losses they are given."""
+        return self.auxiliary_weight(epoch)
+
     def weights(self, logit_stats: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
         """``w_m`` from one batch's logit statistics."""
         dependence = {m: logit_stats[m]["logit_abs"] / max(logit_stats[m]["count"], 1.0) for m in self.modalities}

@@ -268,6 +268,11 @@ class GradientPolicy(CoefficientPolicy):
             return Modulation(self._all(1.0))
         return Modulation({m: self._last.coefficient(m) for m in self.modalities})
 
+    def unimodal_loss_weight(self, epoch: int) -> float:
+        """The weight of the unimodal losses in the training loss at ``epoch`` (1 unless the method sets
+        it, as ARL does); the Keras adapter applies it to ``unimodal_logits``' losses, a torch loop reads it."""
+        return 1.0
+
     @property
     def last_transform(self) -> GradientTransform | None:
         """The transform of the last step (None before the first)."""

@@ -430,8 +430,8 @@ def flatten(values: Iterable[dict[str, float]], names: Sequence[str]) -> np.ndar
 # Each is wired as the README's baselines example does: MMPareto gets one unimodal head per encoder (a Dense
 # on the encoder's features, weights ``"<modality>_unimodal/kernel"``), whose losses are kept apart; AGM's
 # logits are the mono-modal responses of masked passes, without gradient; the others (InfoReg, ARL) observe
-# the fusion head's decomposed logits and add their cross-entropies to the loss (weight 1: ARL is given
-# gamma=1, so that its auxiliary weight is 1 in every epoch).
+# the fusion head's decomposed logits and add their cross-entropies to the loss, weighted by the policy's
+# unimodal_loss_weight (ARL's gamma after its warm-up).
 
 
 def unimodal_head_weights(spec: Spec, seed: int = 2) -> dict[str, np.ndarray]:
@@ -497,7 +497,8 @@ def train_torch_transform(
             else:
                 parts = _torch_decomposed_logits(model.head, features)
                 mod.observe({m: p.detach() for m, p in parts.items()}, target)
-                (loss + sum(ce(p, target) for p in parts.values())).backward()
+                weight = policy.unimodal_loss_weight(epoch)  # ARL: gamma after its warm-up
+                (loss + weight * sum(ce(p, target) for p in parts.values())).backward()
             opt.step()
             trace.coefficients.append(mod.coefficients)
             trace.transforms.append(policy.last_transform.as_array(mod.modalities))

@@ -367,6 +367,7 @@ def test_arl_matches_reference(seed):
     )
     assert policy.transform(step=0, epoch=5, logit_stats=stats).fused == {"audio": 1.0, "visual": 1.0}
     assert policy.auxiliary_weight(5) == 1.0 and policy.auxiliary_weight(6) == 4.0
+    assert policy.unimodal_loss_weight(6) == 4.0 and MMPareto(MODALITIES).unimodal_loss_weight(6) == 1.0
 
 
 # -- shared behaviour -----------------------------------------------------------------------------

@@ -51,7 +51,7 @@ CASES = {
     "AGM": (lambda: pdmp.AGM(NAMES), 2),
     "MMPareto": (lambda: pdmp.MMPareto(NAMES), 2),
     "InfoReg": (lambda: pdmp.InfoReg(NAMES, window=1), 3),
-    "ARL": (lambda: pdmp.ARL(NAMES, gamma=1.0, warmup=1), 2),
+    "ARL": (lambda: pdmp.ARL(NAMES, gamma=3.0, warmup=1), 2),  # unimodal losses x1, then x3
 }
 
 

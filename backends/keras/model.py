@@ -134,11 +134,12 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         unimodal_logits: each modality's own unimodal head's logits, ``(batch, classes)`` like the output,
             in the same forms as ``modality_logits`` (the heads must be layers of ``model``, so that they
             train). Each modality's unimodal loss, the mean sparse categorical cross-entropy of these
-            logits (integer or one-hot labels; unweighted), is added to the training loss. Required by a
+            logits (integer or one-hot labels), weighted by the policy's ``unimodal_loss_weight(epoch)``
+            (1, or ARL's ``gamma`` after its warm-up), is added to the training loss. Required by a
             GradientPolicy with ``uses_unimodal_gradients`` (MMPareto), for which each encoder's gradient
             of it (``U``) is also kept apart from the rest (``G``, one more partial backward pass per
             modality); optional otherwise (InfoReg's and ARL's unimodal losses: pass the decomposed
-            ``ConcatHead`` here too; a weight other than 1 needs a loss of your own).
+            ``ConcatHead`` here too).
         seed: seed of OGM-GE's gradient noise. Noise is drawn statelessly from (seed, step, variable),
             so it is reproducible and identical on every replica (the streams of TensorFlow and JAX
             differ; each is reproducible). Under ``tf.distribute`` it is added to each replica's
@@ -287,6 +288,11 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         self._anchors_restored = _Hidden(False)
         if isinstance(policy, GradientPolicy):
             self._host_transform = _Hidden(_transforms.host_transform(policy, layout, _WIDE_FLOAT))
+            # The unimodal losses' weight in the training loss this epoch (ARL's gamma after its warm-up).
+            self.pdmp_unimodal_weight = self.add_weight(
+                shape=(), initializer="ones", dtype="float32", trainable=False, aggregation="only_first_replica",
+                name="pdmp_unimodal_weight",
+            )  # fmt: skip
             if policy.uses_anchor:
                 # The encoders at the start of the anchor's epoch (epoch 0: the initial weights), saved with the
                 # model so that a resumed run pulls towards the same point; pdmp_anchor_epoch says which epoch.
@@ -492,11 +498,13 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         return y_pred, results[0], results[1]
 
     def _unimodal_losses(self, unimodal: Mapping[str, Any], labels: Any) -> list[Any]:
-        """Each modality's unimodal loss (mean sparse categorical cross-entropy from its logits), scaled as
-        Keras scales the compiled loss for ``tf.distribute`` (so that the replicas' gradients sum to the
-        batch's)."""
+        """Each modality's unimodal loss (mean sparse categorical cross-entropy from its logits) times the
+        policy's weight this epoch, scaled as Keras scales the compiled loss for ``tf.distribute`` (so that
+        the replicas' gradients sum to the batch's)."""
         replicas = _backend_ops.replica_count()
-        return [_transforms.unimodal_loss(unimodal[name], labels) / replicas for name in self.modalities]
+        weight = keras.ops.convert_to_tensor(self.pdmp_unimodal_weight)
+        losses = [_transforms.unimodal_loss(unimodal[name], labels) for name in self.modalities]
+        return [loss * keras.ops.cast(weight, loss.dtype) / replicas for loss in losses]
 
     def _transform_gradients(
         self,
@@ -697,6 +705,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         if isinstance(self.policy, GradientPolicy):
             # The step computes its transform (and the coefficients it reports) itself; adopt its state.
             self._sync_policy()
+            self.pdmp_unimodal_weight.assign(float(self.policy.unimodal_loss_weight(self._clock.epoch)))
             return
         if self.policy.needs_logits:
             raise NotImplementedError(f"{type(self.policy).__name__} needs logits and has no Keras implementation")
