@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,9 +39,41 @@ from benchmarks.study_cli import (
     run_timed,
     write_summary,
 )
-from pdmp.compare import Candidate, compare
+from pdmp.compare import Candidate, Study, compare
+from pdmp.stats import paired_difference
+from pdmp.transforms import GradientTransform
 
 INFOREG_STRENGTH = {"audio": 0.95, "image": 0.1}  # the reference's audio / visual constants (CREMA-D)
+
+
+@pdmp.register_policy
+class UnimodalLossControl(pdmp.GradientPolicy):
+    """Joint training plus each modality's unimodal loss on the fusion head's decomposed logits, weighted
+    by ``weight``, and no modulation: what InfoReg and ARL add to the loss, without their transforms."""
+
+    kind = "UnimodalLossControl"
+    uses_logits = True  # the runner's decomposed-logit path, which adds the unimodal losses
+
+    def __init__(self, modalities: Sequence[str], weight: float = 1.0) -> None:
+        super().__init__(modalities)
+        self.weight = float(weight)
+
+    def unimodal_loss_weight(self, epoch: int) -> float:
+        return self.weight
+
+    def compute_transform(self, *, step: int, epoch: int, logit_stats: Any, gradient_stats: Any) -> GradientTransform:
+        return GradientTransform(fused=self._all(1.0))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": self.kind, "modalities": list(self.modalities), "weight": self.weight}
+
+
+def control_candidates(ranking: pdmp.Ranking) -> list[Candidate]:
+    """The unimodal losses alone, at InfoReg's weight (1) and at ARL's (4; ARL's 1-epoch warm-up at 1 aside)."""
+    return [
+        Candidate("unimodal_losses_x1", UnimodalLossControl(ranking.order, 1.0)),
+        Candidate("unimodal_losses_x4", UnimodalLossControl(ranking.order, 4.0)),
+    ]
 
 
 def candidates(ranking: pdmp.Ranking) -> list[Candidate]:
@@ -60,11 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, seeds=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument(
+        "--controls",
+        action="store_true",
+        help="also train the unimodal-loss controls (controls.json), paired with the main study's joint runs",
+    )
     parser.add_argument("--report-only", action="store_true", help="rebuild summary.md from the saved runs")
     args = parser.parse_args(argv)
     regime = prepare(args, "baselines")
+    controls = None
     if args.report_only:
         study = finished_part(regime.out / "evaluation.json")
+        if (regime.out / "controls.json").exists():
+            controls = finished_part(regime.out / "controls.json")
     else:
         train = make_train(regime.dataset_name, regime.load_data(args.subset))
         study = compare(
@@ -74,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
             path=regime.out / "evaluation.json",
             train_options={"budget": args.epochs},
         )
+        if args.controls:
+            controls = compare(
+                train,
+                control_candidates(regime.ranking),
+                args.seeds,
+                path=regime.out / "controls.json",
+                train_options={"budget": args.epochs},
+            )
     command = " ".join(["python -m benchmarks.baselines", *(argv if argv is not None else sys.argv[1:])])
     total = sum(run["wall_time_s"] for run in study.runs.values()) / 60
     joint = [study.runs[("joint", s)]["wall_time_s"] for s in study.seeds if ("joint", s) in study.runs]
@@ -97,8 +147,35 @@ def main(argv: list[str] | None = None) -> int:
         "",
         machine_line(total, args.threads, f" ({np.mean(joint) / 60 if joint else float('nan'):.1f} min per joint run)"),
     ]
+    if controls is not None:
+        lines[-1:-1] = [*control_lines(study, controls), ""]
     write_summary(regime.out, lines, study)
     return 0
+
+
+def control_lines(study: Study, controls: Study) -> list[str]:
+    """The unimodal-loss controls against joint training and against InfoReg and ARL, paired by seed
+    across the two study files (same seeds, so the same initial weights and data order)."""
+    lines = [
+        "## Controls: the unimodal losses alone (controls.json), final-epoch test accuracy",
+        "",
+        "| control | seeds | test_acc | minus joint | minus inforeg | minus arl |",
+        "|---|---|---|---|---|---|",
+    ]
+    for candidate in controls.candidates:
+        seeds = [s for s in controls.seeds if (candidate.name, s) in controls.runs and ("joint", s) in study.runs]
+        if len(seeds) < 2:
+            continue
+        values = [100 * controls.runs[(candidate.name, s)]["metrics"]["test_acc"] for s in seeds]
+        cells = []
+        for reference in ("joint", "inforeg", "arl"):
+            other = [100 * study.runs[(reference, s)]["metrics"]["test_acc"] for s in seeds]
+            d = paired_difference(values, other)
+            low, high = d.interval if d.interval is not None else (float("nan"), float("nan"))
+            cells.append(f"{d.mean:+.1f} [{low:+.1f}, {high:+.1f}] {d.verdict}")
+        mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
+        lines.append(f"| {candidate.name} | {len(seeds)} | {mean:.1f} ± {sd:.1f} | " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":
