@@ -68,5 +68,5 @@ def sample_std(values: Any) -> Any:
     the sample standard deviation; ``ops.std`` is the population one (smaller by ``sqrt((n - 1) / n)``,
     29% for a 2-element bias). Matches :mod:`pdmp.backends.torch`.
     """
-    count = ops.cast(int(np.prod(values.shape)), values.dtype)
+    count = ops.cast(ops.size(values), values.dtype)  # dynamic: a gradient's shape may be unknown when traced
     return ops.std(values) * ops.sqrt(count / ops.maximum(count - 1.0, 1.0))

@@ -88,7 +88,7 @@ def gradient_statistics(fused: Sequence[Any], unimodal: Sequence[Any] | None, *,
     tensors with two or more dimensions (kernels; not biases or norm scales).
     """
     zero = ops.zeros((), dtype)
-    weights = [t for t in fused if len(t.shape) >= 2 and int(np.prod(t.shape))]
+    weights = [t for t in fused if len(t.shape) >= 2 and all(d != 0 for d in t.shape)]  # None: unknown, not empty
     fisher = sum((ops.mean(ops.square(ops.cast(t, dtype))) for t in weights), zero)
     if unimodal is None:
         return ops.stack([_sum_sq(fused, dtype), zero, zero, fisher])
