@@ -14,17 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from parity_setup import parity_frameworks
 
-import pdmp.backends.keras  # noqa: F401  (loads triton before TensorFlow; see pdmp.backends._coexistence)
-
-torch = pytest.importorskip("torch")
-tf = pytest.importorskip("tensorflow")
-torch.set_num_threads(1)
-try:
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-except RuntimeError:  # already initialised by another test module
-    pass
+torch, tf = parity_frameworks()
 
 from parity_models import TWO, compare_traces, flatten, names_of, run_both  # noqa: E402
 

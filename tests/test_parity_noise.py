@@ -14,18 +14,10 @@ import math
 
 import numpy as np
 import pytest
+from parity_setup import parity_frameworks
 
-import pdmp.backends.keras  # noqa: F401  (loads triton before TensorFlow; see pdmp.backends._coexistence)
-
-torch = pytest.importorskip("torch")
-tf = pytest.importorskip("tensorflow")
+torch, tf = parity_frameworks()
 keras = pytest.importorskip("keras")
-torch.set_num_threads(1)
-try:
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-except RuntimeError:  # already initialised by another test module
-    pass
 
 from parity_models import TWO, initial_weights, make_data, names_of, train_keras, train_torch  # noqa: E402
 

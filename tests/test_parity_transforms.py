@@ -19,17 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from parity_setup import parity_frameworks
 
-import pdmp.backends.keras  # loads triton before TensorFlow (see pdmp.backends._coexistence)
-
-torch = pytest.importorskip("torch")
-tf = pytest.importorskip("tensorflow")
-torch.set_num_threads(1)
-try:
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-except RuntimeError:  # already initialised by another test module
-    pass
+torch, tf = parity_frameworks()
 
 from parity_models import (  # noqa: E402
     TWO,
@@ -42,6 +34,8 @@ from parity_models import (  # noqa: E402
     train_torch_transform,
     unimodal_head_weights,
 )
+
+import pdmp  # noqa: E402
 
 BATCH, N, LR = 16, 64, 2.0**-5  # 4 steps per epoch
 NAMES = names_of(TWO)
