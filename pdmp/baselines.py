@@ -55,7 +55,7 @@ class MMPareto(GradientPolicy):
     (its own head), over the whole encoder: if ``<G, U> > 0`` (they agree) the weights are 1/2 and 1/2,
     otherwise the min-norm (MGDA) weights :func:`min_norm_weights`. Then per parameter tensor
     ``c = 2 (k_G G + k_U U)``, raised to at least ``||G + U||`` in norm, times ``gamma``. Heads keep the
-    plain gradient of the summed loss. Official code: GeWu-Lab/MMPareto_ICML2024 (``code/MMPareto.py``).
+    plain gradient of the summed loss. Official code: GeWu-Lab/MMPareto_ICML2024 (``code/MMPareto.py``, commit a339db3).
 
     Departures: a tensor whose combined gradient is exactly 0 stays 0 (the reference divides by its norm
     and gets NaN); the cosine test is decided on the dot product (same sign; the reference's
@@ -305,7 +305,7 @@ class AGM(GradientPolicy):
     ``k_m = exp(alpha * min(opt_m - ratio_m, clip))``: a modality doing better now than its historical
     standing is slowed, one doing worse is boosted. Applied to the encoder's gradient during epochs
     ``start_epoch..end_epoch`` (inclusive); the running means are updated every step. Official code:
-    lihong2303/AGM_ICCV2023 (``run/CREMAD_main.py``; defaults alpha 1, epochs 0-20, clip 10 on CREMA-D).
+    lihong2303/AGM_ICCV2023 (``run/CREMAD_main.py``, commit 5a65542; defaults alpha 1, epochs 0-20, clip 10 on CREMA-D).
 
     Departures: the coefficient multiplies the gradients of the modality's encoder parameters (the
     reference multiplies the gradient flowing into ``phi_m``, which also reaches the encoders through
@@ -413,7 +413,7 @@ class ARL(GradientPolicy):
     gradient is multiplied by ``1 + w_m`` (during warm-up by 1). The training loss should be
     ``L_fused + gamma * sum_m L_m`` with the unimodal (decomposed) losses, ``gamma`` from
     :meth:`auxiliary_weight` (1 during warm-up). Official code: shicaiwei123/ICCV2025-ARL
-    (``main_arl_variance.py``; the paper: gamma 4, T 8 on CREMA-D and 4 elsewhere; warm-up while
+    (``main_arl_variance.py``, commit 358af4f; the paper: gamma 4, T 8 on CREMA-D and 4 elsewhere; warm-up while
     ``epoch <= 5``, i.e. 6 epochs counted from 0).
 
     Departures: the released code never writes the computed weights back (after warm-up every encoder
