@@ -11,7 +11,7 @@ them against each other):
 * :func:`transformed`: :func:`pdmp.transforms.apply_transform`, with the step's transform read from a
   tensor (so nothing is decided at trace time, and the step never retraces).
 
-The policy's state crosses the host call as the encoded vector of :mod:`._policy_state`: the callback
+The policy's state crosses the host call as the encoded vector of ``_policy_state``: the callback
 loads it, calls ``transform`` and returns the new state, which the graph writes back into the
 ``pdmp_policy_state`` variable. So the callback depends on its inputs only, and whatever restores the
 model's variables restores the policy.
@@ -44,7 +44,7 @@ assert GRADIENT_STATISTICS == ("fused_sq", "unimodal_sq", "dot", "fisher")
 
 
 def class_indices(labels: Any, logits: Any, who: str) -> Any:
-    """``labels`` as int32 class indices, checked in the graph against the logits' width (see :mod:`._ogm`)."""
+    """``labels`` as int32 class indices, checked in the graph against the logits' width (see ``_ogm``)."""
     return _ogm.class_indices(labels, logits, who=who)
 
 
@@ -133,7 +133,7 @@ def host_transform(
 ) -> Callable[[Any, Any, Any, Any, Any], tuple[np.ndarray, np.ndarray]]:
     """The host side of the step: ``(step, epoch, logit_stats, gradient_stats, state) -> (transform, state)``.
 
-    ``state`` is the policy's encoded state (:func:`._policy_state.pack`); the function loads it into
+    ``state`` is the policy's encoded state (``_policy_state.pack``); the function loads it into
     ``policy``, calls :meth:`~pdmp.transforms.GradientPolicy.transform` once and returns the transform
     matrix (``wide_float``) and the new encoded state. A lock keeps replicas of a ``tf.distribute`` step
     (which call it with the same inputs) from interleaving; ``policy.last_transform`` is the last step's.

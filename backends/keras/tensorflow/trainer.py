@@ -23,12 +23,12 @@ class ModulatedTrainer:
     """Mixed into ``ModulatedModel`` (before ``keras.Model``) when Keras runs on TensorFlow."""
 
     def train_step(self: Any, data: Any) -> dict[str, Any]:
-        """Keras's TensorFlow ``train_step`` with :meth:`modulate_gradients` before ``apply_gradients``.
+        """Keras's TensorFlow ``train_step`` with ``modulate_gradients`` before ``apply_gradients``.
 
         The step counter advances by the optimizer's own iteration count, so a step that a
         ``LossScaleOptimizer`` skipped (non-finite gradients) is not counted. A GradientPolicy's step
         backpropagates the unimodal losses too (each modality's apart, where the policy asks) and
-        replaces the encoders' gradients by :meth:`_transform_gradients`.
+        replaces the encoders' gradients by ``_transform_gradients``.
         """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         gradient_policy = isinstance(self.policy, GradientPolicy)
