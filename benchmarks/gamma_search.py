@@ -172,8 +172,8 @@ def report_only(
         folder=out / "search",
         progress=False,
     )
-    study = finished_part(out / "evaluation.json")
     stored = Study.load(out / "evaluation.json")
+    study = finished_part(stored)
     chosen = [replace(candidate, name=f"{family}_tuned") for family, candidate in result.best.items()]
     search_seconds = sum(result.cost(family)["wall_time_s"] for family in result.best)
     total = (search_seconds + sum(run["wall_time_s"] for run in stored.runs.values())) / 60

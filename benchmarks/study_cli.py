@@ -60,9 +60,11 @@ def prepare(args: argparse.Namespace, folder: str) -> Regime:
     return Regime(f"av_digits:{args.regime}", out, ranking_file, pdmp.Ranking.load(ranking_file))
 
 
-def finished_part(path: Path) -> Study:
-    """A saved study restricted to the seeds on which every candidate finished (for ``--report-only``)."""
-    stored = Study.load(path)
+def finished_part(stored: Path | Study) -> Study:
+    """A study (or its saved file) restricted to the seeds on which every candidate finished (for
+    ``--report-only``)."""
+    if not isinstance(stored, Study):
+        stored = Study.load(stored)
     complete = [s for s in stored.seeds if all((c.name, s) in stored.runs for c in stored.candidates)]
     study = Study(stored.candidates, complete, stored.reference)
     study.runs = {key: run for key, run in stored.runs.items() if key[1] in complete}

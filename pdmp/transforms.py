@@ -54,6 +54,8 @@ GRADIENT_STATISTICS: tuple[str, ...] = ("fused_sq", "unimodal_sq", "dot", "fishe
 
 #: The columns of :meth:`GradientTransform.as_array`, in order.
 TRANSFORM_FIELDS: tuple[str, ...] = ("fused", "unimodal", "anchor", "magnitude", "floor_to_sum")
+#: What each field is for a modality a transform leaves out: the gradient unchanged.
+_TRANSFORM_DEFAULTS = {"fused": 1.0, "unimodal": 0.0, "anchor": 0.0, "magnitude": 1.0, "floor_to_sum": 0.0}
 
 Stats = dict[str, dict[str, float]]
 
@@ -116,8 +118,7 @@ class GradientTransform:
     floor_to_sum: dict[str, bool] = field(default_factory=dict)
 
     def get(self, field_name: str, modality: str) -> float:
-        default = {"fused": 1.0, "unimodal": 0.0, "anchor": 0.0, "magnitude": 1.0, "floor_to_sum": False}[field_name]
-        return float(getattr(self, field_name).get(modality, default))
+        return float(getattr(self, field_name).get(modality, _TRANSFORM_DEFAULTS[field_name]))
 
     def as_array(self, modalities: Sequence[str]) -> NDArray[np.float64]:
         """Shape ``(len(modalities), 5)``, columns :data:`TRANSFORM_FIELDS` (``floor_to_sum`` as 0/1)."""

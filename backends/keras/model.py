@@ -1250,12 +1250,7 @@ def _check_logits_spec(policy: CoefficientPolicy, spec: Any, model: keras.Model)
                 "SumHeads(heads={...}) or a function fn(model, x, training) -> {modality: logits}"
             )
         return None
-    if hasattr(spec, "taps"):
-        policy.check_modalities(list(spec.taps()), where=f"{type(spec).__name__} modality names")
-        return spec
-    if callable(spec):
-        return spec
-    raise TypeError(f"modality_logits must be ConcatHead, SumHeads or a function, got {type(spec).__name__}")
+    return _spec_of_known_form(policy, spec, argument="modality_logits", where="")
 
 
 def _check_unimodal_spec(policy: CoefficientPolicy, spec: Any) -> Any:
@@ -1268,12 +1263,17 @@ def _check_unimodal_spec(policy: CoefficientPolicy, spec: Any) -> Any:
                 "{modality: logits}"
             )
         return None
+    return _spec_of_known_form(policy, spec, argument="unimodal_logits", where="unimodal_logits ")
+
+
+def _spec_of_known_form(policy: CoefficientPolicy, spec: Any, *, argument: str, where: str) -> Any:
+    """A logits spec (``ConcatHead``/``SumHeads`` naming exactly the policy's modalities, or a function)."""
     if hasattr(spec, "taps"):
-        policy.check_modalities(list(spec.taps()), where=f"unimodal_logits {type(spec).__name__} modality names")
+        policy.check_modalities(list(spec.taps()), where=f"{where}{type(spec).__name__} modality names")
         return spec
     if callable(spec):
         return spec
-    raise TypeError(f"unimodal_logits must be ConcatHead, SumHeads or a function, got {type(spec).__name__}")
+    raise TypeError(f"{argument} must be ConcatHead, SumHeads or a function, got {type(spec).__name__}")
 
 
 def _check_unimodal_logits(logits: Any, modalities: Sequence[str], y_pred: Any) -> None:
