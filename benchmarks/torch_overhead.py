@@ -18,7 +18,7 @@ import platform
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,27 +66,42 @@ def make_step(variant: str, template: FusionNet, inputs: dict[str, torch.Tensor]
     return step
 
 
+def interleaved(
+    run: Callable[[str, int], tuple[float, float]], variants: Sequence[str], *, rounds: int, steps: int, seed: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Time variants side by side: ``run(variant, count)`` takes ``count`` steps and returns (wall, CPU)
+    seconds per step. After a 2-step warm-up of each (allocator, kernels, first-step optimizer state),
+    ``rounds`` blocks of ``steps`` steps per variant, in an order shuffled per round (seeded), so drifts
+    of a noisy machine fall on every variant alike. Returns per-block seconds per step, by variant."""
+    for variant in variants:
+        run(variant, 2)
+    order = list(variants)
+    shuffler = random.Random(seed)
+    wall: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(rounds):
+        shuffler.shuffle(order)
+        for variant in order:
+            seconds_wall, seconds_cpu = run(variant, steps)
+            wall[variant].append(seconds_wall)
+            cpu[variant].append(seconds_cpu)
+    return wall, cpu
+
+
 def measure(
     name: str, build: Callable[[int], Any], *, batch: int, rounds: int, steps: int, seed: int
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
     template, inputs = build(batch)
     runners = {variant: make_step(variant, template, inputs) for variant in VARIANTS}
-    for runner in runners.values():  # warm-up: allocator, kernels, first-step optimizer state
-        for _ in range(2):
-            runner()
-    order = list(VARIANTS)
-    shuffler = random.Random(seed)
-    wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for _ in range(rounds):
-        shuffler.shuffle(order)
-        for variant in order:
-            start_wall, start_cpu = time.perf_counter(), time.process_time()
-            for _ in range(steps):
-                runners[variant]()
-            wall[variant].append((time.perf_counter() - start_wall) / steps)
-            cpu[variant].append((time.process_time() - start_cpu) / steps)
+
+    def run(variant: str, count: int) -> tuple[float, float]:
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        for _ in range(count):
+            runners[variant]()
+        return (time.perf_counter() - start_wall) / count, (time.process_time() - start_cpu) / count
+
+    wall, cpu = interleaved(run, VARIANTS, rounds=rounds, steps=steps, seed=seed)
     result: dict[str, Any] = {
         "model": name,
         "parameters": sum(p.numel() for p in template.parameters()),

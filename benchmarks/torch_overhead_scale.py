@@ -37,7 +37,6 @@ import copy
 import json
 import math
 import platform
-import random
 import statistics
 import time
 from collections.abc import Callable
@@ -48,6 +47,7 @@ import torch
 from torch import nn
 
 from benchmarks.models_torch import FusionNet, TransformerEncoder
+from benchmarks.torch_overhead import interleaved
 from pdmp import OGMGE, PDMP
 from pdmp.backends.torch import Modulator, concat_head_logits
 from pdmp.stats import student_t_quantile
@@ -209,18 +209,7 @@ def measure(
 ) -> dict[str, Any]:
     template, inputs, labels = build(depth, width, batch, seed)
     run = make_runner(template, inputs, labels)
-    for variant in variants:  # warm-up: allocator, kernels, momentum buffers
-        run(variant, 2)
-    order = list(variants)
-    shuffler = random.Random(seed)
-    wall: dict[str, list[float]] = {v: [] for v in variants}
-    cpu: dict[str, list[float]] = {v: [] for v in variants}
-    for _ in range(blocks):
-        shuffler.shuffle(order)
-        for variant in order:
-            seconds_wall, seconds_cpu = run(variant, steps)
-            wall[variant].append(seconds_wall)
-            cpu[variant].append(seconds_cpu)
+    wall, cpu = interleaved(run, variants, rounds=blocks, steps=steps, seed=seed)
     encoders = template.encoders
     result: dict[str, Any] = {
         "model": f"2 x ViT-style encoder (width {width}, depth {depth}) + concat head",
