@@ -18,6 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
+from torch_helpers import TwoTower, groups, make_two_tower  # noqa: E402
 
 from pdmp import OGMGE, PDMP  # noqa: E402
 from pdmp.backends.torch import Modulator, concat_head_logits, rank_unimodal  # noqa: E402
@@ -29,27 +30,8 @@ torch.set_num_threads(1)
 NAMES = ["audio", "image"]
 
 
-class TwoTower(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.audio = nn.Sequential(nn.Linear(6, 8), nn.ReLU())
-        self.image = nn.Sequential(nn.Linear(5, 8), nn.Tanh())
-        self.head = nn.Linear(16, 3)
-
-    def features(self, a: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"audio": self.audio(a), "image": self.image(v)}
-
-    def forward(self, a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat(list(self.features(a, v).values()), dim=1))
-
-
 def make_model() -> TwoTower:
-    torch.manual_seed(0)
-    return TwoTower()
-
-
-def groups(model: TwoTower) -> dict[str, nn.Module]:
-    return {"audio": model.audio, "image": model.image}
+    return make_two_tower(deep_audio=False)
 
 
 def pdmp(**options: Any) -> PDMP:

@@ -11,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
+from torch_helpers import TwoTower, groups, make_two_tower  # noqa: E402
 
 from pdmp import OGMGE, PDMP, CoefficientPolicy  # noqa: E402
 from pdmp.backends.torch import Modulator, concat_head_logits  # noqa: E402
@@ -21,27 +22,8 @@ PATHS = ("hooks", "fused")
 State = dict[str, torch.Tensor]
 
 
-class TwoTower(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.audio = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8))
-        self.image = nn.Sequential(nn.Linear(5, 8), nn.Tanh())
-        self.head = nn.Linear(16, 3)
-
-    def features(self, a: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"audio": self.audio(a), "image": self.image(v)}
-
-    def forward(self, a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat(list(self.features(a, v).values()), dim=1))
-
-
 def make_model() -> TwoTower:
-    torch.manual_seed(0)
-    return TwoTower()
-
-
-def groups(model: TwoTower) -> dict[str, nn.Module]:
-    return {"audio": model.audio, "image": model.image}
+    return make_two_tower(deep_audio=True)
 
 
 def batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
