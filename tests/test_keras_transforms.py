@@ -104,7 +104,21 @@ def test_fit_reports_the_transforms_coefficient_and_keeps_the_policy_state_in_a_
     assert model.state_dict()["policy_state"] == state
 
 
-def test_a_run_resumed_from_a_keras_file_mid_epoch_continues_exactly(tmp_path: Any) -> None:
+@pytest.fixture
+def deterministic_ops() -> Any:
+    """TensorFlow's deterministic kernels for one test, then the previous setting: two runs compared bit for
+    bit must not depend on the order in which threads sum (some CPU kernels, e.g. those aggregating
+    gathered slices' gradients, do otherwise)."""
+    from tensorflow.python.framework import config
+
+    enabled = config.is_op_determinism_enabled()
+    config.enable_op_determinism()
+    yield
+    if not enabled:
+        config.disable_op_determinism()
+
+
+def test_a_run_resumed_from_a_keras_file_mid_epoch_continues_exactly(tmp_path: Any, deterministic_ops: Any) -> None:
     """InfoReg: its state (the traces) and its epoch-start anchors are saved with the model; re-announcing the
     interrupted epoch keeps the saved anchors."""
     x, y = make_data(TWO, N)
