@@ -1,7 +1,8 @@
 """Step-time overhead of the torch Modulator (not a test): ratio with / without it, on CPU.
 
 Two-modality models, concat fusion: a ResNet-style CNN per modality, and a small transformer per
-modality. Variants ``plain`` (no modulator), ``grad`` and ``lr`` (PDMP with active gammas) are measured
+modality. Variants ``plain`` (no modulator), ``grad`` and ``lr`` (PDMP with active gammas), and
+``adaptive-aux`` (AdaptivePDMP with auxiliary unimodal losses, grad mode) are measured
 *interleaved*: every round times a few steps of each variant in a shuffled order, so drift in machine
 load hits all variants alike. The reported ratio is the median over rounds of (variant / plain), for
 wall time and for this process's CPU time (less sensitive to other processes on a shared machine).
@@ -26,10 +27,12 @@ import torch
 from torch import nn
 
 from benchmarks.models_torch import FusionNet, ResNetEncoder, TransformerEncoder
-from pdmp import PDMP
+from pdmp import PDMP, AdaptivePDMP
 from pdmp.backends.torch import Modulator
 
-VARIANTS = ("plain", "grad", "lr")
+#: ``adaptive-aux``: AdaptivePDMP with auxiliary unimodal losses, the loop of the README (observe the
+#: decomposed logits, add their weighted losses; every term computed even when its weight is 0).
+VARIANTS = ("plain", "grad", "lr", "adaptive-aux")
 
 
 def cnn(batch: int) -> tuple[FusionNet, dict[str, torch.Tensor]]:
@@ -51,14 +54,27 @@ def make_step(variant: str, template: FusionNet, inputs: dict[str, torch.Tensor]
     model = copy.deepcopy(template)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     mod = None
-    if variant != "plain":
+    if variant == "adaptive-aux":
+        policy: Any = AdaptivePDMP(["audio", "image"], {"audio": 0.9, "image": 0.5}, auxiliary=4.0)
+        mod = Modulator(dict(model.encoders.items()), policy, mode="grad", optimizer=optimizer)  # type: ignore[arg-type]
+    elif variant != "plain":
         policy = PDMP(["audio", "image"], "audio", gamma_p=10.0, gamma_r=0.5)
         mod = Modulator(dict(model.encoders.items()), policy, mode=variant, optimizer=optimizer)  # type: ignore[arg-type]
     labels = torch.randint(0, 10, (inputs["audio"].shape[0],), generator=torch.Generator().manual_seed(0))
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model.fuse(model.encode(inputs)), labels).backward()
+        if variant == "adaptive-aux":
+            assert mod is not None
+            features = model.encode(inputs)
+            decomposed = model.per_modality_logits(features, detach=False)
+            weights = mod.unimodal_loss_weights
+            mod.observe({name: value.detach() for name, value in decomposed.items()}, labels)
+            loss = nn.functional.cross_entropy(model.fuse(features), labels)
+            loss = loss + sum(weights[m] * nn.functional.cross_entropy(decomposed[m], labels) for m in decomposed)
+            loss.backward()
+        else:
+            nn.functional.cross_entropy(model.fuse(model.encode(inputs)), labels).backward()
         optimizer.step()
         if mod is not None:
             mod.step()
@@ -160,7 +176,7 @@ def main() -> None:
         print(f"{'':12s} grad-mode hook work alone (without autograd's dispatch to Python): {hook}")
     report = {
         "benchmark": "torch_overhead",
-        "target": "ratio <= 1.03",
+        "target": "grad and lr: ratio <= 1.03; adaptive-aux (the adaptive rule's goal): ratio <= 1.1",
         "torch": torch.__version__,
         "machine": platform.platform(),
         "threads": args.threads,

@@ -116,14 +116,22 @@ def train_run(
                 inputs = {name: x[index] for name, x in train_x.items()}
                 logits, loss = baseline_step(model, inputs, y, policy, modulator, epoch, loss_fn)
             else:
+                auxiliary = None
                 if isinstance(model, FusionNet):
-                    logits, per_modality = model({name: x[index] for name, x in train_x.items()})
+                    if modulator is not None and modulator.policy.uses_unimodal_losses:
+                        features = model.encode({name: x[index] for name, x in train_x.items()})
+                        logits = model.fuse(features)
+                        per_modality = model.per_modality_logits(features, detach=False)
+                        weights = modulator.unimodal_loss_weights
+                        auxiliary = sum(w * loss_fn(per_modality[m], y) for m, w in weights.items() if w)
+                    else:
+                        logits, per_modality = model({name: x[index] for name, x in train_x.items()})
                     if modulator is not None:
                         modulator.observe({name: value.detach() for name, value in per_modality.items()}, y)
                 else:
                     logits = model(train_x[modalities[0]][index])
                 loss = loss_fn(logits, y)
-                loss.backward()
+                (loss if auxiliary is None else loss + auxiliary).backward()
             optimizer.step()
             schedule.step()
             if modulator is not None:

@@ -21,6 +21,15 @@ state is a moving average of sums, so coefficients move smoothly and never divid
 is a deterministic function of the (all-reduced) batch sums, so every data-parallel replica computes
 the same coefficients; it resumes exactly from :meth:`AdaptivePDMP.state_dict`.
 
+Auxiliary losses (``auxiliary`` > 0): scaling a gradient cannot help once the fused loss is near 0 on
+the training set (a memorising weak branch leaves the dominant encoder little gradient to scale), so
+the controller can also prioritise through the loss: a modality relied on less than its target share
+gets its own unimodal loss (the cross-entropy of its decomposed fusion logits) added to the training
+loss with weight ``lambda_m = auxiliary * (1 - exp(-gain * max(0, u_m - log tolerance)))`` (0 inside
+the dead band, smooth, below ``auxiliary``); ``auxiliary_scope`` says which modalities may get one:
+``"dominant"`` (the ranking's first only) or ``"all"``. The adapters fix the weights with the step's
+coefficients (:meth:`AdaptivePDMP.unimodal_loss_weights`).
+
 Timing contract with the adapters: the coefficients of step ``t`` come from the batches *before* ``t``
 (:meth:`AdaptivePDMP.modulation` reads the state; :meth:`AdaptivePDMP.update` folds in a step's scores
 after its coefficients were fixed), so a framework may compute the scores inside its compiled step and
@@ -31,11 +40,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from pdmp._validation import (
+    check_non_negative_finite,
     check_non_negative_int,
     check_positive_finite,
     check_same_modalities,
@@ -44,6 +54,8 @@ from pdmp.policies import CoefficientPolicy, Modulation, register_policy
 from pdmp.ranking import Ranking
 
 _TINY = float(np.finfo(np.float64).tiny)
+AuxiliaryScope = Literal["dominant", "all"]
+_SCOPES: tuple[str, ...] = ("dominant", "all")
 
 
 @register_policy
@@ -59,7 +71,10 @@ class AdaptivePDMP(CoefficientPolicy):
         gamma_max: cap on the dominant modality's coefficient.
         gamma_min: floor on the other modalities' coefficients.
         horizon: the moving average's time constant, in steps (decay ``1 - 1/horizon``).
-        warmup: epochs at the start with every coefficient 1 (the state is still updated).
+        warmup: epochs at the start with every coefficient 1 and no auxiliary loss (the state is still updated).
+        auxiliary: the largest weight of a modality's unimodal loss in the training loss (0: none; the
+            training loop then needs no decomposed-logit losses).
+        auxiliary_scope: which modalities may get an auxiliary loss: ``"dominant"`` or ``"all"``.
     """
 
     kind = "AdaptivePDMP"
@@ -76,6 +91,8 @@ class AdaptivePDMP(CoefficientPolicy):
         gamma_min: float = 0.01,
         horizon: float = 20.0,
         warmup: int = 0,
+        auxiliary: float = 0.0,
+        auxiliary_scope: AuxiliaryScope = "dominant",
     ) -> None:
         super().__init__(modalities)
         if not isinstance(accuracies, Mapping):
@@ -103,6 +120,11 @@ class AdaptivePDMP(CoefficientPolicy):
         if self.horizon < 1:
             raise ValueError(f"horizon must be >= 1 step, got {horizon!r}")
         self.warmup = check_non_negative_int(warmup, name="warmup")
+        self.auxiliary = check_non_negative_finite(auxiliary, name="auxiliary")
+        if auxiliary_scope not in _SCOPES:
+            raise ValueError(f"auxiliary_scope must be one of {list(_SCOPES)}, got {auxiliary_scope!r}")
+        self.auxiliary_scope: AuxiliaryScope = auxiliary_scope
+        self.uses_unimodal_losses = self.auxiliary > 0
         total = sum(self.accuracies.values())
         self.target = {name: value / total for name, value in self.accuracies.items()}
         self.reset()
@@ -184,6 +206,20 @@ class AdaptivePDMP(CoefficientPolicy):
                 coefficients[name] = min(max(value, self.gamma_min), 1.0)
         return Modulation(coefficients)
 
+    def unimodal_loss_weights(self, *, step: int = 0, epoch: int = 0) -> dict[str, float]:
+        """Each modality's auxiliary-loss weight from the batches observed so far (see the module docstring)."""
+        current = self.shares()
+        weights = self._all(0.0)
+        if not self.auxiliary or epoch < self.warmup or current is None:
+            return weights
+        band = math.log(self.tolerance)
+        eligible = self.modalities if self.auxiliary_scope == "all" else (self.dominant,)
+        for name in eligible:
+            deficit = math.log(self.target[name] / max(current[name], _TINY)) - band
+            if deficit > 0:
+                weights[name] = self.auxiliary * -math.expm1(-self.gain * deficit)
+        return weights
+
     def get_config(self) -> dict[str, Any]:
         return {
             "type": self.kind,
@@ -195,4 +231,6 @@ class AdaptivePDMP(CoefficientPolicy):
             "gamma_min": self.gamma_min,
             "horizon": self.horizon,
             "warmup": self.warmup,
+            "auxiliary": self.auxiliary,
+            "auxiliary_scope": self.auxiliary_scope,
         }

@@ -81,9 +81,18 @@ class CoefficientPolicy(ABC):
     #: adapters call :meth:`update` with the step's (all-reduced) scores *after* fixing its coefficients,
     #: and save :meth:`state_dict` with their own state.
     observes_scores: ClassVar[bool] = False
+    #: True when the training loss should add each modality's unimodal loss (the cross-entropy of its
+    #: decomposed fusion logits) weighted by :meth:`unimodal_loss_weights` (adaptive policies with an
+    #: auxiliary weight); the adapters fix the weights with the step's coefficients.
+    uses_unimodal_losses: bool = False
 
     def update(self, scores: Mapping[str, float]) -> None:  # noqa: B027 - a no-op unless observes_scores
         """Fold in one step's per-modality batch scores (only policies with :attr:`observes_scores`)."""
+
+    def unimodal_loss_weights(self, *, step: int = 0, epoch: int = 0) -> dict[str, float]:
+        """Each modality's unimodal-loss weight in the training loss at this step (0 unless
+        :attr:`uses_unimodal_losses`)."""
+        return self._all(0.0)
 
     def state_dict(self) -> dict[str, Any]:
         """What the policy has learnt during training (empty for stateless policies); JSON-serialisable."""

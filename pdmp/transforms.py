@@ -274,6 +274,10 @@ class GradientPolicy(CoefficientPolicy):
         it, as ARL does); the Keras adapter applies it to ``unimodal_logits``' losses, a torch loop reads it."""
         return 1.0
 
+    def unimodal_loss_weights(self, *, step: int = 0, epoch: int = 0) -> dict[str, float]:
+        """:meth:`unimodal_loss_weight` for every modality (what the adapters apply to the losses they get)."""
+        return self._all(float(self.unimodal_loss_weight(epoch)))
+
     @property
     def last_transform(self) -> GradientTransform | None:
         """The transform of the last step (None before the first)."""

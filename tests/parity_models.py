@@ -120,6 +120,8 @@ class Trace:
     coefficients: list[dict[str, float]] = field(default_factory=list)
     #: A GradientPolicy's transform of every step (``GradientTransform.as_array``), where one was used.
     transforms: list[np.ndarray] = field(default_factory=list)
+    #: The unimodal-loss weights of every step, where the policy adds unimodal losses.
+    unimodal_weights: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -297,9 +299,15 @@ def train_torch(
             mod.set_epoch(epoch)
         for rows in batches(len(y), batch_size):
             out, features = model(torch_inputs(spec, x, rows))
-            if mod is not None:
-                mod.observe(concat_head_logits(model.head, features), labels[rows])
             loss = nn.functional.cross_entropy(out, labels[rows])
+            if mod is not None:
+                decomposed = concat_head_logits(model.head, features, detach=False)
+                mod.observe({name: value.detach() for name, value in decomposed.items()}, labels[rows])
+                if policy.uses_unimodal_losses:
+                    weights_now = mod.unimodal_loss_weights
+                    trace.unimodal_weights.append(weights_now)
+                    for name, value in decomposed.items():
+                        loss = loss + weights_now[name] * nn.functional.cross_entropy(value, labels[rows])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -379,7 +387,10 @@ def train_keras(
     if policy is not None:
         wants_logits = policy.needs_logits or policy.observes_scores
         logits = ConcatHead("head", {name: f"{name}_fc2" for name, _, _ in spec}) if wants_logits else None
-        model = ModulatedModel(inner, encoder_layers(spec), policy, mode=mode, modality_logits=logits, seed=seed)
+        unimodal = logits if policy.uses_unimodal_losses else None
+        model = ModulatedModel(
+            inner, encoder_layers(spec), policy, mode=mode, modality_logits=logits, unimodal_logits=unimodal, seed=seed
+        )
     opt = keras.optimizers.SGD(lr, momentum=momentum) if optimizer == "sgd" else keras.optimizers.Adam(lr, **ADAM)
     model.compile(
         optimizer=opt,
@@ -393,6 +404,9 @@ def train_keras(
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             coefficients = model.coefficients if policy is not None else {name: 1.0 for name, _, _ in spec}
             trace.coefficients.append(coefficients)
+            if policy is not None and policy.uses_unimodal_losses:
+                used = np.asarray(model.pdmp_unimodal_weights.numpy(), dtype=np.float64)
+                trace.unimodal_weights.append({name: float(v) for (name, _, _), v in zip(spec, used, strict=True)})
             trace.params.append({key: np.array(v.numpy()) for key, v in named.items()})
 
     model.fit(

@@ -115,6 +115,8 @@ def test_state_resumes_exactly_and_config_is_literal():
         "gamma_min": 0.01,
         "horizon": 10.0,
         "warmup": 1,
+        "auxiliary": 0.0,
+        "auxiliary_scope": "dominant",
     }
     rng = np.random.default_rng(1)
     stream = [{"audio": float(a), "image": float(b)} for a, b in rng.uniform(0, 64, size=(40, 2))]
@@ -140,6 +142,9 @@ def test_state_resumes_exactly_and_config_is_literal():
         ({"gamma_min": 2.0}, ValueError, "gamma_min <= 1 <= gamma_max"),
         ({"horizon": 0.5}, ValueError, "horizon must be >= 1"),
         ({"gain": -1.0}, ValueError, "gain"),
+        ({"auxiliary": -1.0}, ValueError, "auxiliary"),
+        ({"auxiliary": float("nan")}, ValueError, "auxiliary"),
+        ({"auxiliary_scope": "weak"}, ValueError, r"auxiliary_scope must be one of \['dominant', 'all'\]"),
     ],
 )
 def test_bad_configuration(kwargs, error, match):
@@ -162,3 +167,75 @@ def test_bad_scores_and_corrupt_state_change_nothing():
     assert policy.state_dict() == before
     with pytest.raises(ValueError, match="has no training state"):
         pdmp.PDMP(["a", "b"], "a").load_state_dict({"ema": {}})
+
+
+# -- auxiliary unimodal losses -------------------------------------------------------------------------
+
+
+def test_auxiliary_losses_are_off_by_default_and_zero_where_reliance_is_justified():
+    plain = fed(AdaptivePDMP(["audio", "image"], UNDER_OPT), {"audio": 28.0, "image": 72.0})
+    assert not plain.uses_unimodal_losses and plain.unimodal_loss_weights() == {"audio": 0.0, "image": 0.0}
+    for scope in ("dominant", "all"):
+        equal = fed(
+            AdaptivePDMP(["a", "b"], {"a": 0.6, "b": 0.6}, auxiliary=4.0, auxiliary_scope=scope), {"a": 9, "b": 10}
+        )
+        assert equal.uses_unimodal_losses and equal.unimodal_loss_weights() == {"a": 0.0, "b": 0.0}
+        justified = fed(
+            AdaptivePDMP(["a", "b"], {"a": 0.8, "b": 0.4}, auxiliary=4.0, auxiliary_scope=scope), {"a": 20, "b": 10}
+        )
+        assert justified.unimodal_loss_weights() == {"a": 0.0, "b": 0.0}
+    fresh = AdaptivePDMP(["a", "b"], {"a": 0.8, "b": 0.4}, auxiliary=4.0)
+    assert fresh.unimodal_loss_weights() == {"a": 0.0, "b": 0.0}  # nothing observed yet
+
+
+def test_an_under_relied_dominant_modality_gets_its_own_loss():
+    # The under-optimization regime: the memorising image branch holds 72% of the true-class mass.
+    policy = fed(AdaptivePDMP(["audio", "image"], UNDER_OPT, auxiliary=4.0), {"audio": 28.0, "image": 72.0}, steps=200)
+    # Independent arithmetic: deficit = log(target / share) - log(tolerance); weight = 4 (1 - e^(-gain deficit)).
+    deficit = math.log((0.71 / 1.09) / 0.28) - math.log(1.25)
+    weights = policy.unimodal_loss_weights(epoch=3)
+    assert weights["audio"] == pytest.approx(4.0 * (1.0 - math.exp(-4.0 * deficit)), rel=1e-9)
+    assert weights["audio"] == pytest.approx(3.6666, abs=1e-4)
+    assert weights["image"] == 0.0  # the over-relied weak branch: slowed by its coefficient, no extra loss
+    assert policy.coefficients()["audio"] == 10.0  # the gradient coefficients are unchanged by the option
+    warm = fed(AdaptivePDMP(["audio", "image"], UNDER_OPT, auxiliary=4.0, warmup=2), {"audio": 28.0, "image": 72.0})
+    assert warm.unimodal_loss_weights(epoch=1) == {"audio": 0.0, "image": 0.0}
+    assert warm.unimodal_loss_weights(epoch=2)["audio"] > 3.0
+
+
+def test_scope_all_also_gives_an_under_relied_weak_modality_a_loss():
+    # Audio dominant (0.9 vs 0.6); the model relies on audio 9:1, so image (target share 0.4) is under-relied.
+    accuracies = {"audio": 0.9, "image": 0.6}
+    only_dominant = fed(AdaptivePDMP(["audio", "image"], accuracies, auxiliary=2.0), {"audio": 90.0, "image": 10.0})
+    everyone = fed(
+        AdaptivePDMP(["audio", "image"], accuracies, auxiliary=2.0, auxiliary_scope="all"),
+        {"audio": 90.0, "image": 10.0},
+    )
+    assert only_dominant.unimodal_loss_weights() == {"audio": 0.0, "image": 0.0}
+    deficit = math.log(0.4 / 0.1) - math.log(1.25)
+    assert everyone.unimodal_loss_weights() == pytest.approx({"audio": 0.0, "image": 2.0 * -math.expm1(-4.0 * deficit)})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    accuracies=st.tuples(st.floats(0.05, 1.0), st.floats(0.05, 1.0)),
+    batches=st.lists(st.tuples(st.floats(0.0, 64.0), st.floats(0.0, 64.0)), min_size=1, max_size=40),
+    auxiliary=st.floats(0.0, 10.0),
+)
+def test_auxiliary_weights_stay_in_bounds(accuracies, batches, auxiliary):
+    targets = dict(zip("ab", accuracies, strict=True))
+    policy = AdaptivePDMP(["a", "b"], targets, auxiliary=auxiliary, auxiliary_scope="all")
+    for a, b in batches:
+        policy.update({"a": a, "b": b})
+        weights = policy.unimodal_loss_weights()
+        assert all(0.0 <= w <= auxiliary and math.isfinite(w) for w in weights.values())
+
+
+def test_auxiliary_configuration_round_trips_and_resumes():
+    policy = AdaptivePDMP(["audio", "image"], UNDER_OPT, auxiliary=4.0, auxiliary_scope="all", horizon=5.0)
+    fed(policy, {"audio": 10.0, "image": 50.0}, steps=7)
+    resumed = policy_from_config(policy.get_config())
+    resumed.load_state_dict(policy.state_dict())
+    assert resumed.get_config() == policy.get_config()
+    assert resumed.uses_unimodal_losses
+    assert resumed.unimodal_loss_weights(epoch=1) == policy.unimodal_loss_weights(epoch=1)

@@ -16,7 +16,7 @@ import pytest
 from keras_helpers import keras, tf
 from test_keras_schedule import Preempt
 
-from pdmp import AdaptivePDMP
+from pdmp import PDMP, AdaptivePDMP
 from pdmp.backends.keras import ConcatHead, ModulatedModel, concat_head_logits
 from pdmp.diagnostics import modality_scores
 
@@ -290,3 +290,61 @@ def test_misuse_is_refused_with_the_fix() -> None:
     with pytest.raises(RuntimeError, match=r"call model\.observe\(modality_logits, labels\)"):
         model.step()
     assert model.step_count == 0
+
+
+def auxiliary_policy() -> AdaptivePDMP:
+    return AdaptivePDMP(NAMES, ACCURACIES, horizon=3.0, auxiliary=4.0)
+
+
+def test_auxiliary_losses_follow_the_core_and_resume_from_a_keras_file(tmp_path: object) -> None:
+    """Each step adds ``w_m * CE(decomposed logits of m)`` with the weights the core gives from the batches
+    before it; a ``.keras`` file continues with the uninterrupted run's weights and parameters."""
+    x, y = data()
+
+    def model_() -> ModulatedModel:
+        wrapped = ModulatedModel(
+            build(), {"audio": "audio_enc", "image": "image_enc"}, auxiliary_policy(),
+            modality_logits=SPEC, unimodal_logits=SPEC,
+        )  # fmt: skip
+        return compile_(wrapped)
+
+    class Weights(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[dict[str, float]] = []
+
+        def on_train_batch_begin(self, batch: int, logs: object = None) -> None:
+            self.seen.append(
+                dict(zip(NAMES, (float(v) for v in self.model.pdmp_unimodal_weights.numpy()), strict=True))
+            )
+
+    straight, used = model_(), Weights()
+    record = fit(straight, x, y, epochs=4, callbacks=[used])
+    replay = auxiliary_policy()
+    for weights_used, logits, labels in zip(used.seen, record.logits, record.labels, strict=True):
+        assert weights_used == pytest.approx(replay.unimodal_loss_weights(), rel=1e-12)
+        replay.update(modality_scores(logits, labels))
+    assert max(w["audio"] for w in used.seen) > 1.0 and all(w["image"] == 0.0 for w in used.seen)
+
+    first, resumed = model_(), Weights()
+    fit(first, x, y, epochs=2, callbacks=[resumed])
+    path = os.path.join(str(tmp_path), "auxiliary.keras")
+    first.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.policy.get_config() == auxiliary_policy().get_config()
+    fit(loaded, x, y, epochs=4, initial_epoch=2, callbacks=[resumed])
+    np.testing.assert_allclose(
+        [[w[n] for n in NAMES] for w in resumed.seen], [[w[n] for n in NAMES] for w in used.seen], rtol=1e-12
+    )
+    for path_, value in weights(straight).items():
+        np.testing.assert_allclose(weights(loaded)[path_], value, rtol=1e-12, err_msg=path_)
+
+
+def test_auxiliary_and_unimodal_logits_misuse_is_refused_with_the_fix() -> None:
+    encoders = {"audio": "audio_enc", "image": "image_enc"}
+    with pytest.raises(ValueError, match=r"adds each modality's unimodal loss .* pass unimodal_logits="):
+        ModulatedModel(build(), encoders, auxiliary_policy(), modality_logits=SPEC)
+    with pytest.raises(ValueError, match=r"unimodal_logits= adds unimodal losses, which PDMP does not use"):
+        ModulatedModel(build(), encoders, PDMP(NAMES, "audio"), unimodal_logits=SPEC)
+    with pytest.raises(ValueError, match=r"unimodal_logits= adds unimodal losses, which AdaptivePDMP does not use"):
+        ModulatedModel(build(), encoders, policy(), modality_logits=SPEC, unimodal_logits=SPEC)

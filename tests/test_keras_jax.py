@@ -302,3 +302,9 @@ def test_keras_distribution_is_refused_with_the_alternative() -> None:
             model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
     finally:
         keras.distribution.set_distribution(None)
+
+
+def test_auxiliary_unimodal_losses_are_refused_with_the_alternatives() -> None:
+    policy = AdaptivePDMP(["audio", "image"], {"audio": 0.9, "image": 0.3}, auxiliary=4.0)
+    with pytest.raises(NotImplementedError, match=r"adds auxiliary unimodal losses.* set KERAS_BACKEND=tensorflow"):
+        wrap(policy)

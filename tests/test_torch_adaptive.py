@@ -162,3 +162,51 @@ def test_a_corrupt_policy_state_is_refused_before_anything_changes():
             mod.load_state_dict(state)
         assert (policy.state_dict(), mod.clock.state_dict()) == before
     assert np.isfinite(list(before[0]["ema"].values())).all()
+
+
+def train_with_auxiliary(mod: Modulator, model: Fused, optimizer, data, record: list) -> None:
+    """The README's loop for ``auxiliary``: the step's weights times each decomposed logit's loss, added."""
+    for a, v, y in data:
+        logits, features = model(a, v)
+        decomposed = concat_head_logits(model.head, features, detach=False)
+        weights = mod.unimodal_loss_weights
+        record.append((weights, {k: t.detach().numpy() for k, t in decomposed.items()}, y.numpy()))
+        mod.observe({k: t.detach() for k, t in decomposed.items()}, y)
+        loss = nn.functional.cross_entropy(logits, y)
+        loss = loss + sum(w * nn.functional.cross_entropy(decomposed[m], y) for m, w in weights.items())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        mod.step()
+
+
+def test_auxiliary_weights_of_a_step_come_from_the_batches_before_it_and_resume():
+    def run(split: int | None) -> list:
+        torch.manual_seed(0)
+        model = Fused()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        data, record = list(batches(14)), []
+        make = lambda: AdaptivePDMP(["audio", "image"], ACCURACIES, horizon=5.0, auxiliary=4.0)  # noqa: E731
+        mod = Modulator({"audio": model.audio, "image": model.image}, make(), optimizer=optimizer)
+        mod.set_epoch(0)
+        train_with_auxiliary(mod, model, optimizer, data[:split] if split else data, record)
+        if split:
+            state = mod.state_dict()
+            mod.remove()
+            mod = Modulator({"audio": model.audio, "image": model.image}, make(), optimizer=optimizer)
+            mod.load_state_dict(state)
+            train_with_auxiliary(mod, model, optimizer, data[split:], record)
+        mod.remove()
+        with pytest.raises(RuntimeError, match="after remove"):
+            mod.unimodal_loss_weights  # noqa: B018
+        return record
+
+    record = run(None)
+    replay = AdaptivePDMP(["audio", "image"], ACCURACIES, horizon=5.0, auxiliary=4.0)
+    for used, logits, labels in record:
+        assert used == pytest.approx(replay.unimodal_loss_weights(), rel=1e-12)
+        replay.update(modality_scores(logits, labels))
+    assert record[0][0] == {"audio": 0.0, "image": 0.0}
+    assert max(used["audio"] for used, _, _ in record) > 1.0  # the memorising image branch starves audio
+    assert all(used["image"] == 0.0 for used, _, _ in record)
+    assert [used for used, _, _ in run(6)] == [used for used, _, _ in record]

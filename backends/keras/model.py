@@ -216,6 +216,12 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
                 f"backend only (Keras runs on {keras.backend.backend()!r}); set KERAS_BACKEND=tensorflow, or train "
                 "with pdmp.backends.torch. On this backend: PDMP, OGMGE, AdaptivePDMP and NoModulation"
             )
+        if policy.uses_unimodal_losses and not _backend_ops.SUPPORTS_GRADIENT_POLICIES:
+            raise NotImplementedError(
+                f"{policy!r} adds auxiliary unimodal losses, which ModulatedModel adds on Keras's TensorFlow backend "
+                f"only (Keras runs on {keras.backend.backend()!r}); set KERAS_BACKEND=tensorflow, train with "
+                "pdmp.backends.torch, or use the rule without them (auxiliary=0)"
+            )
         if isinstance(policy, GradientPolicy) and mode != "grad":
             raise ValueError(
                 f"{type(policy).__name__} is a GradientPolicy: it transforms each encoder gradient (combining fused "
@@ -247,6 +253,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         self._index = _Hidden(index)
         spec = _check_logits_spec(policy, modality_logits, model)
         unimodal = _check_unimodal_spec(policy, unimodal_logits)
+        self._adds_unimodal_losses = isinstance(policy, GradientPolicy) or policy.uses_unimodal_losses
         self._logits = _Hidden(spec)
         self._unimodal_logits = _Hidden(unimodal)
         tapped = [s for s in (spec, unimodal) if hasattr(s, "taps")]
@@ -288,11 +295,6 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         self._anchors_restored = _Hidden(False)
         if isinstance(policy, GradientPolicy):
             self._host_transform = _Hidden(_transforms.host_transform(policy, layout, _WIDE_FLOAT))
-            # The unimodal losses' weight in the training loss this epoch (ARL's gamma after its warm-up).
-            self.pdmp_unimodal_weight = self.add_weight(
-                shape=(), initializer="ones", dtype="float32", trainable=False, aggregation="only_first_replica",
-                name="pdmp_unimodal_weight",
-            )  # fmt: skip
             if policy.uses_anchor:
                 # The encoders at the start of the anchor's epoch (epoch 0: the initial weights), saved with the
                 # model so that a resumed run pulls towards the same point; pdmp_anchor_epoch says which epoch.
@@ -312,6 +314,13 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
                     shape=(), initializer="zeros", dtype=_WIDE_INT, trainable=False,
                     aggregation="only_first_replica", name="pdmp_anchor_epoch",
                 )  # fmt: skip
+        if self._adds_unimodal_losses:
+            # Each modality's unimodal-loss weight in this step's training loss (ARL's gamma after its warm-up,
+            # AdaptivePDMP's auxiliary weights), written with the step's coefficients.
+            self.pdmp_unimodal_weights = self.add_weight(
+                shape=(count,), initializer="ones", dtype=_WIDE_FLOAT, trainable=False,
+                aggregation="only_first_replica", name="pdmp_unimodal_weights",
+            )  # fmt: skip
         if policy.observes_scores:
             # Whether pdmp_scores holds a step's scores the learning policy has not yet seen.
             self.pdmp_pending = self.add_weight(
@@ -502,9 +511,9 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         policy's weight this epoch, scaled as Keras scales the compiled loss for ``tf.distribute`` (so that
         the replicas' gradients sum to the batch's)."""
         replicas = _backend_ops.replica_count()
-        weight = keras.ops.convert_to_tensor(self.pdmp_unimodal_weight)
+        weights = keras.ops.convert_to_tensor(self.pdmp_unimodal_weights)
         losses = [_transforms.unimodal_loss(unimodal[name], labels) for name in self.modalities]
-        return [loss * keras.ops.cast(weight, loss.dtype) / replicas for loss in losses]
+        return [loss * keras.ops.cast(weights[i], loss.dtype) / replicas for i, loss in enumerate(losses)]
 
     def _transform_gradients(
         self,
@@ -705,7 +714,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         if isinstance(self.policy, GradientPolicy):
             # The step computes its transform (and the coefficients it reports) itself; adopt its state.
             self._sync_policy()
-            self.pdmp_unimodal_weight.assign(float(self.policy.unimodal_loss_weight(self._clock.epoch)))
+            self._write_unimodal_weights()
             return
         if self.policy.needs_logits:
             raise NotImplementedError(f"{type(self.policy).__name__} needs logits and has no Keras implementation")
@@ -715,6 +724,12 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         modulation = self.policy.modulation(step=self._clock.step, epoch=self._clock.epoch)
         self.pdmp_coefficients.assign(np.asarray([modulation.coefficients[n] for n in self.modalities], np.float64))
         self.pdmp_noise_gate.assign(float(modulation.noise))
+        if self._adds_unimodal_losses:
+            self._write_unimodal_weights()
+
+    def _write_unimodal_weights(self) -> None:
+        weights = self.policy.unimodal_loss_weights(step=self._clock.step, epoch=self._clock.epoch)
+        self.pdmp_unimodal_weights.assign(np.asarray([weights[n] for n in self.modalities], np.float64))
 
     def _sync_policy(self) -> None:
         """Adopt the learning policy's state stored in the variables (restored with the weights)."""
@@ -1262,7 +1277,19 @@ def _check_unimodal_spec(policy: CoefficientPolicy, spec: Any) -> Any:
                 "unimodal head layer}) for a functional model, or a function fn(model, x, training) -> "
                 "{modality: logits}"
             )
+        if policy.uses_unimodal_losses:
+            raise ValueError(
+                f"{policy!r} adds each modality's unimodal loss to the training loss: pass unimodal_logits= with "
+                "the decomposed fusion logits, e.g. ConcatHead(head=..., features={...}) (the same spec as "
+                "modality_logits), or set auxiliary=0"
+            )
         return None
+    if not (isinstance(policy, GradientPolicy) or policy.uses_unimodal_losses):
+        raise ValueError(
+            f"unimodal_logits= adds unimodal losses, which {type(policy).__name__} does not use (it is for "
+            "GradientPolicies and AdaptivePDMP(auxiliary=...)); add them to the inner model's losses instead, "
+            "or drop unimodal_logits"
+        )
     return _spec_of_known_form(policy, spec, argument="unimodal_logits", where="unimodal_logits ")
 
 

@@ -384,6 +384,15 @@ class Modulator:
         return dict(self._factors)
 
     @property
+    def unimodal_loss_weights(self) -> dict[str, float]:
+        """Each modality's weight for its unimodal loss in this step's training loss (all 0 unless
+        ``policy.uses_unimodal_losses``, e.g. ``AdaptivePDMP(auxiliary=...)``); fixed with the step's
+        coefficients, from the batches before it. Add ``sum(w[m] * loss_fn(logits[m], y))`` over the
+        decomposed logits (``concat_head_logits(..., detach=False)``) to the fused loss."""
+        self._check_open("unimodal_loss_weights")
+        return dict(self._unimodal_weights)
+
+    @property
     def step_count(self) -> int:
         return self.clock.step
 
@@ -696,6 +705,10 @@ class Modulator:
 
     def _refresh(self) -> None:
         """Recompute the coefficients from the clock (policies that need logits wait for observe)."""
+        self._unimodal_weights = {
+            name: float(value)
+            for name, value in self.policy.unimodal_loss_weights(step=self.clock.step, epoch=self.clock.epoch).items()
+        }
         if self.policy.needs_logits:
             return
         self._apply(self.policy.modulation(step=self.clock.step, epoch=self.clock.epoch))
