@@ -6,8 +6,9 @@
 The field's base setting (OGM-GE's and the PDMP authors' code) is SGD with lr 1e-3; the paper's gammas
 (10-15) were chosen there. The other benchmarks train at lr 0.05 for 10 epochs, where a gamma of 10 is
 a much larger step. Here joint training, PDMP at its defaults (10, 0.5, one warm-up epoch), uniform
-scaling of every encoder by 10 (the control that separates prioritising from a larger step) and the
-adaptive rule (:class:`pdmp.AdaptivePDMP`, its defaults, untuned) train for ``--epochs`` epochs
+scaling of every encoder by 10 (the control that separates prioritising from a larger step), the
+adaptive rule (:class:`pdmp.AdaptivePDMP`, its defaults, untuned) and the adaptive rule with auxiliary
+losses (the configuration :mod:`benchmarks.adaptive_rules` chose on its tuning seeds) train for ``--epochs`` epochs
 (cosine decay) on one built-in AV-digits regime (torch, CNN encoders, concat), paired by seed.
 
 Nothing is tuned, so every seed is an evaluation seed. The ranking is the main benchmark's stage-1
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 import pdmp
+from benchmarks.adaptive_rules import chosen_rule
 from benchmarks.gamma_search import make_train
 from benchmarks.study_cli import (
     add_common_arguments,
@@ -40,14 +42,15 @@ from pdmp.compare import Candidate, Study, compare, default_candidates
 
 
 def candidates(ranking: pdmp.Ranking) -> list[Candidate]:
-    """joint, PDMP (10, 0.5), uniform x10 (all with one warm-up epoch) and the untuned adaptive rule."""
+    """joint, PDMP (10, 0.5), uniform x10 (all with one warm-up epoch), the untuned adaptive rule without
+    and with auxiliary losses (the configuration :mod:`benchmarks.adaptive_rules` chose)."""
     defaults = default_candidates(ranking, gamma_p=10.0, gamma_r=0.5, warmup=1)
     kept = [c for c in defaults if c.name in ("joint", "pdmp", "uniform")]
-    return [*kept, Candidate("adaptive", pdmp.AdaptivePDMP.from_ranking(ranking))]
+    return [*kept, Candidate("adaptive", pdmp.AdaptivePDMP.from_ranking(ranking)), chosen_rule(ranking)]
 
 
-def curve_path(out: Path, policy: pdmp.CoefficientPolicy, seed: int) -> Path:
-    return out / "curves" / f"{policy.kind}-seed{seed}.json"
+def curve_path(out: Path, name: str, seed: int) -> Path:
+    return out / "curves" / f"{name}-seed{seed}.json"
 
 
 def convergence_table(out: Path, study: Study, epochs: int) -> str:
@@ -59,7 +62,7 @@ def convergence_table(out: Path, study: Study, epochs: int) -> str:
     for candidate in study.candidates:
         curves = []
         for seed in study.seeds:
-            path = curve_path(out, candidate.policy, seed)
+            path = curve_path(out, candidate.name, seed)
             if path.exists():
                 curves.append(json.loads(path.read_text()))
         if not curves:
@@ -85,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         study = finished_part(out / "evaluation.json")
     else:
+        chosen = candidates(regime.ranking)
+        names = {json.dumps(c.policy.get_config(), sort_keys=True): c.name for c in chosen}
 
         def keep_curve(policy: pdmp.CoefficientPolicy, seed: int, result: dict[str, Any]) -> None:
             history = result["history"]
@@ -94,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
                 "train_loss": [record["train_loss"] for record in history],
                 "coefficients": [record["coefficients"] for record in history],
             }
-            curve_path(out, policy, seed).write_text(json.dumps(curve))
+            curve_path(out, names[json.dumps(policy.get_config(), sort_keys=True)], seed).write_text(json.dumps(curve))
 
         train = make_train(regime.dataset_name, regime.load_data(args.subset), lr=args.lr, on_result=keep_curve)
         study = compare(
             train,
-            candidates(regime.ranking),
+            chosen,
             args.seeds,
             path=out / "evaluation.json",
             train_options={"budget": args.epochs},

@@ -435,8 +435,10 @@ def compare(
 
     Runs go seed by seed (every candidate of seed 0, then of seed 1, ...), so an interrupted study
     already holds complete pairs. With ``path`` every finished run is saved at once, and a second
-    call with the same candidates resumes: finished runs are not repeated (more seeds may be added;
-    another candidate set is refused). ``reference`` (default: the first candidate) is what the paired
+    call with the same candidates resumes: finished runs are not repeated (more seeds and more
+    candidates may be added; a candidate whose configuration changed, or one left out, is refused,
+    so that no saved run is lost or mislabelled; a candidate added later was timed at another
+    time, so its wall-time ratios are less comparable). ``reference`` (default: the first candidate) is what the paired
     differences subtract. ``train_options`` are passed to every call (e.g. ``{"budget": 10}``).
 
     Raises :class:`StudyError` when ``train`` raises or returns no usable metrics (the runs finished
@@ -458,11 +460,11 @@ def compare(
         stored = Study.load(path)
         given = {c.name: c.to_dict() for c in candidates}
         saved = {c.name: c.to_dict() for c in stored.candidates}
-        if given != saved:
-            changed = sorted(name for name in set(given) | set(saved) if given.get(name) != saved.get(name))
+        changed = sorted(name for name in saved if given.get(name) != saved[name])
+        if changed:
             raise ValueError(
                 f"study file {str(path)!r} holds another candidate set (differs in: {', '.join(changed)}); "
-                "resume with the same candidates, or use a new path"
+                "resume with the same candidates (new ones may be added), or use a new path"
             )
         study.runs.update(stored.runs)
         study.seeds = seeds + [seed for seed in stored.seeds if seed not in seeds]

@@ -261,6 +261,21 @@ def test_compare_refuses_a_resumed_study_with_another_candidate_set(tmp_path):
     with pytest.raises(ValueError, match=r"another candidate set \(differs in: inverse, pdmp, uniform\)"):
         compare(toy_train(), default_candidates(RANKING, gamma_p=5.0), seeds=[0], path=path, progress=False)
     assert path.read_text() == before
+    fewer = default_candidates(RANKING)[:2]
+    with pytest.raises(ValueError, match=r"another candidate set \(differs in: inverse, uniform\)"):
+        compare(toy_train(), fewer, seeds=[0], path=path, progress=False)
+    assert path.read_text() == before
+
+
+def test_compare_resumes_a_study_with_candidates_added(tmp_path):
+    path = tmp_path / "study.json"
+    first = compare(toy_train(), default_candidates(RANKING), seeds=[0, 1], path=path, progress=False)
+    calls: list = []
+    added = Candidate("pdmp_strong", pdmp.PDMP.from_ranking(RANKING, gamma_p=20.0))
+    study = compare(toy_train(calls), [*default_candidates(RANKING), added], seeds=[0, 1], path=path, progress=False)
+    assert [(kind, seed) for kind, seed, _ in calls] == [("PDMP", 0), ("PDMP", 1)]  # only the new candidate ran
+    assert study.complete and len(study.runs) == 10
+    assert all(study.runs[key] == run for key, run in first.runs.items())
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,217 @@
+"""Adaptive-gamma rules: choose one configuration on a tuning seed, then evaluate it untuned everywhere.
+
+    python -m benchmarks.adaptive_rules select --setting under_optimization --threads 1
+    python -m benchmarks.adaptive_rules evaluate --setting under_optimization --threads 1
+
+Settings (:data:`SETTINGS`): the three built-in AV-digits regimes with CNN encoders under SGD (the gamma
+search's recipe), the audio-dominant regime with transformer encoders under AdamW, and mfeat (six
+views, MLP encoders, SGD).
+
+``select`` trains joint training and every variant of :class:`pdmp.AdaptivePDMP` in :func:`variants` on
+the *tuning seeds* (default 100) and reports final-epoch *validation* accuracy; where the setting has no
+gamma search (``benchmarks/reported/gamma-search/<setting>``), also joint training at the gamma
+search's learning-rate scales, of which the best by validation accuracy is the setting's tuned learning
+rate. One variant is then chosen from the select tables of all settings and fixed: one configuration
+for every setting (:data:`CHOSEN`).
+
+``evaluate`` trains on the *evaluation seeds* (default 0-4, disjoint from the tuning seeds) the chosen
+rule and, where the setting has no gamma search, joint training, joint training at the tuned learning
+rate, PDMP at its defaults and the auxiliary-free adaptive rule; where it has one, the rule's runs are
+paired with that study's (same train function, seeds and data order): paired Student-t intervals
+against joint training and against joint training at the tuned learning rate.
+
+Everything is written under ``--out`` (default ``results/adaptive-rules/<setting>``): ``<stage>.json``
+(resumable) and ``<stage>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pdmp
+from benchmarks.gamma_search import LR, LR_SCALES, make_train
+from benchmarks.study_cli import DEFAULT_RANKINGS, ROOT, finished_part, machine_line
+from pdmp.compare import Candidate, Study, compare
+
+#: The largest auxiliary-loss weight of the variants: ARL's unimodal-loss weight, whose unimodal losses
+#: were the strongest single effect the baselines benchmark measured (``benchmarks/reported/baselines``).
+AUXILIARY = 4.0
+#: The variant chosen on the tuning seeds of every setting (``benchmarks/reported/adaptive-rules/*/select.md``).
+CHOSEN = "adaptive_aux_only"
+GAMMA_SEARCH = ROOT / "reported" / "gamma-search"
+
+
+@dataclass(frozen=True)
+class Setting:
+    dataset: str
+    encoder: str
+    optimizer: str
+    ranking_file: Path
+
+    @property
+    def recipe(self) -> str:
+        lr = "AdamW lr 1e-3, wd 1e-2" if self.optimizer == "adamw" else f"SGD lr {LR}"
+        return f"{self.dataset}, torch, {self.encoder} encoders, concat, {lr}"
+
+
+SETTINGS = {
+    **{
+        regime: Setting(f"av_digits:{regime}", "cnn", "sgd", DEFAULT_RANKINGS / f"ranking_av_digits-{regime}_cnn.json")
+        for regime in ("image_dominant", "audio_dominant", "under_optimization")
+    },
+    "audio_dominant_transformer": Setting(
+        "av_digits:audio_dominant",
+        "transformer",
+        "adamw",
+        ROOT / "reported" / "transformer" / "ranking_av_digits-audio_dominant_transformer_adamw.json",
+    ),
+    "mfeat": Setting("mfeat", "cnn", "sgd", ROOT / "reported" / "extended-a" / "ranking_mfeat_cnn.json"),
+}
+
+
+def variants(ranking: pdmp.Ranking) -> list[Candidate]:
+    """The adaptive rule with auxiliary losses: with its gradient coefficients, without them, and
+    with auxiliary losses allowed for every modality."""
+    rule = pdmp.AdaptivePDMP.from_ranking
+    return [
+        Candidate("adaptive_aux", rule(ranking, auxiliary=AUXILIARY)),
+        Candidate("adaptive_aux_only", rule(ranking, auxiliary=AUXILIARY, gamma_max=1.0, gamma_min=1.0)),
+        Candidate("adaptive_aux_all", rule(ranking, auxiliary=AUXILIARY, auxiliary_scope="all")),
+    ]
+
+
+def chosen_rule(ranking: pdmp.Ranking) -> Candidate:
+    """The variant :data:`CHOSEN` (one configuration for every setting)."""
+    return next(c for c in variants(ranking) if c.name == CHOSEN)
+
+
+def joint_lr(ranking: pdmp.Ranking) -> list[Candidate]:
+    return [Candidate(f"joint[lr*{s:g}]", pdmp.NoModulation(ranking.order), {"lr_scale": s}) for s in LR_SCALES]
+
+
+def merged(first: Study, second: Study) -> Study:
+    """One study holding both studies' candidates and runs on the seeds both finished (a candidate in
+    both comes from the first)."""
+    names = set(first.names)
+    extra = [c for c in second.candidates if c.name not in names]
+    seeds = [s for s in first.seeds if s in second.seeds]
+    study = Study([*first.candidates, *extra], seeds, first.reference)
+    study.runs = {key: run for key, run in first.runs.items() if key[1] in seeds}
+    study.runs.update({key: run for key, run in second.runs.items() if key[0] not in names and key[1] in seeds})
+    return finished_part(study)
+
+
+def tuned_joint(select: Study) -> Candidate:
+    """Joint training at the learning-rate scale (1 included) with the best mean tuning-seed validation accuracy."""
+    options = [c for c in select.candidates if c.name == "joint" or c.name.startswith("joint[")]
+
+    def score(candidate: Candidate) -> float:
+        runs = [select.runs[(candidate.name, s)] for s in select.seeds]
+        return sum(r["metrics"]["val_acc"] for r in runs) / len(runs)
+
+    best = max(options, key=score)
+    return Candidate("joint_lr_tuned", best.policy, best.options, tuned_on=tuple(select.seeds))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=("select", "evaluate"))
+    parser.add_argument("--setting", required=True, choices=list(SETTINGS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 100 (select), 0-4 (evaluate)")
+    parser.add_argument("--budget", type=int, default=10, help="epochs")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--subset", type=float, default=None, help="fraction of each split (quick checks only)")
+    args = parser.parse_args(argv)
+    import torch
+
+    from benchmarks.run import load_dataset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    setting = SETTINGS[args.setting]
+    seeds = args.seeds or ([100] if args.stage == "select" else [0, 1, 2, 3, 4])
+    out = args.out or Path("results") / "adaptive-rules" / args.setting
+    out.mkdir(parents=True, exist_ok=True)
+    ranking = pdmp.Ranking.load(setting.ranking_file)
+    data = load_dataset(setting.dataset, 0, args.subset)
+    train = make_train(setting.dataset, data, encoder=setting.encoder, optimizer=setting.optimizer)
+    # The CNN regimes have a gamma search (benchmarks.gamma_search): its study holds joint training, the
+    # tuned learning rate and PDMP on the same seeds, so only the rule is trained here.
+    has_search = setting.encoder == "cnn" and setting.dataset.startswith("av_digits") and args.subset is None
+    searched = GAMMA_SEARCH / args.setting / "evaluation.json"
+    joint = Candidate("joint", pdmp.NoModulation(ranking.order))
+    if args.stage == "select":
+        candidates = [joint, *variants(ranking), *([] if has_search else joint_lr(ranking))]
+    else:
+        chosen = [chosen_rule(ranking)]
+        if has_search:
+            candidates = chosen
+        else:
+            select_file = out / "select.json"
+            if not select_file.exists():
+                parser.error(f"{select_file} is missing: run the select stage first (it tunes joint's learning rate)")
+            pdmp_default = pdmp.PDMP.from_ranking(ranking, gamma_p=10.0, gamma_r=0.5, warmup=1)
+            candidates = [
+                joint,
+                tuned_joint(Study.load(select_file)),
+                Candidate("pdmp", pdmp_default),
+                Candidate("adaptive", pdmp.AdaptivePDMP.from_ranking(ranking)),
+                *chosen,
+            ]
+    started = time.perf_counter()
+    study = compare(train, candidates, seeds, path=out / f"{args.stage}.json", train_options={"budget": args.budget})
+    minutes = (time.perf_counter() - started) / 60
+    command = " ".join(["python -m benchmarks.adaptive_rules", *(argv if argv is not None else sys.argv[1:])])
+    lines = [
+        f"# Adaptive rules, {args.stage}: {args.setting} ({setting.recipe}, {args.budget} epochs)",
+        "",
+        f"Command: `{command}`. Ranking: `{setting.ranking_file.name}` ({' > '.join(ranking.order)}).",
+        "",
+    ]
+    if args.stage == "select":
+        lines += select_table(study, seeds)
+    else:
+        if has_search and searched.exists():
+            study = merged(Study.load(searched), study)
+            lines += [f"Paired with the gamma search's study `{searched.relative_to(ROOT.parent)}`.", ""]
+        elif has_search:
+            lines += [f"`{searched.relative_to(ROOT.parent)}` is not there yet: the rule alone.", ""]
+        lines += evaluation_tables(study)
+    lines += ["", machine_line(minutes, args.threads)]
+    (out / f"{args.stage}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def select_table(study: Study, seeds: list[int]) -> list[str]:
+    lines = [
+        f"Tuning seeds {seeds}: final-epoch validation accuracy (choices are made on these; no test accuracy here).",
+        "",
+        "| candidate | val_acc | wall time vs joint |",
+        "|---|---|---|",
+    ]
+    joint_time = sum(study.runs[("joint", s)]["wall_time_s"] for s in seeds)
+    for candidate in study.candidates:
+        runs = [study.runs[(candidate.name, s)] for s in seeds]
+        value = 100 * sum(r["metrics"]["val_acc"] for r in runs) / len(runs)
+        ratio = sum(r["wall_time_s"] for r in runs) / joint_time
+        lines.append(f"| {candidate.name} | {value:.1f} | {ratio:.2f}x |")
+    return lines
+
+
+def evaluation_tables(study: Study) -> list[str]:
+    lines: list[str] = []
+    for reference in [r for r in ("joint", "joint_lr_tuned") if r in study.names]:
+        for metric in ("test_acc", "test_acc_at_best_val"):
+            table = study.to_markdown(metric=metric, reference=reference)
+            lines += [f"## {metric}, paired against {reference}", "", table, ""]
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())
