@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,9 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                 Candidate("adaptive", pdmp.AdaptivePDMP.from_ranking(ranking)),
                 *chosen,
             ]
-    started = time.perf_counter()
     study = compare(train, candidates, seeds, path=out / f"{args.stage}.json", train_options={"budget": args.budget})
-    minutes = (time.perf_counter() - started) / 60
+    minutes = sum(run["wall_time_s"] for run in study.runs.values()) / 60  # resumed runs included
     command = " ".join(["python -m benchmarks.adaptive_rules", *(argv if argv is not None else sys.argv[1:])])
     lines = [
         f"# Adaptive rules, {args.stage}: {args.setting} ({setting.recipe}, {args.budget} epochs)",

@@ -171,3 +171,27 @@ def test_baseline_wiring_applies_each_transform(tmp_path) -> None:
     assert all(1.0 < value < 2.0 for value in last["ARL"].values())
     assert all(0.0 < value <= 1.5 * 2 for value in last["MMPareto"].values())
     assert last["InfoReg"] == dict.fromkeys(names, 1.0)
+
+
+def test_adaptive_rules_select_then_evaluate_with_the_tuned_learning_rate(tmp_path) -> None:
+    """``benchmarks.adaptive_rules`` (mfeat: no gamma search): ``select`` trains joint, every rule variant
+    and joint at other learning rates on the tuning seed; ``evaluate`` refuses to run before it, then
+    trains joint, the tuned learning rate, PDMP, the plain adaptive rule and the chosen rule on other seeds."""
+    from benchmarks import adaptive_rules
+
+    common = ["--setting", "mfeat", "--subset", "0.1", "--budget", "1", "--out", str(tmp_path), "--threads", "1"]
+    with pytest.raises(SystemExit):
+        adaptive_rules.main(["evaluate", *common])
+    assert adaptive_rules.main(["select", *common]) == 0
+    selected = json.loads((tmp_path / "select.json").read_text())
+    assert {run["seed"] for run in selected["runs"]} == {100}
+    assert {"joint", "adaptive_aux", "adaptive_aux_only", "adaptive_aux_all", "joint[lr*5]"} <= {
+        run["candidate"] for run in selected["runs"]
+    }
+    assert adaptive_rules.main(["evaluate", *common, "--seeds", "0", "1"]) == 0
+    evaluated = json.loads((tmp_path / "evaluate.json").read_text())
+    names = {"joint", "joint_lr_tuned", "pdmp", "adaptive", adaptive_rules.CHOSEN}
+    assert {run["candidate"] for run in evaluated["runs"]} == names
+    assert {run["seed"] for run in evaluated["runs"]} == {0, 1}
+    report = (tmp_path / "evaluate.md").read_text()
+    assert "minus joint_lr_tuned" in report and f"| {adaptive_rules.CHOSEN} |" in report
