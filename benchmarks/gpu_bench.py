@@ -13,7 +13,8 @@ gradient scaling for CNNs, the benchmark's recipes in ``benchmarks.protocol``):
    validation accuracy (the adaptive rule's targets come from these accuracies);
 2. :func:`pdmp.compare` trains ``joint``, ``pdmp`` (gamma_p 10, gamma_r 0.5, warm-up 1 epoch),
    ``uniform`` (every encoder x10 after the warm-up: is PDMP only a larger learning rate?) and
-   ``adaptive`` (:class:`pdmp.AdaptivePDMP` with its defaults, untuned) through
+   ``adaptive`` (:class:`pdmp.AdaptivePDMP` with its defaults, untuned) and the adaptive rule with
+   auxiliary losses as :mod:`benchmarks.adaptive_rules` chose it (``adaptive_aux_only``) through
    ``benchmarks.gamma_search.make_train``, seed by seed, and reports paired differences to joint
    training with paired Student-t intervals.
 
@@ -187,8 +188,10 @@ def candidates(ranking: Any) -> list[Any]:
     import pdmp
     from pdmp.compare import Candidate, default_candidates
 
+    from benchmarks.adaptive_rules import chosen_rule
+
     fixed = [c for c in default_candidates(ranking, gamma_p=10.0, gamma_r=0.5, warmup=1) if c.name in CANDIDATES]
-    return [*fixed, Candidate("adaptive", pdmp.AdaptivePDMP.from_ranking(ranking))]
+    return [*fixed, Candidate("adaptive", pdmp.AdaptivePDMP.from_ranking(ranking)), chosen_rule(ranking)]
 
 
 def _environment(device: str) -> dict[str, Any]:
@@ -374,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for setting, entry in zip(settings, state["settings"], strict=True):
             elapsed = time.perf_counter() - started
-            expected = len(CANDIDATES) * run_seconds[setting]
+            expected = (len(CANDIDATES) + 1) * run_seconds[setting]  # + the rule with auxiliary losses
             # The first round always runs (without it there is nothing to report); later ones only if they fit.
             if seed != args.seeds[0] and elapsed + expected > budget_s:
                 state["stopped"] = (
