@@ -186,9 +186,8 @@ def rank(setting: Setting, data: Any, epochs: int, width: int, device: str) -> t
 
 def candidates(ranking: Any) -> list[Any]:
     import pdmp
-    from pdmp.compare import Candidate, default_candidates
-
     from benchmarks.adaptive_rules import chosen_rule
+    from pdmp.compare import Candidate, default_candidates
 
     fixed = [c for c in default_candidates(ranking, gamma_p=10.0, gamma_r=0.5, warmup=1) if c.name in CANDIDATES]
     return [*fixed, Candidate("adaptive", pdmp.AdaptivePDMP.from_ranking(ranking)), chosen_rule(ranking)]
