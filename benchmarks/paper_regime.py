@@ -79,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--lr", type=float, default=1e-3, help="SGD base learning rate (momentum 0.9)")
     parser.add_argument("--report-only", action="store_true", help="rebuild summary.md from the saved runs")
+    parser.add_argument(
+        "--candidates",
+        nargs="+",
+        default=None,
+        help="train only these candidates (default: all; joint, the reference, is always trained)",
+    )
     args = parser.parse_args(argv)
     if args.epochs < 4:
         parser.error(f"--epochs {args.epochs}: the paper's regime trains long; use at least 4")
@@ -89,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         study = finished_part(out / "evaluation.json")
     else:
         chosen = candidates(regime.ranking)
+        if args.candidates:
+            unknown = sorted(set(args.candidates) - {c.name for c in chosen})
+            if unknown:
+                parser.error(f"unknown candidate(s) {unknown}; choose from {[c.name for c in chosen]}")
+            chosen = [c for c in chosen if c.name == "joint" or c.name in args.candidates]
         names = {json.dumps(c.policy.get_config(), sort_keys=True): c.name for c in chosen}
 
         def keep_curve(policy: pdmp.CoefficientPolicy, seed: int, result: dict[str, Any]) -> None:
