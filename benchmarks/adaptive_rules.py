@@ -15,10 +15,12 @@ rate. One variant is then chosen from the select tables of all settings and fixe
 for every setting (:data:`CHOSEN`).
 
 ``evaluate`` trains on the *evaluation seeds* (default 0-4, disjoint from the tuning seeds) the chosen
-rule and, where the setting has no gamma search, joint training, joint training at the tuned learning
-rate, PDMP at its defaults and the auxiliary-free adaptive rule; where it has one, the rule's runs are
-paired with that study's (same train function, seeds and data order): paired Student-t intervals
-against joint training and against joint training at the tuned learning rate.
+rule, its control ``dominant_loss_x4`` (the dominant modality's unimodal loss at the rule's largest
+weight on every step: what the rule adds without its adaptivity) and, where the setting has no gamma
+search, joint training, joint training at the tuned learning rate, PDMP at its defaults and the
+auxiliary-free adaptive rule; where it has one, these runs are paired with that study's (same train
+function, seeds and data order): paired Student-t intervals against joint training and against joint
+training at the tuned learning rate.
 
 Everything is written under ``--out`` (default ``results/adaptive-rules/<setting>``): ``<stage>.json``
 (resumable) and ``<stage>.md``.
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pdmp
+from benchmarks.baselines import UnimodalLossControl
 from benchmarks.gamma_search import LR, LR_SCALES, make_train
 from benchmarks.study_cli import DEFAULT_RANKINGS, ROOT, finished_part, machine_line
 from pdmp.compare import Candidate, Study, compare
@@ -147,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "select":
         candidates = [joint, *variants(ranking), *([] if has_search else joint_lr(ranking))]
     else:
-        chosen = [chosen_rule(ranking)]
+        # The rule's auxiliary loss at its largest weight on every step: is the adaptivity what helps?
+        control = Candidate("dominant_loss_x4", UnimodalLossControl(ranking.order, AUXILIARY, only=ranking.dominant))
+        chosen = [chosen_rule(ranking), control]
         if has_search:
             candidates = chosen
         else:

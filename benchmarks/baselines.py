@@ -49,23 +49,33 @@ INFOREG_STRENGTH = {"audio": 0.95, "image": 0.1}  # the reference's audio / visu
 @pdmp.register_policy
 class UnimodalLossControl(pdmp.GradientPolicy):
     """Joint training plus each modality's unimodal loss on the fusion head's decomposed logits, weighted
-    by ``weight``, and no modulation: what InfoReg and ARL add to the loss, without their transforms."""
+    by ``weight``, and no modulation: what InfoReg and ARL add to the loss, without their transforms.
+    ``only``: that modality's loss alone (the adaptive rule's auxiliary loss at a fixed weight)."""
 
     kind = "UnimodalLossControl"
     uses_logits = True  # the runner's decomposed-logit path, which adds the unimodal losses
 
-    def __init__(self, modalities: Sequence[str], weight: float = 1.0) -> None:
+    def __init__(self, modalities: Sequence[str], weight: float = 1.0, only: str | None = None) -> None:
         super().__init__(modalities)
         self.weight = float(weight)
+        if only is not None and only not in self.modalities:
+            raise ValueError(f"UnimodalLossControl only={only!r} is not one of {list(self.modalities)}")
+        self.only = only
 
     def unimodal_loss_weight(self, epoch: int) -> float:
         return self.weight
+
+    def unimodal_loss_weights(self, *, step: int = 0, epoch: int = 0) -> dict[str, float]:
+        if self.only is None:
+            return self._all(self.weight)
+        return {m: (self.weight if m == self.only else 0.0) for m in self.modalities}
 
     def compute_transform(self, *, step: int, epoch: int, logit_stats: Any, gradient_stats: Any) -> GradientTransform:
         return GradientTransform(fused=self._all(1.0))
 
     def get_config(self) -> dict[str, Any]:
-        return {"type": self.kind, "modalities": list(self.modalities), "weight": self.weight}
+        config = {"type": self.kind, "modalities": list(self.modalities), "weight": self.weight}
+        return config if self.only is None else {**config, "only": self.only}
 
 
 def control_candidates(ranking: pdmp.Ranking) -> list[Candidate]:

@@ -212,8 +212,8 @@ def baseline_step(
         return logits, loss
     decomposed = model.per_modality_logits(features, detach=False)
     modulator.observe({name: value.detach() for name, value in decomposed.items()}, y)
-    weight = policy.unimodal_loss_weight(epoch)  # ARL: gamma after its warm-up
-    (loss + weight * sum(loss_fn(decomposed[name], y) for name in model.modalities)).backward()
+    weights = policy.unimodal_loss_weights(step=modulator.step_count, epoch=epoch)  # ARL: gamma after warm-up
+    (loss + sum(weights[name] * loss_fn(decomposed[name], y) for name in model.modalities)).backward()
     return logits, loss
 
 

@@ -190,7 +190,7 @@ def test_adaptive_rules_select_then_evaluate_with_the_tuned_learning_rate(tmp_pa
     }
     assert adaptive_rules.main(["evaluate", *common, "--seeds", "0", "1"]) == 0
     evaluated = json.loads((tmp_path / "evaluate.json").read_text())
-    names = {"joint", "joint_lr_tuned", "pdmp", "adaptive", adaptive_rules.CHOSEN}
+    names = {"joint", "joint_lr_tuned", "pdmp", "adaptive", adaptive_rules.CHOSEN, "dominant_loss_x4"}
     assert {run["candidate"] for run in evaluated["runs"]} == names
     assert {run["seed"] for run in evaluated["runs"]} == {0, 1}
     report = (tmp_path / "evaluate.md").read_text()
