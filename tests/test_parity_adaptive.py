@@ -56,26 +56,25 @@ def test_same_adaptive_coefficients_and_weights_every_step(case: str) -> None:
     assert moved > 0.01, "the run must actually train for the comparison to mean anything"
 
 
-def test_auxiliary_unimodal_losses_agree_every_step() -> None:
+@pytest.mark.parametrize("case", list(CASES))
+def test_auxiliary_unimodal_losses_agree_every_step(case: str) -> None:
     """``auxiliary``: each step's unimodal-loss weights (learnt from the batches before it) and the weights of
     a run whose loss adds them, torch's loop against Keras's ``unimodal_logits=``."""
     factory = lambda: AdaptivePDMP(NAMES, ACCURACIES, horizon=4.0, auxiliary=4.0)  # noqa: E731
-    torch_trace, keras_trace = run_both(
-        TWO, factory, epochs=EPOCHS, batch_size=BATCH, n=N, **CASES["grad-sgd-momentum"]
-    )
+    torch_trace, keras_trace = run_both(TWO, factory, epochs=EPOCHS, batch_size=BATCH, n=N, **CASES[case])
     want = flatten(torch_trace.unimodal_weights, NAMES)
     got = flatten(keras_trace.unimodal_weights, NAMES)
     assert len(want) == EPOCHS * N // BATCH
     np.testing.assert_array_equal(want[0], [0.0, 0.0])  # nothing observed before the first step
     # The dominant modality starts under its target share, gets an auxiliary loss, and reaches the target.
     assert (want[1:6, 0] > 0.1).all() and len(set(want[1:6, 0])) == 5, want[:, 0]
-    assert want[-1, 0] == 0.0, want[:, 0]
+    assert want[-1, 0] < 0.5 * want[:, 0].max(), want[:, 0]  # and falls as the share gap closes
     np.testing.assert_array_equal(want[:, 1], 0.0)  # scope "dominant": never the other one
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, err_msg="auxiliary weights per step")
-    compare_traces(torch_trace, keras_trace, rtol=1e-9, atol=1e-12, what="adaptive auxiliary: torch vs keras")
+    compare_traces(torch_trace, keras_trace, rtol=1e-9, atol=1e-12, what=f"adaptive auxiliary {case}: torch vs keras")
     plain = train_torch(
         TWO, initial_weights(TWO), *make_data(TWO, N, seed=1), AdaptivePDMP(NAMES, ACCURACIES, horizon=4.0),
-        epochs=1, batch_size=BATCH, **CASES["grad-sgd-momentum"],
+        epochs=1, batch_size=BATCH, **CASES[case],
     )  # fmt: skip
     key = next(k for k in plain.params[0] if k.startswith("audio"))
     assert np.abs(plain.params[-1][key] - torch_trace.params[N // BATCH - 1][key]).max() > 1e-6, (
