@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--subset", type=float, default=None, help="fraction of each split (quick checks only)")
+    parser.add_argument(
+        "--skip", nargs="+", default=[], help="evaluate: leave these candidates out (e.g. to fit a time budget)"
+    )
     args = parser.parse_args(argv)
     import torch
 
@@ -167,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 Candidate("adaptive", pdmp.AdaptivePDMP.from_ranking(ranking)),
                 *chosen,
             ]
+    candidates = [c for c in candidates if c.name not in args.skip]
     study = compare(train, candidates, seeds, path=out / f"{args.stage}.json", train_options={"budget": args.budget})
     minutes = sum(run["wall_time_s"] for run in study.runs.values()) / 60  # resumed runs included
     command = " ".join(["python -m benchmarks.adaptive_rules", *(argv if argv is not None else sys.argv[1:])])
