@@ -179,19 +179,24 @@ def test_adaptive_rules_select_then_evaluate_with_the_tuned_learning_rate(tmp_pa
     trains joint, the tuned learning rate, PDMP, the plain adaptive rule and the chosen rule on other seeds."""
     from benchmarks import adaptive_rules
 
-    common = ["--setting", "mfeat", "--subset", "0.1", "--budget", "1", "--out", str(tmp_path), "--threads", "1"]
+    out = tmp_path / "mfeat"
+    common = ["--setting", "mfeat", "--subset", "0.1", "--budget", "1", "--out", str(out), "--threads", "1"]
     with pytest.raises(SystemExit):
         adaptive_rules.main(["evaluate", *common])
     assert adaptive_rules.main(["select", *common]) == 0
-    selected = json.loads((tmp_path / "select.json").read_text())
+    selected = json.loads((out / "select.json").read_text())
     assert {run["seed"] for run in selected["runs"]} == {100}
     assert {"joint", "adaptive_aux", "adaptive_aux_only", "adaptive_aux_all", "joint[lr*5]"} <= {
         run["candidate"] for run in selected["runs"]
     }
     assert adaptive_rules.main(["evaluate", *common, "--seeds", "0", "1"]) == 0
-    evaluated = json.loads((tmp_path / "evaluate.json").read_text())
+    evaluated = json.loads((out / "evaluate.json").read_text())
     names = {"joint", "joint_lr_tuned", "pdmp", "adaptive", adaptive_rules.CHOSEN, "dominant_loss_x4"}
     assert {run["candidate"] for run in evaluated["runs"]} == names
     assert {run["seed"] for run in evaluated["runs"]} == {0, 1}
-    report = (tmp_path / "evaluate.md").read_text()
+    report = (out / "evaluate.md").read_text()
     assert "minus joint_lr_tuned" in report and f"| {adaptive_rules.CHOSEN} |" in report
+    assert adaptive_rules.main(["report", "--out", str(tmp_path)]) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| mfeat | 2 |" in summary and "| under_optimization | not run |" in summary
+    assert "worse in:" in summary and "better in:" in summary
