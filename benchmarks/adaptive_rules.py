@@ -217,7 +217,10 @@ def evaluated(root: Path, name: str) -> Study | None:
     path = root / name / "evaluate.json"
     if not path.exists():
         return None
-    study = finished_part(path)
+    stored = Study.load(path)
+    if not any(all((c.name, s) in stored.runs for c in stored.candidates) for s in stored.seeds):
+        return None  # no seed finished by every candidate yet
+    study = finished_part(stored)
     searched = GAMMA_SEARCH / name / "evaluation.json"
     return merged(Study.load(searched), study) if searched.exists() else study
 
@@ -248,16 +251,19 @@ def report(root: Path) -> str:
                 cells.append("—")
                 continue
             difference = study.paired(CHOSEN, "test_acc", reference=reference)
-            low, high = difference.interval if difference.interval else (float("nan"), float("nan"))
             verdict = {"better": " **better**", "worse": " **worse**"}.get(difference.verdict, "")
-            cells.append(f"{100 * difference.mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]{verdict}")
+            if difference.interval is None:
+                cells.append(f"{100 * difference.mean:+.1f} (n={difference.n}: no interval)")
+            else:
+                low, high = difference.interval
+                cells.append(f"{100 * difference.mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]{verdict}")
             if reference == "joint_lr_tuned" and difference.verdict == "worse":
                 worse_than_tuned_lr.append(name)
             if reference == "pdmp" and difference.verdict == "better":
                 better_than_pdmp.append(name)
-        ratio = study.wall_time(CHOSEN) / study.wall_time("joint") if "joint" in study.names else float("nan")
+        ratio = f"{study.wall_time(CHOSEN) / study.wall_time('joint'):.2f}x" if "joint" in study.names else "—"
         mean = 100 * float(np.mean(list(rule.values())))
-        lines.append(f"| {name} | {len(rule)} | {mean:.1f} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
+        lines.append(f"| {name} | {len(rule)} | {mean:.1f} | " + " | ".join(cells) + f" | {ratio} |")
         if name == "under_optimization" and "joint" in study.names:
             gaps.append(mean - 100 * float(np.mean(list(study.values("joint", "test_acc").values()))))
     lines += [
