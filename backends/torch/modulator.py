@@ -385,9 +385,10 @@ class Modulator:
 
     @property
     def unimodal_loss_weights(self) -> dict[str, float]:
-        """Each modality's weight for its unimodal loss in this step's training loss (all 0 unless
-        ``policy.uses_unimodal_losses``, e.g. ``AdaptivePDMP(auxiliary=...)``); fixed with the step's
-        coefficients, from the batches before it. Add ``sum(w[m] * loss_fn(logits[m], y))`` over the
+        """Each modality's weight for its unimodal loss in this step's training loss: for
+        ``AdaptivePDMP(auxiliary=...)`` (``policy.uses_unimodal_losses``) from the batches before the
+        step, fixed with its coefficients; for a GradientPolicy its ``unimodal_loss_weight(epoch)``;
+        0 for the other policies. Add ``sum(w[m] * loss_fn(logits[m], y))`` over the
         decomposed logits (``concat_head_logits(..., detach=False)``) to the fused loss."""
         self._check_open("unimodal_loss_weights")
         return dict(self._unimodal_weights)
