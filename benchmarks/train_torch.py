@@ -103,6 +103,9 @@ def train_run(
     val_labels = val_y.cpu().numpy()
     history: list[dict[str, Any]] = []
     best_state: dict[str, Any] = {}
+    # Baselines and policies that add unimodal losses: baseline_step wires what each needs.
+    adds_losses = isinstance(policy, GradientPolicy) or (policy is not None and policy.uses_unimodal_losses)
+    wired_step = isinstance(model, FusionNet) and modulator is not None and adds_losses
     start = time.perf_counter()
     for epoch in range(config.epochs):
         if modulator is not None:
@@ -112,26 +115,19 @@ def train_run(
             index = index.to(device)
             y = train_y[index]
             optimizer.zero_grad(set_to_none=True)
-            if isinstance(model, FusionNet) and isinstance(policy, GradientPolicy) and modulator is not None:
+            if wired_step:
+                assert policy is not None and modulator is not None and isinstance(model, FusionNet)
                 inputs = {name: x[index] for name, x in train_x.items()}
-                logits, loss = baseline_step(model, inputs, y, policy, modulator, epoch, loss_fn)
+                logits, loss = baseline_step(model, inputs, y, policy, modulator, loss_fn)
             else:
-                auxiliary = None
                 if isinstance(model, FusionNet):
-                    if modulator is not None and modulator.policy.uses_unimodal_losses:
-                        features = model.encode({name: x[index] for name, x in train_x.items()})
-                        logits = model.fuse(features)
-                        per_modality = model.per_modality_logits(features, detach=False)
-                        weights = modulator.unimodal_loss_weights
-                        auxiliary = sum(w * loss_fn(per_modality[m], y) for m, w in weights.items() if w)
-                    else:
-                        logits, per_modality = model({name: x[index] for name, x in train_x.items()})
+                    logits, per_modality = model({name: x[index] for name, x in train_x.items()})
                     if modulator is not None:
                         modulator.observe({name: value.detach() for name, value in per_modality.items()}, y)
                 else:
                     logits = model(train_x[modalities[0]][index])
                 loss = loss_fn(logits, y)
-                (loss if auxiliary is None else loss + auxiliary).backward()
+                loss.backward()
             optimizer.step()
             schedule.step()
             if modulator is not None:
@@ -181,23 +177,24 @@ def baseline_step(
     model: FusionNet,
     inputs: Mapping[str, torch.Tensor],
     y: torch.Tensor,
-    policy: GradientPolicy,
+    policy: CoefficientPolicy,
     modulator: Modulator,
-    epoch: int,
     loss_fn: nn.Module,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward and backward for a gradient-transform baseline, wired as its reference code does.
+    """Forward and backward for a gradient-transform baseline, wired as its reference code does, or for
+    a policy that adds unimodal losses (``AdaptivePDMP(auxiliary=...)``).
 
     MMPareto: a unimodal head per encoder, and the fused and unimodal losses handed to the modulator
     separately. AGM: the fused model's outputs with the other modality's input zeroed (no gradient, eval
-    mode, as the reference's masked passes), combined into mono-modal responses. InfoReg and ARL: the
-    fusion head's decomposed logits, whose unimodal losses join the training loss (ARL weights them by
-    ``unimodal_loss_weight``). Returns the fused logits and the fused loss.
+    mode, as the reference's masked passes), combined into mono-modal responses. The others (InfoReg,
+    ARL, the adaptive rule): the fusion head's decomposed logits, whose unimodal losses join the training
+    loss weighted by ``modulator.unimodal_loss_weights`` (ARL's gamma after its warm-up, the adaptive
+    rule's auxiliary weights; a 0 weight's loss is not computed). Returns the fused logits and the fused loss.
     """
     features = model.encode(inputs)
     logits = model.fuse(features)
     loss = loss_fn(logits, y)
-    if policy.uses_unimodal_gradients:
+    if isinstance(policy, GradientPolicy) and policy.uses_unimodal_gradients:
         heads = model.unimodal_heads
         unimodal = {name: loss_fn(heads[name](features[name]), y) for name in model.modalities}
         modulator.backward(loss, unimodal)
@@ -211,9 +208,9 @@ def baseline_step(
         loss.backward()
         return logits, loss
     decomposed = model.per_modality_logits(features, detach=False)
+    weights = modulator.unimodal_loss_weights  # fixed for the step before observe() informs the policy
     modulator.observe({name: value.detach() for name, value in decomposed.items()}, y)
-    weights = policy.unimodal_loss_weights(step=modulator.step_count, epoch=epoch)  # ARL: gamma after warm-up
-    (loss + sum(weights[name] * loss_fn(decomposed[name], y) for name in model.modalities)).backward()
+    (loss + sum(weights[name] * loss_fn(decomposed[name], y) for name in model.modalities if weights[name])).backward()
     return logits, loss
 
 
