@@ -38,7 +38,7 @@ import numpy as np
 import pdmp
 from benchmarks.baselines import UnimodalLossControl
 from benchmarks.gamma_search import LR, LR_SCALES, make_train
-from benchmarks.study_cli import DEFAULT_RANKINGS, ROOT, finished_part, machine_line
+from benchmarks.study_cli import DEFAULT_RANKINGS, ROOT, complete_seeds, finished_part, machine_line
 from pdmp.compare import Candidate, Study, compare
 
 #: The largest auxiliary-loss weight of the variants: ARL's unimodal-loss weight, whose unimodal losses
@@ -116,11 +116,7 @@ def tuned_joint(select: Study) -> Candidate:
     """Joint training at the learning-rate scale (1 included) with the best mean tuning-seed validation accuracy."""
     options = [c for c in select.candidates if c.name == "joint" or c.name.startswith("joint[")]
 
-    def score(candidate: Candidate) -> float:
-        runs = [select.runs[(candidate.name, s)] for s in select.seeds]
-        return sum(r["metrics"]["val_acc"] for r in runs) / len(runs)
-
-    best = max(options, key=score)
+    best = max(options, key=lambda c: float(np.mean(list(select.values(c.name, "val_acc").values()))))
     return Candidate("joint_lr_tuned", best.policy, best.options, tuned_on=tuple(select.seeds))
 
 
@@ -218,7 +214,7 @@ def evaluated(root: Path, name: str) -> Study | None:
     if not path.exists():
         return None
     stored = Study.load(path)
-    if not any(all((c.name, s) in stored.runs for c in stored.candidates) for s in stored.seeds):
+    if not complete_seeds(stored):
         return None  # no seed finished by every candidate yet
     study = finished_part(stored)
     searched = GAMMA_SEARCH / name / "evaluation.json"

@@ -60,12 +60,17 @@ def prepare(args: argparse.Namespace, folder: str) -> Regime:
     return Regime(f"av_digits:{args.regime}", out, ranking_file, pdmp.Ranking.load(ranking_file))
 
 
+def complete_seeds(study: Study) -> list[int]:
+    """The study's seeds on which every candidate finished."""
+    return [s for s in study.seeds if all((c.name, s) in study.runs for c in study.candidates)]
+
+
 def finished_part(stored: Path | Study) -> Study:
     """A study (or its saved file) restricted to the seeds on which every candidate finished (for
     ``--report-only``)."""
     if not isinstance(stored, Study):
         stored = Study.load(stored)
-    complete = [s for s in stored.seeds if all((c.name, s) in stored.runs for c in stored.candidates)]
+    complete = complete_seeds(stored)
     study = Study(stored.candidates, complete, stored.reference)
     study.runs = {key: run for key, run in stored.runs.items() if key[1] in complete}
     return study
