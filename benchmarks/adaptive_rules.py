@@ -17,8 +17,10 @@ for every setting (:data:`CHOSEN`).
 ``evaluate`` trains on the *evaluation seeds* (default 0-4, disjoint from the tuning seeds) the chosen
 rule, its control ``dominant_loss_x4`` (the dominant modality's unimodal loss at the rule's largest
 weight on every step: what the rule adds without its adaptivity) and, where the setting has no gamma
-search, joint training, joint training at the tuned learning rate, PDMP at its defaults and the
-auxiliary-free adaptive rule; where it has one, these runs are paired with that study's (same train
+search, joint training, joint training at the tuned learning rate, PDMP at its defaults, the
+auxiliary-free adaptive rule and, where a search-only gamma search chose them
+(``benchmarks/reported/gamma-search/<setting>/chosen.json``), PDMP and uniform scaling tuned on the
+tuning seeds; where it has one, these runs are paired with that study's (same train
 function, seeds and data order): paired Student-t intervals against joint training and against joint
 training at the tuned learning rate.
 
@@ -30,15 +32,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import pdmp
 from benchmarks.baselines import UnimodalLossControl
-from benchmarks.gamma_search import LR, LR_SCALES, make_train
-from benchmarks.study_cli import DEFAULT_RANKINGS, ROOT, complete_seeds, finished_part, machine_line
+from benchmarks.gamma_search import LR_SCALES, load_choices, make_train
+from benchmarks.study_cli import ROOT, SETTINGS, complete_seeds, finished_part, machine_line
 from pdmp.compare import Candidate, Study, compare
 
 #: The largest auxiliary-loss weight of the variants: ARL's unimodal-loss weight, whose unimodal losses
@@ -50,34 +51,6 @@ GAMMA_SEARCH = ROOT / "reported" / "gamma-search"
 #: Test accuracy of the audio-only model (71.3) minus joint training (42.3) in the under-optimization
 #: regime, seeds 0-4 (``benchmarks/reported/main-5seeds`` and the gamma search's joint runs).
 UNDER_OPT_GAP = 71.3 - 42.3
-
-
-@dataclass(frozen=True)
-class Setting:
-    dataset: str
-    encoder: str
-    optimizer: str
-    ranking_file: Path
-
-    @property
-    def recipe(self) -> str:
-        lr = "AdamW lr 1e-3, wd 1e-2" if self.optimizer == "adamw" else f"SGD lr {LR}"
-        return f"{self.dataset}, torch, {self.encoder} encoders, concat, {lr}"
-
-
-SETTINGS = {
-    **{
-        regime: Setting(f"av_digits:{regime}", "cnn", "sgd", DEFAULT_RANKINGS / f"ranking_av_digits-{regime}_cnn.json")
-        for regime in ("image_dominant", "audio_dominant", "under_optimization")
-    },
-    "audio_dominant_transformer": Setting(
-        "av_digits:audio_dominant",
-        "transformer",
-        "adamw",
-        ROOT / "reported" / "transformer" / "ranking_av_digits-audio_dominant_transformer_adamw.json",
-    ),
-    "mfeat": Setting("mfeat", "cnn", "sgd", ROOT / "reported" / "extended-a" / "ranking_mfeat_cnn.json"),
-}
 
 
 def variants(ranking: pdmp.Ranking) -> list[Candidate]:
@@ -172,12 +145,15 @@ def main(argv: list[str] | None = None) -> int:
             if not select_file.exists():
                 parser.error(f"{select_file} is missing: run the select stage first (it tunes joint's learning rate)")
             pdmp_default = pdmp.PDMP.from_ranking(ranking, gamma_p=10.0, gamma_r=0.5, warmup=1)
+            # PDMP and uniform scaling tuned by a search-only gamma search, where one was run.
+            tuned = [c for c in load_choices(GAMMA_SEARCH / args.setting) if c.name in ("pdmp_tuned", "uniform_tuned")]
             candidates = [
                 joint,
                 tuned_joint(Study.load(select_file)),
                 Candidate("pdmp", pdmp_default),
                 Candidate("adaptive", pdmp.AdaptivePDMP.from_ranking(ranking)),
                 *chosen,
+                *tuned,
             ]
     candidates = [c for c in candidates if c.name not in args.skip]
     study = compare(train, candidates, seeds, path=out / f"{args.stage}.json", train_options={"budget": args.budget})

@@ -2,21 +2,28 @@
 
     python -m benchmarks.gamma_search --regime audio_dominant --threads 1
     python -m benchmarks.gamma_search --regime under_optimization --threads 1
+    python -m benchmarks.gamma_search --regime audio_dominant_transformer --families pdmp uniform --search-only
 
-For one built-in AV-digits regime (torch, CNN encoders, concat, the main benchmark's SGD recipe):
+For one setting of :data:`benchmarks.study_cli.SETTINGS` (by default the three built-in AV-digits
+regimes with CNN encoders, concat fusion and the main benchmark's SGD recipe; also the audio-dominant
+regime with transformer encoders under AdamW, and mfeat):
 
-1. the ranking is the main benchmark's stage-1 ranking (``benchmarks/reported/main``: validation
-   accuracy of unimodal models, seed 0) unless ``--ranking`` names another file;
+1. the ranking is the setting's stage-1 ranking (for the AV-digits CNN regimes the main benchmark's,
+   ``benchmarks/reported/main``: validation accuracy of unimodal models, seed 0) unless ``--ranking``
+   names another file;
 2. :func:`pdmp.search_gammas` runs successive halving within each family (PDMP, uniform scaling,
    inverse PDMP, joint training at other learning rates; 9/9/9/4 candidates) on the *tuning seeds*,
-   choosing by final-epoch validation accuracy;
-3. :func:`pdmp.compare` trains joint, PDMP at its defaults, every family's choice and the adaptive
-   rule (:class:`pdmp.AdaptivePDMP`, untuned) on the *evaluation seeds* (disjoint from the tuning
-   seeds) and reports paired differences with paired Student-t intervals, against joint training and
-   against joint training at the tuned learning rate.
+   choosing by final-epoch validation accuracy; each family's choice is written to ``chosen.json``
+   (as ``<family>_tuned``, with the seeds it was tuned on);
+3. unless ``--search-only``, :func:`pdmp.compare` trains joint, PDMP at its defaults, every family's
+   choice and the adaptive rule (:class:`pdmp.AdaptivePDMP`, untuned) on the *evaluation seeds*
+   (disjoint from the tuning seeds) and reports paired differences with paired Student-t intervals,
+   against joint training and against joint training at the tuned learning rate. With
+   ``--search-only`` the choices are evaluated elsewhere (``benchmarks.adaptive_rules evaluate`` reads
+   ``chosen.json`` from ``benchmarks/reported/gamma-search/<setting>``).
 
-Everything is written under ``--out`` (default ``results/gamma-search/<regime>``): the search's rung
-studies, ``evaluation.json`` (resumable), ``summary.md`` and a plot.
+Everything is written under ``--out`` (default ``results/gamma-search/<setting>``): the search's rung
+studies, ``chosen.json``, ``evaluation.json`` (resumable), ``summary.md`` and a plot.
 """
 
 from __future__ import annotations
@@ -33,11 +40,10 @@ from typing import Any
 import pdmp
 from benchmarks import study_cli
 from benchmarks.protocol import ENCODER_OVERRIDES, TrainConfig
-from benchmarks.study_cli import add_common_arguments, finished_part, machine_line, prepare
+from benchmarks.study_cli import LR, SETTINGS, Regime, add_common_arguments, finished_part, machine_line, prepare
 from pdmp.compare import Candidate, Study, compare, default_candidates
-from pdmp.search import gamma_grid, search_gammas
+from pdmp.search import SearchResult, gamma_grid, search_gammas
 
-LR = 0.05  # the main benchmark's SGD learning rate (see README: base lr set in pilots)
 LR_SCALES = (0.5, 2.0, 5.0, 10.0)
 FAMILIES = ("pdmp", "uniform", "joint_lr", "inverse")
 
@@ -108,7 +114,7 @@ def evaluation_candidates(ranking: pdmp.Ranking, chosen: Sequence[Candidate]) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser, seeds=[0, 1, 2, 3, 4], seeds_help="evaluation seeds")
+    add_common_arguments(parser, seeds=[0, 1, 2, 3, 4], seeds_help="evaluation seeds", choices=tuple(SETTINGS))
     parser.add_argument("--tuning-seeds", type=int, nargs="+", default=[100])
     parser.add_argument("--budgets", type=int, nargs="+", default=[3, 10], help="epochs per successive-halving rung")
     parser.add_argument(
@@ -119,17 +125,23 @@ def main(argv: list[str] | None = None) -> int:
         help="families to search, in this order (each family's rungs are saved and resume on their own)",
     )
     parser.add_argument(
+        "--search-only",
+        action="store_true",
+        help="stop after the search (its choices are in chosen.json); no evaluation runs",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="rebuild summary.md from the saved search and evaluation files, over the seeds every candidate finished",
     )
     args = parser.parse_args(argv)
     regime = prepare(args, "gamma-search")
-    out, ranking, ranking_file = regime.out, regime.ranking, regime.ranking_file
+    out, ranking = regime.out, regime.ranking
     if args.report_only:
-        return report_only(out, args, argv, ranking, ranking_file)
-    dataset_name = regime.dataset_name
-    train = make_train(dataset_name, regime.load_data(args.subset))
+        return report_only(out, args, argv, regime)
+    setting = regime.setting
+    data = regime.load_data(args.subset)
+    train = make_train(regime.dataset_name, data, encoder=setting.encoder, optimizer=setting.optimizer)
     started = time.perf_counter()
 
     result = search_gammas(
@@ -141,8 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         eta=3,
         folder=out / "search",
     )
-    chosen = [replace(candidate, name=f"{family}_tuned") for family, candidate in result.best.items()]
+    chosen = tuned_choices(result)
+    write_choices(out, chosen)
     search_seconds = time.perf_counter() - started
+    if args.search_only:
+        write_search_summary(out, args, argv, regime, result, chosen, search_seconds)
+        return 0
     study = compare(
         train,
         evaluation_candidates(ranking, chosen),
@@ -151,13 +167,88 @@ def main(argv: list[str] | None = None) -> int:
         train_options={"budget": args.budgets[-1]},
     )
     total_minutes = (time.perf_counter() - started) / 60
-    write_summary(out, args, argv, ranking, ranking_file, result, chosen, study, search_seconds, total_minutes)
+    write_summary(out, args, argv, regime, result, chosen, study, search_seconds, total_minutes)
     return 0
 
 
-def report_only(
-    out: Path, args: argparse.Namespace, argv: list[str] | None, ranking: pdmp.Ranking, ranking_file: Path
-) -> int:
+def tuned_choices(result: SearchResult) -> list[Candidate]:
+    """Each family's choice, named ``<family>_tuned`` (``tuned_on`` already holds the tuning seeds)."""
+    return [replace(candidate, name=f"{family}_tuned") for family, candidate in result.best.items()]
+
+
+def write_choices(out: Path, chosen: Sequence[Candidate]) -> None:
+    (out / "chosen.json").write_text(json.dumps([c.to_dict() for c in chosen], indent=1) + "\n")
+
+
+def load_choices(folder: Path) -> list[Candidate]:
+    """The tuned candidates a search wrote to ``folder/chosen.json`` (empty when there is none)."""
+    path = folder / "chosen.json"
+    if not path.exists():
+        return []
+    try:
+        return [Candidate.from_dict(item) for item in json.loads(path.read_text())]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not a gamma search's choices ({error}); rerun benchmarks.gamma_search") from None
+
+
+def command_line(argv: list[str] | None) -> str:
+    return " ".join(["python -m benchmarks.gamma_search", *(argv if argv is not None else sys.argv[1:])])
+
+
+def search_lines(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    regime: Regime,
+    result: SearchResult,
+    chosen: Sequence[Candidate],
+    search_seconds: float,
+    evaluated_on: Sequence[int] | None,
+) -> list[str]:
+    """The summary's title, command and search table (``evaluated_on``: the evaluation's seeds, if any)."""
+    seeds = f"Tuning seeds {args.tuning_seeds}."
+    if evaluated_on is not None:
+        seeds = (
+            f"Tuning seeds {args.tuning_seeds}, evaluation seeds {list(evaluated_on)} "
+            "(every candidate finished on each)."
+        )
+    return [
+        f"# Gamma search: {args.regime} ({regime.setting.recipe}, {args.budgets[-1]} epochs)"
+        + ("" if evaluated_on is not None else ", search only"),
+        "",
+        f"Command: `{command_line(argv)}`. Ranking: `{regime.ranking_file.name}` ({' > '.join(regime.ranking.order)}). "
+        + seeds,
+        "",
+        "## Search (validation accuracy of the tuning seeds)",
+        "",
+        result.to_markdown(),
+        "",
+        f"Chosen (`chosen.json`): {describe(chosen)}.",
+        "",
+        *([f"Search wall time: {search_seconds / 60:.1f} min.", ""] if evaluated_on is not None else []),
+    ]
+
+
+def write_search_summary(
+    out: Path,
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    regime: Regime,
+    result: SearchResult,
+    chosen: Sequence[Candidate],
+    search_seconds: float,
+) -> None:
+    """``summary.md`` of a search whose choices are evaluated elsewhere."""
+    lines = search_lines(args, argv, regime, result, chosen, search_seconds, None)
+    text = "\n".join([*lines, machine_line(search_seconds / 60, args.threads)]) + "\n"
+    (out / "summary.md").write_text(text)
+    print(text)
+
+
+def describe(chosen: Sequence[Candidate]) -> str:
+    return "; ".join(f"{c.name} = {c.policy!r}{' ' + json.dumps(c.options) if c.options else ''}" for c in chosen)
+
+
+def report_only(out: Path, args: argparse.Namespace, argv: list[str] | None, regime: Regime) -> int:
     """The summary of an interrupted or finished run, from its files: no training."""
 
     def refuse(*_: Any, **__: Any) -> dict[str, float]:
@@ -165,19 +256,22 @@ def report_only(
 
     result = search_gammas(
         refuse,
-        families_for(ranking, args.families),
+        families_for(regime.ranking, args.families),
         args.tuning_seeds,
         metric="val_acc",
         budgets=args.budgets,
         folder=out / "search",
         progress=False,
     )
+    chosen = tuned_choices(result)
+    search_seconds = sum(result.cost(family)["wall_time_s"] for family in result.best)
+    if args.search_only:
+        write_search_summary(out, args, argv, regime, result, chosen, search_seconds)
+        return 0
     stored = Study.load(out / "evaluation.json")
     study = finished_part(stored)
-    chosen = [replace(candidate, name=f"{family}_tuned") for family, candidate in result.best.items()]
-    search_seconds = sum(result.cost(family)["wall_time_s"] for family in result.best)
     total = (search_seconds + sum(run["wall_time_s"] for run in stored.runs.values())) / 60
-    write_summary(out, args, argv, ranking, ranking_file, result, chosen, study, search_seconds, total)
+    write_summary(out, args, argv, regime, result, chosen, study, search_seconds, total)
     return 0
 
 
@@ -185,30 +279,15 @@ def write_summary(
     out: Path,
     args: argparse.Namespace,
     argv: list[str] | None,
-    ranking: pdmp.Ranking,
-    ranking_file: Path,
-    result: Any,
+    regime: Regime,
+    result: SearchResult,
     chosen: Sequence[Candidate],
     study: Study,
     search_seconds: float,
     total_minutes: float,
 ) -> None:
-    command = " ".join(["python -m benchmarks.gamma_search", *(argv if argv is not None else sys.argv[1:])])
-    choices = "; ".join(f"{c.name} = {c.policy!r}{' ' + json.dumps(c.options) if c.options else ''}" for c in chosen)
     lines = [
-        f"# Gamma search: av_digits {args.regime} (torch, CNN, concat, SGD lr {LR}, {args.budgets[-1]} epochs)",
-        "",
-        f"Command: `{command}`. Ranking: `{ranking_file.name}` ({' > '.join(ranking.order)}). "
-        f"Tuning seeds {args.tuning_seeds}, evaluation seeds {study.seeds} (every candidate finished on each).",
-        "",
-        "## Search (validation accuracy of the tuning seeds)",
-        "",
-        result.to_markdown(),
-        "",
-        f"Chosen: {choices}.",
-        "",
-        f"Search wall time: {search_seconds / 60:.1f} min.",
-        "",
+        *search_lines(args, argv, regime, result, chosen, search_seconds, study.seeds),
         "## Evaluation on other seeds: final-epoch test accuracy, paired against joint training",
         "",
         study.to_markdown("test_acc"),

@@ -1,6 +1,6 @@
-"""What the comparison scripts on one AV-digits regime share (``gamma_search``, ``paper_regime``,
-``baselines``): their common options, the regime's data and ranking, the finished part of a saved
-study, and writing ``summary.md`` with its plot."""
+"""What the comparison scripts share (``gamma_search``, ``paper_regime``, ``baselines``,
+``adaptive_rules``): the settings they run on, their common options, a setting's data and ranking, the
+finished part of a saved study, and writing ``summary.md`` with its plot."""
 
 from __future__ import annotations
 
@@ -19,13 +19,51 @@ from pdmp.compare import Study
 ROOT = Path(__file__).resolve().parent
 DEFAULT_RANKINGS = ROOT / "reported" / "main"
 REGIMES = ("image_dominant", "audio_dominant", "under_optimization")
+LR = 0.05  # the main benchmark's SGD learning rate (see README: base lr set in pilots)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A dataset with an encoder and an optimizer recipe, and the ranking its comparisons use."""
+
+    dataset: str
+    encoder: str
+    optimizer: str
+    ranking_file: Path
+
+    @property
+    def recipe(self) -> str:
+        lr = "AdamW lr 1e-3, wd 1e-2" if self.optimizer == "adamw" else f"SGD lr {LR}"
+        return f"{self.dataset}, torch, {self.encoder} encoders, concat, {lr}"
+
+
+#: The comparison settings: the three built-in AV-digits regimes with CNN encoders under SGD, the
+#: audio-dominant regime with transformer encoders under AdamW, and mfeat (six views, MLP encoders, SGD).
+SETTINGS = {
+    **{
+        regime: Setting(f"av_digits:{regime}", "cnn", "sgd", DEFAULT_RANKINGS / f"ranking_av_digits-{regime}_cnn.json")
+        for regime in REGIMES
+    },
+    "audio_dominant_transformer": Setting(
+        "av_digits:audio_dominant",
+        "transformer",
+        "adamw",
+        ROOT / "reported" / "transformer" / "ranking_av_digits-audio_dominant_transformer_adamw.json",
+    ),
+    "mfeat": Setting("mfeat", "cnn", "sgd", ROOT / "reported" / "extended-a" / "ranking_mfeat_cnn.json"),
+}
 
 
 def add_common_arguments(
-    parser: argparse.ArgumentParser, *, seeds: Sequence[int], seeds_help: str | None = None
+    parser: argparse.ArgumentParser,
+    *,
+    seeds: Sequence[int],
+    seeds_help: str | None = None,
+    choices: Sequence[str] = REGIMES,
 ) -> None:
-    """``--regime --seeds --ranking --out --threads --subset``."""
-    parser.add_argument("--regime", required=True, choices=REGIMES)
+    """``--regime --seeds --ranking --out --threads --subset``; ``--regime`` is one of ``choices``
+    (names in :data:`SETTINGS`)."""
+    parser.add_argument("--regime", required=True, choices=list(choices))
     parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds), help=seeds_help)
     parser.add_argument("--ranking", type=Path, default=None, help="ranking JSON (default: the main benchmark's)")
     parser.add_argument("--out", type=Path, default=None)
@@ -35,12 +73,13 @@ def add_common_arguments(
 
 @dataclass
 class Regime:
-    """One regime's dataset name, output folder and ranking, as the options chose them."""
+    """One setting's dataset name, output folder and ranking, as the options chose them."""
 
     dataset_name: str
     out: Path
     ranking_file: Path
     ranking: pdmp.Ranking
+    setting: Setting
 
     def load_data(self, subset: float | None) -> Any:
         from benchmarks.run import load_dataset
@@ -56,8 +95,9 @@ def prepare(args: argparse.Namespace, folder: str) -> Regime:
         torch.set_num_threads(args.threads)
     out = args.out or Path("results") / folder / args.regime
     out.mkdir(parents=True, exist_ok=True)
-    ranking_file = args.ranking or DEFAULT_RANKINGS / f"ranking_av_digits-{args.regime}_cnn.json"
-    return Regime(f"av_digits:{args.regime}", out, ranking_file, pdmp.Ranking.load(ranking_file))
+    setting = SETTINGS[args.regime]
+    ranking_file = args.ranking or setting.ranking_file
+    return Regime(setting.dataset, out, ranking_file, pdmp.Ranking.load(ranking_file), setting)
 
 
 def complete_seeds(study: Study) -> list[int]:

@@ -173,11 +173,25 @@ def test_baseline_wiring_applies_each_transform(tmp_path) -> None:
     assert last["InfoReg"] == dict.fromkeys(names, 1.0)
 
 
-def test_adaptive_rules_select_then_evaluate_with_the_tuned_learning_rate(tmp_path) -> None:
-    """``benchmarks.adaptive_rules`` (mfeat: no gamma search): ``select`` trains joint, every rule variant
-    and joint at other learning rates on the tuning seed; ``evaluate`` refuses to run before it, then
-    trains joint, the tuned learning rate, PDMP, the plain adaptive rule and the chosen rule on other seeds."""
-    from benchmarks import adaptive_rules
+def test_adaptive_rules_select_then_evaluate_with_the_tuned_learning_rate(tmp_path, monkeypatch) -> None:
+    """``benchmarks.adaptive_rules`` (mfeat: no gamma-search evaluation): ``select`` trains joint, every
+    rule variant and joint at other learning rates on the tuning seed; ``evaluate`` refuses to run before
+    it, then trains joint, the tuned learning rate, PDMP, the plain adaptive rule, the chosen rule and the
+    PDMP / uniform choices of a search-only gamma search on other seeds."""
+    from benchmarks import adaptive_rules, gamma_search
+
+    searched = tmp_path / "gamma-search"
+    search = ["--regime", "mfeat", "--subset", "0.1", "--budgets", "1", "--threads", "1", "--search-only"]
+    assert gamma_search.main([*search, "--families", "pdmp", "uniform", "--out", str(searched / "mfeat")]) == 0
+    chosen = json.loads((searched / "mfeat" / "chosen.json").read_text())
+    assert [c["name"] for c in chosen] == ["pdmp_tuned", "uniform_tuned"]
+    assert all(c["tuned_on"] == [100] for c in chosen)
+    assert not (searched / "mfeat" / "evaluation.json").exists()  # --search-only trains nothing else
+    (searched / "mfeat" / "summary.md").unlink()
+    rebuilt = ["--families", "pdmp", "uniform", "--out", str(searched / "mfeat"), "--report-only"]
+    assert gamma_search.main([*search, *rebuilt]) == 0  # from the saved rungs, no training
+    assert "pdmp_tuned = PDMP(" in (searched / "mfeat" / "summary.md").read_text()
+    monkeypatch.setattr(adaptive_rules, "GAMMA_SEARCH", searched)
 
     out = tmp_path / "mfeat"
     common = ["--setting", "mfeat", "--subset", "0.1", "--budget", "1", "--out", str(out), "--threads", "1"]
@@ -192,6 +206,7 @@ def test_adaptive_rules_select_then_evaluate_with_the_tuned_learning_rate(tmp_pa
     assert adaptive_rules.main(["evaluate", *common, "--seeds", "0", "1"]) == 0
     evaluated = json.loads((out / "evaluate.json").read_text())
     names = {"joint", "joint_lr_tuned", "pdmp", "adaptive", adaptive_rules.CHOSEN, "dominant_loss_x4"}
+    names |= {"pdmp_tuned", "uniform_tuned"}
     assert {run["candidate"] for run in evaluated["runs"]} == names
     assert {run["seed"] for run in evaluated["runs"]} == {0, 1}
     report = (out / "evaluate.md").read_text()
@@ -200,3 +215,12 @@ def test_adaptive_rules_select_then_evaluate_with_the_tuned_learning_rate(tmp_pa
     summary = (tmp_path / "summary.md").read_text()
     assert "| mfeat | 2 |" in summary and "| under_optimization | not run |" in summary
     assert "worse in:" in summary and "better in:" in summary
+
+
+def test_a_corrupt_choices_file_names_the_file_and_the_fix(tmp_path) -> None:
+    from benchmarks.gamma_search import load_choices
+
+    assert load_choices(tmp_path) == []  # no search there: nothing to add
+    (tmp_path / "chosen.json").write_text('[{"name": "pdmp_tuned"}]')
+    with pytest.raises(ValueError, match=r"chosen.json is not a gamma search's choices.*rerun benchmarks.gamma_search"):
+        load_choices(tmp_path)
