@@ -147,6 +147,23 @@ def test_forgetting_observe_is_an_error_not_a_silent_joint_run():
         assert mod.clock.step == 0
 
 
+def test_auxiliary_losses_never_added_are_an_error_not_a_silent_joint_run():
+    model = Fused()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    policy = AdaptivePDMP(["audio", "image"], ACCURACIES, auxiliary=4.0)
+    with Modulator({"audio": model.audio, "image": model.image}, policy, optimizer=optimizer) as mod:
+        mod.set_epoch(0)
+        train_with_auxiliary(mod, model, optimizer, batches(2), [])  # weights read: steps advance
+        a, v, y = next(batches(1))
+        logits, features = model(a, v)
+        mod.observe(concat_head_logits(model.head, features), y)
+        nn.functional.cross_entropy(logits, y).backward()  # the unimodal losses forgotten
+        optimizer.step()
+        with pytest.raises(RuntimeError, match=r"read mod\.unimodal_loss_weights.*auxiliary=0"):
+            mod.step()
+        assert mod.clock.step == 2
+
+
 def test_a_corrupt_policy_state_is_refused_before_anything_changes():
     model = Fused()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)

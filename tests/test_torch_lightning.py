@@ -48,6 +48,8 @@ def make_policy(name: str) -> Any:
         return OGMGE(MODALITIES, alpha=0.8, noise=False)  # DDP: noise scales with each rank's own gradient
     if name == "adaptive":
         return AdaptivePDMP(MODALITIES, {"audio": 0.3, "image": 0.9}, horizon=2.0)  # image under-used
+    if name == "adaptive-aux":  # audio's target share 0.9: its unimodal loss is added
+        return AdaptivePDMP(MODALITIES, {"audio": 0.9, "image": 0.1}, horizon=2.0, auxiliary=4.0, gamma_max=1.0)
     raise ValueError(name)
 
 
@@ -92,13 +94,20 @@ class Fused(LightningModule):
         self.poison = poison  # global batch indices whose loss is made inf (a step GradScaler must skip)
         self.with_logits = with_logits
         self.batches = 0
+        self.weights_used: list[dict[str, float]] = []
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         a, v, y = batch
         out, features = self.net(a, v)
+        parts = concat_head_logits(self.net.head, features, detach=False)
         if self.with_logits:
-            self.pdmp_logits = (concat_head_logits(self.net.head, features), y)
+            self.pdmp_logits = ({m: p.detach() for m, p in parts.items()}, y)
         loss = F.cross_entropy(out, y)
+        callback = next(c for c in self.trainer.callbacks if isinstance(c, PDMPCallback))
+        if callback.policy.uses_unimodal_losses:
+            weights = callback.unimodal_loss_weights
+            self.weights_used.append(weights)
+            loss = loss + sum(w * F.cross_entropy(parts[m], y) for m, w in weights.items())
         if self.batches in self.poison:
             loss = loss * math.inf
         self.batches += 1
@@ -192,8 +201,12 @@ def hand_loop(
             context = torch.autocast("cpu", dtype=autocast) if autocast else contextlib.nullcontext()
             with context:
                 out, features = net(a, v)
-                logits = concat_head_logits(net.head, features)
-                loss = F.cross_entropy(out, y) / accumulate
+                parts = concat_head_logits(net.head, features, detach=False)
+                logits = {m: p.detach() for m, p in parts.items()}
+                loss = F.cross_entropy(out, y)
+                if mod.policy.uses_unimodal_losses:
+                    loss = loss + sum(w * F.cross_entropy(parts[m], y) for m, w in mod.unimodal_loss_weights.items())
+                loss = loss / accumulate
             if batches in poison:
                 loss = loss * math.inf
             batches += 1
@@ -242,6 +255,29 @@ def test_same_as_hand_written_loop(policy: str, mode: str, optimizer: str) -> No
     coefficients = {row["pdmp/coef_audio"] for row in logger.pdmp_rows()}
     assert len(coefficients) > 1  # the schedule really moved (not all 1)
     assert not callback.modulator.active  # hooks are gone after fit: the model trains plainly again
+
+
+def test_auxiliary_losses_same_as_hand_written_loop() -> None:
+    """AdaptivePDMP's unimodal losses added in training_step with the callback's weights: the same run
+    as the README's hand-written loop, and the weights really moved off 0."""
+    module, callback, logger = fit("adaptive-aux", epochs=3)
+    assert_same_run(module, callback, logger.pdmp_rows(), hand_loop("adaptive-aux", epochs=3))
+    assert module.weights_used[0] == {"audio": 0.0, "image": 0.0}  # nothing observed before the first step
+    assert max(w["audio"] for w in module.weights_used) > 0.5 and all(w["image"] == 0 for w in module.weights_used)
+    with pytest.raises(RuntimeError, match=r"outside Trainer\.fit"):
+        callback.unimodal_loss_weights  # noqa: B018
+
+
+def test_auxiliary_losses_forgotten_in_training_step_are_refused() -> None:
+    class Forgetful(Fused):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            a, v, y = batch
+            out, features = self.net(a, v)
+            self.pdmp_logits = (concat_head_logits(self.net.head, features), y)
+            return F.cross_entropy(out, y)
+
+    with pytest.raises(RuntimeError, match=r"unimodal_loss_weights.*auxiliary=0"):
+        fit("adaptive-aux", module=Forgetful())
 
 
 def test_metrics_reach_csv_logger(tmp_path: Path) -> None:

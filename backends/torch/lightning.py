@@ -21,6 +21,11 @@ from the Trainer; every coefficient is still decided by the core policy and appl
   ``training_step``, call ``callback.modulator.backward(loss, {modality: unimodal_loss})`` (with
   ``16-mixed`` the Modulator scales the losses itself) and ``observe`` it directly if the policy
   reads logits, then ``optimizer.step()``.
+* **Auxiliary losses** (``AdaptivePDMP(auxiliary=...)``): in ``training_step`` add
+  ``sum(w[m] * loss_fn(parts[m], y))`` over the decomposed logits
+  (``parts = concat_head_logits(self.head, features, detach=False)``), with ``w`` the callback's
+  :attr:`PDMPCallback.unimodal_loss_weights` (this step's, from the batches before it). A step that
+  never read them is refused (the losses would silently be missing).
 * **Logs**: :func:`~pdmp.backends.torch.training_log`'s values (``pdmp/coef_<modality>``, and
   ``pdmp/share_<modality>`` when logits were stored) through ``LightningModule.log``.
 
@@ -239,6 +244,12 @@ class PDMPCallback(Callback):
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self._release()  # a failed fit must not leave hooks on the user's model
+
+    @property
+    def unimodal_loss_weights(self) -> dict[str, float]:
+        """This step's weight of each modality's unimodal loss (read it in ``training_step``; see
+        :attr:`Modulator.unimodal_loss_weights`)."""
+        return self._require_modulator("unimodal_loss_weights").unimodal_loss_weights
 
     # -------------------------------------------------------------------------------- checkpoints
 

@@ -121,7 +121,9 @@ Design (why):
   ``optimizer=``, encoder parameters the optimizer does not train (e.g. a deep copy) are refused;
   ``"grad"`` mode under an optimizer that normalises gradient scale (Adam, RMSprop, ...) warns at
   construction; a policy whose coefficients depend on the epoch warns at the first
-  :meth:`Modulator.step` if :meth:`Modulator.set_epoch` was never called; float16 gradients that a
+  :meth:`Modulator.step` if :meth:`Modulator.set_epoch` was never called; a policy that adds unimodal
+  losses (``AdaptivePDMP(auxiliary=...)``) is refused at a :meth:`Modulator.step` whose
+  ``unimodal_loss_weights`` were never read (the losses were not added); float16 gradients that a
   coefficient > 1 overflowed to inf warn at the :meth:`Modulator.step` that follows (checked only for
   float16 parameters while a coefficient exceeds 1).
 """
@@ -318,6 +320,7 @@ class Modulator:
         self._noise = False
         self._loss_scale = 1.0
         self._observed = False
+        self._weights_read = False
         self._hooks_ran = False
         self._hooks_verified = False
         self._removed = False
@@ -391,6 +394,7 @@ class Modulator:
         0 for the other policies. Add ``sum(w[m] * loss_fn(logits[m], y))`` over the
         decomposed logits (``concat_head_logits(..., detach=False)``) to the fused loss."""
         self._check_open("unimodal_loss_weights")
+        self._weights_read = True
         return dict(self._unimodal_weights)
 
     @property
@@ -557,7 +561,14 @@ class Modulator:
                 "the forward pass of each step (concat_head_logits / sum_head_logits split a fusion head); "
                 "without it the coefficients would silently stay at 1"
             )
-        self._observed = False
+        if self.policy.uses_unimodal_losses and not self._weights_read:
+            raise RuntimeError(
+                f"{self.policy!r} adds each modality's unimodal loss: in every step read "
+                "mod.unimodal_loss_weights and add sum(w[m] * loss_fn(parts[m], y)) over the decomposed logits "
+                "(concat_head_logits(head, features, detach=False)) to the loss before backward; without them the "
+                "rule silently trains as plain joint training (for no auxiliary losses, use auxiliary=0)"
+            )
+        self._observed = self._weights_read = False
         self._clear_step_inputs()  # a step GradScaler skipped leaves them unused: they were this step's
         if self.optimizer is not None:
             taken = self._optimizer_steps != self._steps_seen
