@@ -253,7 +253,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         self._index = _Hidden(index)
         spec = _check_logits_spec(policy, modality_logits, model)
         unimodal = _check_unimodal_spec(policy, unimodal_logits)
-        self._adds_unimodal_losses = isinstance(policy, GradientPolicy) or policy.uses_unimodal_losses
+        self._adds_unimodal_losses = _takes_unimodal_logits(policy)
         self._logits = _Hidden(spec)
         self._unimodal_logits = _Hidden(unimodal)
         tapped = [s for s in (spec, unimodal) if hasattr(s, "taps")]
@@ -1268,6 +1268,11 @@ def _check_logits_spec(policy: CoefficientPolicy, spec: Any, model: keras.Model)
     return _spec_of_known_form(policy, spec, argument="modality_logits", where="")
 
 
+def _takes_unimodal_logits(policy: CoefficientPolicy) -> bool:
+    """GradientPolicies (unimodal losses or gradients) and policies that add unimodal losses."""
+    return isinstance(policy, GradientPolicy) or policy.uses_unimodal_losses
+
+
 def _check_unimodal_spec(policy: CoefficientPolicy, spec: Any) -> Any:
     if spec is None:
         if isinstance(policy, GradientPolicy) and policy.uses_unimodal_gradients:
@@ -1284,7 +1289,7 @@ def _check_unimodal_spec(policy: CoefficientPolicy, spec: Any) -> Any:
                 "modality_logits), or set auxiliary=0"
             )
         return None
-    if not (isinstance(policy, GradientPolicy) or policy.uses_unimodal_losses):
+    if not _takes_unimodal_logits(policy):
         raise ValueError(
             f"unimodal_logits= adds unimodal losses, which {type(policy).__name__} does not use (it is for "
             "GradientPolicies and AdaptivePDMP(auxiliary=...)); add them to the inner model's losses instead, "
