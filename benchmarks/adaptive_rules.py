@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,19 @@ def merged(first: Study, second: Study) -> Study:
     return finished_part(study)
 
 
+def searched_references(path: Path, names: Sequence[str], parser: argparse.ArgumentParser) -> list[Candidate]:
+    """The gamma search study's candidates called ``names`` (its tuned ones keep their tuning seeds)."""
+    if not names:
+        return []
+    if not path.exists():
+        parser.error(f"--references: {path} does not exist; run benchmarks.gamma_search for this setting first")
+    available = {c.name: c for c in Study.load(path).candidates}
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        parser.error(f"--references: {unknown} are not in {path.name}; choose from {sorted(available)}")
+    return [available[name] for name in names]
+
+
 def tuned_joint(select: Study) -> Candidate:
     """Joint training at the learning-rate scale (1 included) with the best mean tuning-seed validation accuracy."""
     options = [c for c in select.candidates if c.name == "joint" or c.name.startswith("joint[")]
@@ -104,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset", type=float, default=None, help="fraction of each split (quick checks only)")
     parser.add_argument(
         "--skip", nargs="+", default=[], help="evaluate: leave these candidates out (e.g. to fit a time budget)"
+    )
+    parser.add_argument(
+        "--references",
+        nargs="+",
+        default=[],
+        help="evaluate, settings with a gamma search: train these candidates of its study here too (e.g. joint "
+        "joint_lr_tuned pdmp, for seeds the search did not evaluate) instead of pairing with its runs",
     )
     args = parser.parse_args(argv)
     if args.stage == "report":
@@ -129,18 +150,22 @@ def main(argv: list[str] | None = None) -> int:
     train = make_train(setting.dataset, data, encoder=setting.encoder, optimizer=setting.optimizer)
     # The CNN regimes have a gamma search (benchmarks.gamma_search): its study holds joint training, the
     # tuned learning rate and PDMP on the same seeds, so only the rule is trained here.
-    has_search = setting.encoder == "cnn" and setting.dataset.startswith("av_digits") and args.subset is None
+    # (On a subset, pairing with the full-data search would be wrong; its candidates can still be trained here.)
+    has_search = setting.encoder == "cnn" and setting.dataset.startswith("av_digits")
+    has_search = has_search and (args.subset is None or bool(args.references))
     searched = GAMMA_SEARCH / args.setting / "evaluation.json"
     joint = Candidate("joint", pdmp.NoModulation(ranking.order))
     if args.stage == "select":
         candidates = [joint, *variants(ranking), *([] if has_search else joint_lr(ranking))]
     else:
         # The rule's auxiliary loss at its largest weight on every step: is the adaptivity what helps?
-        control = Candidate("dominant_loss_x4", UnimodalLossControl(ranking.order, AUXILIARY, only=ranking.dominant))
+        control = Candidate(CONTROL, UnimodalLossControl(ranking.order, AUXILIARY, only=ranking.dominant))
         chosen = [chosen_rule(ranking), control]
         if has_search:
-            candidates = chosen
+            candidates = [*searched_references(searched, args.references, parser), *chosen]
         else:
+            if args.references:
+                parser.error(f"--references: {args.setting} has no gamma-search study; its evaluate trains them itself")
             select_file = out / "select.json"
             if not select_file.exists():
                 parser.error(f"{select_file} is missing: run the select stage first (it tunes joint's learning rate)")
@@ -168,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "select":
         lines += select_table(study, seeds)
     else:
-        if has_search and searched.exists():
+        if has_search and args.references:
+            lines += [f"References from the gamma search's study, trained here: {', '.join(args.references)}.", ""]
+        elif has_search and searched.exists():
             study = merged(Study.load(searched), study)
             lines += [f"Paired with the gamma search's study `{searched.relative_to(ROOT.parent)}`.", ""]
         elif has_search:
@@ -197,18 +224,50 @@ def evaluated(root: Path, name: str) -> Study | None:
     return merged(Study.load(searched), study) if searched.exists() else study
 
 
+#: The fixed-weight control, reported against the same methods as a candidate for the next rule.
+CONTROL = "dominant_loss_x4"
+CONTROL_REFERENCES = ("joint", "joint_lr_tuned", "pdmp", "pdmp_tuned", "uniform_tuned")
+
+
+def paired_cell(study: Study, subject: str, reference: str) -> tuple[str, str | None]:
+    """``subject - reference`` as a table cell, and the verdict ("better", "worse" or None)."""
+    if reference not in study.names:
+        return "—", None
+    difference = study.paired(subject, "test_acc", reference=reference)
+    if difference.interval is None:
+        return f"{100 * difference.mean:+.1f} (n={difference.n}: no interval)", None
+    low, high = difference.interval
+    mark = {"better": " **better**", "worse": " **worse**"}.get(difference.verdict, "")
+    return f"{100 * difference.mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]{mark}", difference.verdict
+
+
+def mean_of(study: Study, name: str) -> float:
+    return 100 * float(np.mean(list(study.values(name, "test_acc").values())))
+
+
 def report(root: Path) -> str:
-    """The chosen rule against every reference, setting by setting, and the issue's goal checked."""
+    """The chosen rule against every reference, setting by setting, and the issue's goal checked; then
+    the fixed-weight control against the same methods."""
+    header = "Final-epoch test accuracy (points), evaluation seeds; each cell: {subject} minus the column's method, "
     lines = [
         f"# Adaptive rules: {CHOSEN}, untuned, in every setting evaluated",
         "",
-        "Final-epoch test accuracy (points), evaluation seeds; each cell: the rule minus the column's method, "
-        "paired 95% Student-t interval over the seeds both finished. Built by "
+        header.format(subject="the rule") + "paired 95% Student-t interval over the seeds both finished. Built by "
         "`python -m benchmarks.adaptive_rules report` from each setting's `evaluate.json` (and the gamma "
         "search's study for the CNN regimes).",
         "",
         "| setting | seeds | rule | " + " | ".join(f"− {r}" for r in REPORT_REFERENCES) + " | wall vs joint |",
         "|---" * (len(REPORT_REFERENCES) + 4) + "|",
+    ]
+    control_lines = [
+        f"## The control {CONTROL}: the dominant modality's unimodal loss at weight {AUXILIARY:g} on every step",
+        "",
+        "Not adaptive and not tuned (ARL's weight); a candidate for the next rule. "
+        + header.format(subject="the control")
+        + "paired 95% Student-t interval.",
+        "",
+        "| setting | seeds | control | " + " | ".join(f"− {r}" for r in CONTROL_REFERENCES) + " |",
+        "|---" * (len(CONTROL_REFERENCES) + 3) + "|",
     ]
     worse_than_tuned_lr, better_than_pdmp, gaps = [], [], []
     for name in SETTINGS:
@@ -216,28 +275,24 @@ def report(root: Path) -> str:
         if study is None or CHOSEN not in study.names or not study.seeds:
             lines.append(f"| {name} | not run |" + " |" * (len(REPORT_REFERENCES) + 2))
             continue
-        rule = study.values(CHOSEN, "test_acc")
         cells = []
         for reference in REPORT_REFERENCES:
-            if reference not in study.names:
-                cells.append("—")
-                continue
-            difference = study.paired(CHOSEN, "test_acc", reference=reference)
-            verdict = {"better": " **better**", "worse": " **worse**"}.get(difference.verdict, "")
-            if difference.interval is None:
-                cells.append(f"{100 * difference.mean:+.1f} (n={difference.n}: no interval)")
-            else:
-                low, high = difference.interval
-                cells.append(f"{100 * difference.mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]{verdict}")
-            if reference == "joint_lr_tuned" and difference.verdict == "worse":
+            cell, verdict = paired_cell(study, CHOSEN, reference)
+            cells.append(cell)
+            if reference == "joint_lr_tuned" and verdict == "worse":
                 worse_than_tuned_lr.append(name)
-            if reference == "pdmp" and difference.verdict == "better":
+            if reference == "pdmp" and verdict == "better":
                 better_than_pdmp.append(name)
         ratio = f"{study.wall_time(CHOSEN) / study.wall_time('joint'):.2f}x" if "joint" in study.names else "—"
-        mean = 100 * float(np.mean(list(rule.values())))
-        lines.append(f"| {name} | {len(rule)} | {mean:.1f} | " + " | ".join(cells) + f" | {ratio} |")
+        mean = mean_of(study, CHOSEN)
+        lines.append(f"| {name} | {len(study.seeds)} | {mean:.1f} | " + " | ".join(cells) + f" | {ratio} |")
         if name == "under_optimization" and "joint" in study.names:
-            gaps.append(mean - 100 * float(np.mean(list(study.values("joint", "test_acc").values()))))
+            gaps.append(mean - mean_of(study, "joint"))
+        if CONTROL in study.names:
+            control_cells = [paired_cell(study, CONTROL, reference)[0] for reference in CONTROL_REFERENCES]
+            control_lines.append(
+                f"| {name} | {len(study.seeds)} | {mean_of(study, CONTROL):.1f} | " + " | ".join(control_cells) + " |"
+            )
     lines += [
         "",
         "Goal (the issue's, checked on these numbers): never significantly worse than joint training at the "
@@ -252,6 +307,7 @@ def report(root: Path) -> str:
         )
         + f", against {UNDER_OPT_GAP:.1f} points between joint training and the audio-only model.",
     ]
+    lines += ["", *control_lines]
     return "\n".join(lines) + "\n"
 
 

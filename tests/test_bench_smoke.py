@@ -217,6 +217,24 @@ def test_adaptive_rules_select_then_evaluate_with_the_tuned_learning_rate(tmp_pa
     assert "worse in:" in summary and "better in:" in summary
 
 
+def test_adaptive_rules_trains_the_gamma_search_references_on_new_seeds(tmp_path) -> None:
+    """``evaluate --references``: the gamma search study's candidates (its tuned learning rate included)
+    train beside the rule and the control on seeds the search never evaluated; unknown names are refused."""
+    from benchmarks import adaptive_rules
+
+    common = ["evaluate", "--setting", "under_optimization", "--subset", "0.05", "--budget", "1", "--seeds", "5"]
+    with pytest.raises(SystemExit):
+        adaptive_rules.main([*common, "--references", "joint", "nope", "--out", str(tmp_path)])
+    assert adaptive_rules.main([*common, "--references", "joint", "joint_lr_tuned", "--out", str(tmp_path)]) == 0
+    evaluated = json.loads((tmp_path / "evaluate.json").read_text())
+    names = {"joint", "joint_lr_tuned", adaptive_rules.CHOSEN, adaptive_rules.CONTROL}
+    assert {run["candidate"] for run in evaluated["runs"]} == names
+    assert {run["seed"] for run in evaluated["runs"]} == {5}
+    tuned = next(c for c in evaluated["candidates"] if c["name"] == "joint_lr_tuned")
+    assert tuned["tuned_on"] == [100] and tuned["options"]["lr_scale"] != 1.0
+    assert "References from the gamma search's study" in (tmp_path / "evaluate.md").read_text()
+
+
 def test_a_corrupt_choices_file_names_the_file_and_the_fix(tmp_path) -> None:
     from benchmarks.gamma_search import load_choices
 
