@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from benchmarks.study_cli import (
     add_common_arguments,
     finished_part,
     machine_line,
+    merge_seeds,
     prepare,
     run_timed,
     write_summary,
@@ -80,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3, help="SGD base learning rate (momentum 0.9)")
     parser.add_argument("--report-only", action="store_true", help="rebuild summary.md from the saved runs")
     parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="with --report-only: first fold in the runs and curves of these output folders (the same "
+        "candidates on other seeds, run side by side in other processes)",
+    )
+    parser.add_argument(
         "--candidates",
         nargs="+",
         default=None,
@@ -91,7 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     regime = prepare(args, "paper-regime")
     out = regime.out
     (out / "curves").mkdir(exist_ok=True)
+    if args.merge and not args.report_only:
+        parser.error("--merge goes with --report-only (it folds finished runs in; it trains nothing)")
     if args.report_only:
+        if args.merge:
+            merge_seeds(out / "evaluation.json", [folder / "evaluation.json" for folder in args.merge])
+        for folder in args.merge:
+            for curve in (folder / "curves").glob("*.json"):
+                if not (out / "curves" / curve.name).exists():
+                    shutil.copy2(curve, out / "curves" / curve.name)
         study = finished_part(out / "evaluation.json")
     else:
         chosen = candidates(regime.ranking)

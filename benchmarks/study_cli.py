@@ -116,6 +116,23 @@ def finished_part(stored: Path | Study) -> Study:
     return study
 
 
+def merge_seeds(target: Path, sources: Sequence[Path]) -> Study:
+    """Fold the runs of ``sources`` (studies of the same candidates on other seeds, e.g. run side by side
+    in other processes) into the study at ``target``, save it and return it; a run ``target`` already
+    has is kept, a source with other candidates is refused."""
+    study = Study.load(target)
+    given = [c.to_dict() for c in study.candidates]
+    for source in sources:
+        other = Study.load(source)
+        if [c.to_dict() for c in other.candidates] != given:
+            raise ValueError(f"{source} holds other candidates than {target}: only one study's other seeds merge")
+        study.seeds += [seed for seed in other.seeds if seed not in study.seeds]
+        for key, run in other.runs.items():
+            study.runs.setdefault(key, run)
+    study.save(target)
+    return study
+
+
 def machine_line(minutes: float, threads: int | None, extra: str = "") -> str:
     return (
         f"Total wall time {minutes:.1f} min{extra} on {environment()['processor']} ({os.cpu_count()} cores, "

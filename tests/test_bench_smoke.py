@@ -242,3 +242,29 @@ def test_a_corrupt_choices_file_names_the_file_and_the_fix(tmp_path) -> None:
     (tmp_path / "chosen.json").write_text('[{"name": "pdmp_tuned"}]')
     with pytest.raises(ValueError, match=r"chosen.json is not a gamma search's choices.*rerun benchmarks.gamma_search"):
         load_choices(tmp_path)
+
+
+def test_merge_seeds_folds_another_process_seeds_in_and_refuses_another_study(tmp_path) -> None:
+    import pdmp
+    from benchmarks.study_cli import merge_seeds
+    from pdmp.compare import Candidate, Study
+
+    def study(seeds: list[int], gamma: float = 10.0) -> Study:
+        candidates = [
+            Candidate("joint", pdmp.NoModulation(["a", "b"])),
+            Candidate("pdmp", pdmp.PDMP(["a", "b"], "a", gamma)),
+        ]
+        made = Study(candidates, seeds, "joint")
+        for seed in seeds:
+            for name in ("joint", "pdmp"):
+                made.runs[(name, seed)] = {"metrics": {"test_acc": 0.5 + seed / 100}, "wall_time_s": 1.0}
+        return made
+
+    study([0, 1]).save(tmp_path / "main.json")
+    study([2]).save(tmp_path / "other.json")
+    merged = merge_seeds(tmp_path / "main.json", [tmp_path / "other.json"])
+    assert merged.seeds == [0, 1, 2] and Study.load(tmp_path / "main.json").values("pdmp", "test_acc")[2] == 0.52
+    study([3], gamma=5.0).save(tmp_path / "changed.json")
+    with pytest.raises(ValueError, match="other candidates"):
+        merge_seeds(tmp_path / "main.json", [tmp_path / "changed.json"])
+    assert Study.load(tmp_path / "main.json").seeds == [0, 1, 2]  # nothing written
