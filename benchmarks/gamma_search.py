@@ -144,15 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     train = make_train(regime.dataset_name, data, encoder=setting.encoder, optimizer=setting.optimizer)
     started = time.perf_counter()
 
-    result = search_gammas(
-        train,
-        families_for(ranking, args.families),
-        args.tuning_seeds,
-        metric="val_acc",
-        budgets=args.budgets,
-        eta=3,
-        folder=out / "search",
-    )
+    result = run_search(train, args, regime)
     chosen = tuned_choices(result)
     write_choices(out, chosen)
     search_seconds = time.perf_counter() - started
@@ -169,6 +161,22 @@ def main(argv: list[str] | None = None) -> int:
     total_minutes = (time.perf_counter() - started) / 60
     write_summary(out, args, argv, regime, result, chosen, study, search_seconds, total_minutes)
     return 0
+
+
+def run_search(
+    train: Callable[..., dict[str, float]], args: argparse.Namespace, regime: Regime, *, progress: bool = True
+) -> SearchResult:
+    """:func:`pdmp.search_gammas` over the chosen families, resuming from (and saving to) ``out/search``."""
+    return search_gammas(
+        train,
+        families_for(regime.ranking, args.families),
+        args.tuning_seeds,
+        metric="val_acc",
+        budgets=args.budgets,
+        eta=3,
+        folder=regime.out / "search",
+        progress=progress,
+    )
 
 
 def tuned_choices(result: SearchResult) -> list[Candidate]:
@@ -254,15 +262,7 @@ def report_only(out: Path, args: argparse.Namespace, argv: list[str] | None, reg
     def refuse(*_: Any, **__: Any) -> dict[str, float]:
         raise RuntimeError("--report-only found a run that has not finished; rerun without --report-only")
 
-    result = search_gammas(
-        refuse,
-        families_for(regime.ranking, args.families),
-        args.tuning_seeds,
-        metric="val_acc",
-        budgets=args.budgets,
-        folder=out / "search",
-        progress=False,
-    )
+    result = run_search(refuse, args, regime, progress=False)
     chosen = tuned_choices(result)
     search_seconds = sum(result.cost(family)["wall_time_s"] for family in result.best)
     if args.search_only:

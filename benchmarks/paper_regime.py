@@ -106,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         if args.merge:
             merge_seeds(out / "evaluation.json", [folder / "evaluation.json" for folder in args.merge])
-        for folder in args.merge:
-            for curve in (folder / "curves").glob("*.json"):
+            for curve in (path for folder in args.merge for path in (folder / "curves").glob("*.json")):
                 if not (out / "curves" / curve.name).exists():
                     shutil.copy2(curve, out / "curves" / curve.name)
         study = finished_part(out / "evaluation.json")
