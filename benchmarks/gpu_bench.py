@@ -198,7 +198,6 @@ def _environment(device: str) -> dict[str, Any]:
 
     info = environment()
     info["device"] = device
-    info["cpu_count"] = os.cpu_count()
     return info
 
 

@@ -7,7 +7,6 @@ torch and Keras runners train exactly the same set of methods.
 from __future__ import annotations
 
 import math
-import platform
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,7 @@ from pdmp import (
     accuracy,
     dependency,
     macro_f1,
+    run_environment,
 )
 
 
@@ -158,17 +158,9 @@ def mean_std(values: Sequence[float]) -> str:
 
 
 def environment() -> dict[str, Any]:
-    """Versions and hardware, recorded in every run's JSON."""
-    info: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "numpy": np.__version__,
-    }
-    for module in ("torch", "torchaudio", "tensorflow", "keras"):
-        loaded = sys.modules.get(module)
-        if loaded is not None:
-            info[module] = getattr(loaded, "__version__", "?")
+    """:func:`pdmp.run_environment` (CPU, core count, versions) plus thread counts and the GPU, recorded in
+    every run's JSON."""
+    info = run_environment()
     torch = sys.modules.get("torch")
     if torch is not None:
         info["torch_threads"] = torch.get_num_threads()

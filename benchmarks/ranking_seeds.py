@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{ranking['seed_agreement']:.2f} | {ranking['stability']:.3f} | {row['seconds']:.0f} |"
         )
     env = environment()
-    lines += ["", f"{len(args.seeds)} training seeds, {args.epochs} epochs, subset {args.subset}; {env['processor']}, "
+    lines += ["", f"{len(args.seeds)} training seeds, {args.epochs} epochs, subset {args.subset}; {env['cpu']}, "
               f"torch threads {env.get('torch_threads')}."]  # fmt: skip
     text = "\n".join(lines) + "\n"
     (args.out / "summary.md").write_text(text)

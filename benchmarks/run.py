@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = [f"# Benchmark results: preset `{args.preset}`", "", header, "", summary_table(load_runs(out))]
     if cheap is not None:
         sections += ["## Cheap ranking", "", cheap_ranking_table(cheap)]
-    sections += ["", f"Total wall time: {elapsed} on {environment()['processor']} ({os.cpu_count()} cores)."]
+    sections += ["", f"Total wall time: {elapsed} on {environment()['cpu']} ({os.cpu_count()} cores)."]
     text = "\n".join(sections) + "\n"
     (out / "summary.md").write_text(text)
     try:

@@ -135,7 +135,7 @@ def merge_seeds(target: Path, sources: Sequence[Path]) -> Study:
 
 def machine_line(minutes: float, threads: int | None, extra: str = "") -> str:
     return (
-        f"Total wall time {minutes:.1f} min{extra} on {environment()['processor']} ({os.cpu_count()} cores, "
+        f"Total wall time {minutes:.1f} min{extra} on {environment()['cpu']} ({os.cpu_count()} cores, "
         f"{threads or 'all'} torch thread(s))."
     )
 

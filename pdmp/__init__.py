@@ -7,7 +7,7 @@ imported only when asked for.
 
 from pdmp.adaptive import AdaptivePDMP
 from pdmp.baselines import AGM, ARL, InfoReg, MMPareto, mono_modal_responses, shapley_responses
-from pdmp.compare import Candidate, Study, StudyError, compare, default_candidates
+from pdmp.compare import Candidate, Study, StudyError, compare, default_candidates, run_environment
 from pdmp.controls import InversePDMP, UniformScaling
 from pdmp.diagnostics import Dependency, dependency, modality_scores, softmax
 from pdmp.metrics import accuracy, macro_f1
@@ -85,6 +85,7 @@ __all__ = [
     "policy_from_config",
     "rank_modalities",
     "register_policy",
+    "run_environment",
     "search_gammas",
     "shapley_responses",
     "softmax",

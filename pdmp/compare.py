@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -37,7 +38,7 @@ from pdmp.policies import PDMP, CoefficientPolicy, NoModulation, policy_from_con
 from pdmp.ranking import Ranking
 from pdmp.stats import PairedDifference, paired_difference, seeds_needed
 
-__all__ = ["Candidate", "Study", "StudyError", "TrainFunction", "compare", "default_candidates"]
+__all__ = ["Candidate", "Study", "StudyError", "TrainFunction", "compare", "default_candidates", "run_environment"]
 
 #: ``train(policy, seed, **candidate.options) -> metrics``; extra keywords (``budget``) come from :mod:`pdmp.search`.
 TrainFunction = Callable[..., Mapping[str, float]]
@@ -234,6 +235,13 @@ class Study:
             [first[s] for s in seeds], [second[s] for s in seeds], higher_is_better=higher_is_better
         )
 
+    def environments(self) -> dict[str, list[tuple[str, int]]]:
+        """Each environment's signature (:func:`environment_signature`) -> the (candidate, seed) runs made in it."""
+        groups: dict[str, list[tuple[str, int]]] = {}
+        for key in sorted(self.runs, key=lambda item: (item[1], item[0])):
+            groups.setdefault(environment_signature(self.runs[key].get("environment")), []).append(key)
+        return groups
+
     def wall_time(self, name: str) -> float:
         """Mean wall time of a candidate's runs, in seconds."""
         times = [run["wall_time_s"] for (candidate, _), run in self.runs.items() if candidate == name]
@@ -316,6 +324,9 @@ class Study:
             "'seeds for a verdict': how many seeds would make the observed mean difference significant if its "
             "spread stayed the same.",
         ]
+        environments = self.environments()
+        if len(environments) > 1:
+            lines += ["", _mixed_environments_note(environments)]
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike[str], metric: str | None = None, *, scale: float = 100.0) -> Path:
@@ -407,11 +418,92 @@ class Study:
                     "metrics": _check_metrics(run["metrics"], key[0], key[1]),
                     "wall_time_s": float(run["wall_time_s"]),
                 }
+                if run.get("environment") is not None:
+                    if not isinstance(run["environment"], dict):
+                        raise ValueError(f"run {key}: environment must be a dict, got {run['environment']!r}")
+                    study.runs[key]["environment"] = run["environment"]
         except (OSError, KeyError, TypeError, ValueError, StudyError) as error:
             raise ValueError(
                 f"cannot read study file {str(source)!r}: {error!r}; delete it to start the study afresh"
             ) from error
         return study
+
+
+#: Frameworks whose versions a run records when the train function has imported them (never imported here).
+_FRAMEWORKS = ("torch", "torchaudio", "tensorflow", "keras", "jax", "lightning")
+
+
+#: CPU features that select different math kernels (and so other rounding) in NumPy, oneDNN and MKL.
+_KERNEL_FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "asimd", "sve")
+
+
+def _cpu() -> tuple[str, list[str]]:
+    """The CPU's model name and which of :data:`_KERNEL_FEATURES` it has (Linux; elsewhere the platform's
+    processor string and no features)."""
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return model or platform.processor() or platform.machine(), [f for f in _KERNEL_FEATURES if f in flags]
+
+
+def run_environment() -> dict[str, Any]:
+    """What a run's numbers depend on besides the code and the seed: CPU, core count, platform, Python,
+    NumPy and the versions of the frameworks already imported. ``host`` names the machine for the record.
+
+    The same code and seed can give other numbers on another CPU or library build (other kernels, other
+    summation orders), so :func:`compare` stores this with every run and :meth:`Study.to_markdown` says
+    when a study's runs come from more than one environment.
+    """
+    frameworks = {
+        name: str(getattr(sys.modules[name], "__version__", "unknown")) for name in _FRAMEWORKS if name in sys.modules
+    }
+    cpu, features = _cpu()
+    return {
+        "cpu": cpu,
+        "cpu_features": features,
+        "cpus": os.cpu_count() or 0,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "frameworks": frameworks,
+        "host": platform.node(),
+    }
+
+
+def environment_signature(environment: Mapping[str, Any] | None) -> str:
+    """A short label of an environment, without the host name (fresh machines of one kind share it);
+    ``"unrecorded"`` for runs saved before environments were recorded."""
+    if not environment:
+        return "unrecorded"
+    frameworks = " ".join(f"{k} {v}" for k, v in sorted(dict(environment.get("frameworks", {})).items()))
+    features = "+".join(environment.get("cpu_features", []))
+    parts = [
+        str(environment.get("cpu", "?")) + (f" ({features})" if features else ""),
+        f"{environment.get('cpus', '?')} cpus",
+        f"numpy {environment.get('numpy', '?')}",
+    ]
+    return ", ".join(parts + ([frameworks] if frameworks else []))
+
+
+def _mixed_environments_note(environments: Mapping[str, Sequence[tuple[str, int]]]) -> str:
+    parts = []
+    for signature, runs in environments.items():
+        candidates = sorted({name for name, _ in runs})
+        seeds = sorted({seed for _, seed in runs})
+        parts.append(f"{signature}: {len(runs)} run(s) of {', '.join(candidates)} (seeds {', '.join(map(str, seeds))})")
+    return (
+        f"**Runs from {len(environments)} environments.** The same code and seed can give other numbers on "
+        "another CPU or library build, and wall times are not comparable across them; a difference between "
+        "candidates run in different environments includes that. " + "; ".join(parts) + "."
+    )
 
 
 def _report(message: str, progress: bool | Callable[[str], None]) -> None:
@@ -473,6 +565,14 @@ def compare(
     done = sum(1 for c in candidates for s in seeds) - len(todo)
     if done:
         _report(f"resuming {str(path)!r}: {done} run(s) already finished, {len(todo)} to go", progress)
+        here = environment_signature(run_environment())
+        elsewhere = sorted(set(study.environments()) - {here})
+        if elsewhere and todo:
+            _report(
+                f"note: finished runs come from another environment ({'; '.join(elsewhere)}) than this one ({here}); "
+                "the same seed can give other numbers there, so the table will say the runs are mixed",
+                progress,
+            )
     for index, (candidate, seed) in enumerate(todo, start=1):
         started = time.perf_counter()
         options = {**extra, **candidate.options}
@@ -487,6 +587,7 @@ def compare(
         study.runs[(candidate.name, seed)] = {
             "metrics": _check_metrics(metrics, candidate.name, seed),
             "wall_time_s": elapsed,
+            "environment": run_environment(),  # after train: the frameworks it imported are loaded
         }
         if path is not None:
             study.save(path)

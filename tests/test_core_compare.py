@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 
 import pdmp
-from pdmp.compare import Candidate, Study, StudyError, compare, default_candidates
+from pdmp.compare import (
+    _KERNEL_FEATURES,
+    Candidate,
+    Study,
+    StudyError,
+    compare,
+    default_candidates,
+    environment_signature,
+)
 from pdmp.controls import InversePDMP, UniformScaling
 from pdmp.policies import POLICIES, CoefficientPolicy, Modulation, policy_from_config, register_policy
 from pdmp.search import gamma_grid, search_gammas
@@ -252,6 +262,59 @@ def test_compare_resumes_an_interrupted_study(tmp_path):
         ("InversePDMP", 2),
     ]
     assert study.complete and len(study.runs) == 12
+
+
+def test_every_run_records_its_environment_and_a_study_from_two_says_so(tmp_path):
+    """The same code and seed gave other numbers on another machine (the transformer study): runs carry
+    their CPU and versions, a resumed study elsewhere is announced, and the table names the mix."""
+    path = tmp_path / "study.json"
+    candidates = default_candidates(RANKING)
+    compare(toy_train(), candidates, seeds=[0], path=path, progress=False)
+    saved = json.loads(path.read_text())
+    here = pdmp.run_environment()
+    assert all(run["environment"] == here for run in saved["runs"])
+    assert here["numpy"] == np.__version__ and here["cpus"] >= 1 and here["cpu"]
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():  # Linux: the features are the kernel-selecting ones among the CPU's flags
+        flags = next(
+            line for line in cpuinfo.read_text().splitlines() if line.split(":")[0].strip() in ("flags", "Features")
+        )
+        assert here["cpu_features"] == [f for f in _KERNEL_FEATURES if f in flags.split(":", 1)[1].split()]
+    assert set(here["frameworks"]) <= set(sys.modules)  # versions of what train imported, nothing imported here
+    one = Study.load(path)
+    assert len(one.environments()) == 1 and "Runs from" not in one.to_markdown("test_acc")
+
+    for run in saved["runs"]:  # as if seed 0 had run on another CPU
+        run["environment"] = {**run["environment"], "cpu": "Another CPU 9000", "host": "elsewhere"}
+    path.write_text(json.dumps(saved))
+    messages: list[str] = []
+    study = compare(toy_train(), candidates, seeds=[0, 1], path=path, progress=messages.append)
+    assert any("another environment (Another CPU 9000" in m for m in messages), messages
+    groups = study.environments()
+    assert len(groups) == 2
+    assert sorted(groups[environment_signature(saved["runs"][0]["environment"])]) == sorted(
+        (c.name, 0) for c in candidates
+    )
+    table = study.to_markdown("test_acc")
+    assert "**Runs from 2 environments.**" in table and "Another CPU 9000" in table and "(seeds 1)" in table
+    reloaded = Study.load(path)
+    assert reloaded.environments() == groups  # the record survives the file
+
+    saved["runs"][0]["environment"] = "a string"
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"environment must be a dict.*delete it to start the study afresh"):
+        Study.load(path)
+
+
+def test_a_study_saved_before_environments_were_recorded_still_loads(tmp_path):
+    path = tmp_path / "old.json"
+    compare(toy_train(), default_candidates(RANKING), seeds=[0, 1], path=path, progress=False)
+    saved = json.loads(path.read_text())
+    for run in saved["runs"]:
+        del run["environment"]
+    path.write_text(json.dumps(saved))
+    study = Study.load(path)
+    assert list(study.environments()) == ["unrecorded"] and "Runs from" not in study.to_markdown("test_acc")
 
 
 def test_compare_refuses_a_resumed_study_with_another_candidate_set(tmp_path):
