@@ -440,7 +440,7 @@ _KERNEL_FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "a
 def _cpu() -> tuple[str, list[str]]:
     """The CPU's model name and which of :data:`_KERNEL_FEATURES` it has (Linux; elsewhere the platform's
     processor string and no features)."""
-    model, flags = "", set()
+    model, flags = "", set[str]()
     try:
         with open("/proc/cpuinfo") as file:
             for line in file:
