@@ -304,7 +304,27 @@ def test_keras_distribution_is_refused_with_the_alternative() -> None:
         keras.distribution.set_distribution(None)
 
 
-def test_auxiliary_unimodal_losses_are_refused_with_the_alternatives() -> None:
+def test_auxiliary_unimodal_losses_train_the_dominant_encoder_on_jax() -> None:
+    """float32 JAX: the dominant modality's unimodal loss joins training with the policy's weights (the
+    float64 parity with TensorFlow is ``tests/test_parity_jax.py``)."""
+    runs = {}
+    for auxiliary in (0.0, 4.0):
+        policy = AdaptivePDMP(["audio", "image"], {"audio": 0.9, "image": 0.3}, horizon=3.0, auxiliary=auxiliary)
+        options = {"unimodal_logits": SPEC} if auxiliary else {}
+        model = compile_(wrap(policy, **options))
+        used: list[list[float]] = []  # the weights each step used, written before it from what the policy learnt
+        callback = keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda batch, logs, m=model, u=used: u.append(list(m.unimodal_loss_weights.values()))
+        )
+        fit(model, 2, callbacks=[callback])
+        runs[auxiliary] = (weights(model), np.array(used))
+    with_loss, weights_used = runs[4.0]
+    assert (weights_used[:, 0] > 0).any() and (weights_used[:, 1] == 0).all(), weights_used
+    assert (runs[0.0][1] == 0).all()
+    assert not np.allclose(with_loss["audio_enc/kernel"], runs[0.0][0]["audio_enc/kernel"])
+
+
+def test_auxiliary_unimodal_losses_without_unimodal_logits_are_refused() -> None:
     policy = AdaptivePDMP(["audio", "image"], {"audio": 0.9, "image": 0.3}, auxiliary=4.0)
-    with pytest.raises(NotImplementedError, match=r"adds auxiliary unimodal losses.* set KERAS_BACKEND=tensorflow"):
+    with pytest.raises(ValueError, match=r"adds each modality's unimodal loss.*pass unimodal_logits="):
         wrap(policy)

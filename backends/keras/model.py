@@ -216,12 +216,6 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
                 f"backend only (Keras runs on {keras.backend.backend()!r}); set KERAS_BACKEND=tensorflow, or train "
                 "with pdmp.backends.torch. On this backend: PDMP, OGMGE, AdaptivePDMP and NoModulation"
             )
-        if policy.uses_unimodal_losses and not _backend_ops.SUPPORTS_GRADIENT_POLICIES:
-            raise NotImplementedError(
-                f"{policy!r} adds auxiliary unimodal losses, which ModulatedModel adds on Keras's TensorFlow backend "
-                f"only (Keras runs on {keras.backend.backend()!r}); set KERAS_BACKEND=tensorflow, train with "
-                "pdmp.backends.torch, or use the rule without them (auxiliary=0)"
-            )
         if isinstance(policy, GradientPolicy) and mode != "grad":
             raise ValueError(
                 f"{type(policy).__name__} is a GradientPolicy: it transforms each encoder gradient (combining fused "
@@ -787,6 +781,16 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         """Current coefficient of each modality (for OGM-GE: the last batch's)."""
         self._attach_state()
         values = np.asarray(self.pdmp_coefficients.numpy(), dtype=np.float64)
+        return {name: float(value) for name, value in zip(self.modalities, values, strict=True)}
+
+    @property
+    def unimodal_loss_weights(self) -> dict[str, float]:
+        """Each modality's weight of its unimodal loss in the current step's training loss (ARL's gamma,
+        ``AdaptivePDMP``'s auxiliary weights); all 0 for a policy that adds none."""
+        if not self._adds_unimodal_losses:
+            return {name: 0.0 for name in self.modalities}
+        self._attach_state()
+        values = np.asarray(self.pdmp_unimodal_weights.numpy(), dtype=np.float64)
         return {name: float(value) for name, value in zip(self.modalities, values, strict=True)}
 
     @property

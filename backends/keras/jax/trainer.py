@@ -26,7 +26,8 @@ class ModulatedTrainer:
         :meth:`~pdmp.backends.keras.ModulatedModel.modulate_gradients` between the gradients and the update.
 
         The step counter advances by the optimizer's own iteration count (a step a ``LossScaleOptimizer``
-        skipped is not counted), and OGM-GE's logits come from the same forward pass as the loss.
+        skipped is not counted), and OGM-GE's logits and the unimodal logits of a policy that adds unimodal
+        losses (``AdaptivePDMP(auxiliary>0)``) come from the same forward pass as the loss.
         """
         if distribution_lib.distribution() is not None:
             raise NotImplementedError(
@@ -47,6 +48,16 @@ class ModulatedTrainer:
                 )  # fmt: skip
             finally:
                 self._captured.value = None
+            if self._adds_unimodal_losses and captured.get("unimodal") is not None:
+                # The policy's unimodal losses join the loss that is differentiated (not the logged loss, as
+                # on TensorFlow), read at this step's weights and loss scale: the variables' values in `state`.
+                mapping = [
+                    *zip(self.non_trainable_variables, non_trainable, strict=True),
+                    *zip(self.optimizer.variables, optimizer_values, strict=True),
+                ]
+                with keras.StatelessScope(state_mapping=mapping):
+                    extra = [self.optimizer.scale_loss(u) for u in self._unimodal_losses(captured["unimodal"], y)]
+                loss = loss + sum(ops.cast(u, loss.dtype) for u in extra)
             return loss, (aux, captured.get("logits"))
 
         (_, (aux, modality_logits)), gradients = jax.value_and_grad(loss_and_logits, has_aux=True)(
