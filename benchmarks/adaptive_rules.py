@@ -40,7 +40,7 @@ import numpy as np
 import pdmp
 from benchmarks.baselines import UnimodalLossControl
 from benchmarks.gamma_search import LR_SCALES, load_choices, make_train
-from benchmarks.study_cli import ROOT, SETTINGS, complete_seeds, finished_part, machine_line
+from benchmarks.study_cli import ROOT, SETTINGS, complete_seeds, finished_part, machine_line, prepare
 from pdmp.compare import Candidate, Study, compare
 
 #: The largest auxiliary-loss weight of the variants: ARL's unimodal-loss weight, whose unimodal losses
@@ -135,18 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.setting is None:
         parser.error(f"{args.stage} needs --setting")
-    import torch
-
-    from benchmarks.run import load_dataset
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    setting = SETTINGS[args.setting]
+    args.regime, args.ranking = args.setting, None  # prepare()'s names; the setting's own ranking file
+    regime = prepare(args, "adaptive-rules")
+    setting, out, ranking = regime.setting, regime.out, regime.ranking
     seeds = args.seeds or ([100] if args.stage == "select" else [0, 1, 2, 3, 4])
-    out = args.out or Path("results") / "adaptive-rules" / args.setting
-    out.mkdir(parents=True, exist_ok=True)
-    ranking = pdmp.Ranking.load(setting.ranking_file)
-    data = load_dataset(setting.dataset, 0, args.subset)
+    data = regime.load_data(args.subset)
     train = make_train(setting.dataset, data, encoder=setting.encoder, optimizer=setting.optimizer)
     # The CNN regimes have a gamma search (benchmarks.gamma_search): its study holds joint training, the
     # tuned learning rate and PDMP on the same seeds, so only the rule is trained here.
