@@ -168,4 +168,6 @@ def unimodal_loss(logits: Any, labels: Any) -> Any:
     """A modality's unimodal loss: the mean sparse categorical cross-entropy of its logits (from logits)."""
     y = class_indices(labels, logits, "unimodal loss")
     values = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-    return ops.mean(values)
+    # A sum over the count, not ops.mean: Keras 3.15's ops.mean on JAX averages float64 in float32
+    # (its result_type("float64", "float32") is float32), ~1e-8 off, which the gradient carries.
+    return ops.sum(values) / ops.cast(ops.shape(values)[0], values.dtype)
