@@ -17,7 +17,16 @@ from pathlib import Path
 import nox
 
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["lint", "tests-core", "tests-torch", "tests-keras", "tests-keras-jax", "parity", "tests-bench"]
+nox.options.sessions = [
+    "lint",
+    "tests-core",
+    "tests-torch",
+    "tests-keras",
+    "tests-keras-jax",
+    "parity",
+    "tests-bench",
+    "docs",
+]
 
 ROOT = Path(__file__).parent
 FRAMEWORKS_VENV = ROOT / ".nox" / "frameworks"
@@ -154,12 +163,12 @@ DOCS_PACKAGES = [
 ]
 
 
-@nox.session
+@nox.session(tags=["tests"])
 def docs(session: nox.Session) -> None:
-    """API reference (generated from the docstrings) and guide, into site/; any warning fails the build.
+    """The docs site (guides, benchmark report, API reference from the docstrings) into site/; any warning fails.
 
     The build fetches nothing (mkdocs.yml loads no plugin that downloads fonts or assets); only the
-    install needs the package registry. Not in the ``tests`` tag.
+    install needs the package registry. In the ``tests`` tag, so a broken link or reference fails CI.
     """
     session.install(*DOCS_PACKAGES)
     # NO_MKDOCS_2_WARNING: silences mkdocs-material's banner about its end of life (a notice, not a warning).
