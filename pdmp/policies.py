@@ -52,6 +52,40 @@ class Modulation:
     noise: bool = False
 
 
+def check_modulation(policy: CoefficientPolicy, modulation: Any, *, step: int, epoch: int) -> Modulation:
+    """Return ``modulation`` if an adapter may apply it, else raise naming the policy, modality and value.
+
+    A coefficient must be a finite number >= 0 for each of the policy's modalities: NaN or inf would
+    poison the weights, a negative one would turn descent into ascent on that encoder (0 freezes it,
+    which is allowed). Both backends call this on every :class:`Modulation` a policy returns before
+    applying it, so a custom policy's mistake is refused at the step that makes it.
+    """
+    name = type(policy).__name__
+    if not isinstance(modulation, Modulation):
+        raise TypeError(
+            f"{name}.modulation(step={step}, epoch={epoch}) returned {type(modulation).__name__}; "
+            "it must return pdmp.Modulation({modality: coefficient, ...})"
+        )
+    coefficients = modulation.coefficients
+    if not isinstance(coefficients, Mapping):
+        raise TypeError(
+            f"{name}.modulation(step={step}, epoch={epoch}).coefficients is {type(coefficients).__name__}; "
+            "it must be a dict modality -> coefficient"
+        )
+    check_same_modalities(coefficients.keys(), policy.modalities, where=f"{name}.modulation coefficients")
+    for modality in policy.modalities:
+        value = coefficients[modality]
+        number = float(value) if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) else None
+        if number is None or not math.isfinite(number) or number < 0:
+            raise ValueError(
+                f"{name}.modulation(step={step}, epoch={epoch}) gives modality {modality!r} the coefficient "
+                f"{value!r}; a coefficient must be a finite number >= 0 (NaN or inf would corrupt the weights, "
+                "a negative one reverses the update). Fix the policy so it returns such a number (clip it, or "
+                "fall back to 1.0 where its inputs are undefined)"
+            )
+    return modulation
+
+
 @dataclass
 class Clock:
     """Step and epoch counters that adapters advance and checkpoint."""

@@ -32,7 +32,7 @@ import math
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -179,6 +179,46 @@ def apply_transform(
     return result
 
 
+def check_transform(policy: CoefficientPolicy, transform: Any, *, step: int, epoch: int) -> GradientTransform:
+    """Return ``transform`` if an adapter may apply it, else raise naming the policy, field, modality and value.
+
+    Every number must be finite and >= 0 (NaN or inf would poison the weights, a negative factor turns
+    descent into ascent or pushes away from the anchor) and every key one of the policy's modalities
+    (a misspelt one would silently leave that modality unchanged). :meth:`GradientPolicy.transform`
+    calls it on each step's result, so every backend refuses a bad transform before applying it.
+    """
+    name = type(policy).__name__
+    if not isinstance(transform, GradientTransform):
+        raise TypeError(
+            f"{name}.compute_transform(step={step}, epoch={epoch}) returned {type(transform).__name__}; "
+            "it must return a pdmp.transforms.GradientTransform"
+        )
+    for field_name in TRANSFORM_FIELDS:
+        values = getattr(transform, field_name)
+        if not isinstance(values, Mapping):
+            raise TypeError(
+                f"{name}'s transform field {field_name!r} is {type(values).__name__}; "
+                "it must be a dict modality -> value"
+            )
+        unknown = [key for key in values if key not in policy.modalities]
+        if unknown:
+            raise ValueError(
+                f"{name}'s transform at step {step}, epoch {epoch} sets {field_name!r} for unknown modalities "
+                f"{unknown}; the policy's modalities are {list(policy.modalities)}"
+            )
+        for modality, value in values.items():
+            ok = isinstance(value, (int, float, np.number))
+            number = float(value) if ok else math.nan
+            if not ok or not math.isfinite(number) or number < 0:
+                raise ValueError(
+                    f"{name}'s transform at step {step}, epoch {epoch} sets {field_name!r} of modality {modality!r} "
+                    f"to {value!r}; every transform value must be a finite number >= 0 (NaN or inf would corrupt "
+                    "the weights, a negative one reverses the update). Fix the policy's compute_transform (clip "
+                    "the value, or return the identity where its inputs are undefined)"
+                )
+    return transform
+
+
 def stats_to_array(
     stats: Mapping[str, Mapping[str, float]], modalities: Sequence[str], names: Sequence[str]
 ) -> NDArray[np.float64]:
@@ -236,6 +276,7 @@ class GradientPolicy(CoefficientPolicy):
         result = self.compute_transform(
             step=step, epoch=epoch, logit_stats=checked_logits, gradient_stats=checked_grads
         )
+        check_transform(self, result, step=step, epoch=epoch)
         self._last = result
         return result
 

@@ -146,7 +146,15 @@ from torch import nn
 
 from pdmp._validation import check_disjoint_assignment, check_non_negative_int, check_same_modalities
 from pdmp.diagnostics import modality_scores
-from pdmp.policies import OGM_NOISE_EPS, Clock, CoefficientPolicy, Modulation, NoModulation, policy_from_config
+from pdmp.policies import (
+    OGM_NOISE_EPS,
+    Clock,
+    CoefficientPolicy,
+    Modulation,
+    NoModulation,
+    check_modulation,
+    policy_from_config,
+)
 from pdmp.transforms import (
     GRADIENT_STATISTICS,
     LOGIT_STATISTICS,
@@ -726,6 +734,8 @@ class Modulator:
         self._apply(self.policy.modulation(step=self.clock.step, epoch=self.clock.epoch))
 
     def _apply(self, modulation: Modulation) -> None:
+        # A custom policy's NaN, inf or negative coefficient is refused here, before any gradient sees it.
+        check_modulation(self.policy, modulation, step=self.clock.step, epoch=self.clock.epoch)
         self._factors = {name: float(modulation.coefficients[name]) for name in self.policy.modalities}
         self._noise = bool(modulation.noise)
 
@@ -1327,9 +1337,9 @@ def _saved_coefficients(saved: Any, modalities: tuple[str, ...]) -> dict[str, fl
     factors: dict[str, float] = {}
     for name in modalities:
         value = saved[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(
-                f"Modulator state['coefficients'][{name!r}] is {value!r}; a coefficient is a finite number > 0"
+                f"Modulator state['coefficients'][{name!r}] is {value!r}; a coefficient is a finite number >= 0"
             )
         factors[name] = float(value)
     return factors
