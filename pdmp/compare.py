@@ -25,6 +25,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,22 @@ from pdmp.policies import PDMP, CoefficientPolicy, NoModulation, policy_from_con
 from pdmp.ranking import Ranking
 from pdmp.stats import PairedDifference, paired_difference, seeds_needed
 
-__all__ = ["Candidate", "Study", "StudyError", "TrainFunction", "compare", "default_candidates", "run_environment"]
+__all__ = [
+    "APPLIED_KEY",
+    "AppliedRecord",
+    "Candidate",
+    "Study",
+    "StudyError",
+    "TrainFunction",
+    "compare",
+    "default_candidates",
+    "run_environment",
+]
+
+#: The one non-numeric entry a train function may return beside its metrics: what the policy actually
+#: applied during the run (:meth:`AppliedRecord.to_dict`), so that a policy that never moved a coefficient
+#: is told apart from a miswired one.
+APPLIED_KEY = "applied"
 
 #: ``train(policy, seed, **candidate.options) -> metrics``; extra keywords (``budget``) come from :mod:`pdmp.search`.
 TrainFunction = Callable[..., Mapping[str, float]]
@@ -57,12 +73,16 @@ class Candidate:
     ``options`` are passed to ``train`` as keyword arguments (e.g. ``{"lr_scale": 5.0}`` for joint
     training at a larger learning rate); they must be JSON-serialisable. ``tuned_on`` lists the seeds
     a tuned candidate was chosen on: :func:`compare` refuses to evaluate it on those seeds.
+    ``controls`` names the candidates of the same study this one must beat for its mechanism to be
+    credited (PDMP's are uniform scaling and inverse PDMP): :meth:`Study.to_markdown` reports each pair
+    (see :meth:`Study.decisive_pairs`).
     """
 
     name: str
     policy: CoefficientPolicy
     options: Mapping[str, Any] = field(default_factory=dict)
     tuned_on: tuple[int, ...] = ()
+    controls: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -82,30 +102,54 @@ class Candidate:
                 "use numbers, strings, lists and dicts"
             ) from None
         object.__setattr__(self, "options", dict(self.options))
+        if isinstance(self.tuned_on, str | int) or not isinstance(self.tuned_on, Iterable):
+            raise TypeError(f"candidate {self.name!r}: tuned_on must be a sequence of seeds, got {self.tuned_on!r}")
         object.__setattr__(
             self, "tuned_on", tuple(check_non_negative_int(s, name=f"{self.name} tuned_on seed") for s in self.tuned_on)
         )
+        if isinstance(self.controls, str) or not isinstance(self.controls, Iterable):
+            raise TypeError(
+                f"candidate {self.name!r}: controls must be a sequence of candidate names, e.g. ('uniform',), "
+                f"got {self.controls!r}"
+            )
+        controls = tuple(self.controls)
+        if not all(isinstance(c, str) and c.strip() for c in controls) or self.name in controls:
+            raise ValueError(
+                f"candidate {self.name!r}: controls must name other candidates of the study, got {controls!r}"
+            )
+        object.__setattr__(self, "controls", controls)
 
     def fresh_policy(self) -> CoefficientPolicy:
         """A new policy equal to :attr:`policy`, so no state can leak from one run into the next."""
         return policy_from_config(self.policy.get_config())
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "name": self.name,
             "policy": self.policy.get_config(),
             "options": dict(self.options),
             "tuned_on": list(self.tuned_on),
         }
+        if self.controls:  # omitted when empty: study files written before controls existed stay equal
+            data["controls"] = list(self.controls)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Candidate:
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a candidate must be a dict, got {data!r}")
         return cls(
             name=data["name"],
             policy=policy_from_config(data["policy"]),
             options=data.get("options", {}),
-            tuned_on=tuple(data.get("tuned_on", ())),
+            tuned_on=data.get("tuned_on", ()),
+            controls=data.get("controls", ()),
         )
+
+    def configuration(self) -> str:
+        """The candidate's training configuration without its name (policy, options), as canonical JSON:
+        two candidates with the same configuration train the same model."""
+        return json.dumps({"policy": self.policy.get_config(), "options": dict(self.options)}, sort_keys=True)
 
 
 def default_candidates(
@@ -120,7 +164,11 @@ def default_candidates(
     options = {"warmup": warmup, **schedule}
     return [
         Candidate("joint", NoModulation(ranking.order)),
-        Candidate("pdmp", PDMP.from_ranking(ranking, gamma_p=gamma_p, gamma_r=gamma_r, **options)),
+        Candidate(
+            "pdmp",
+            PDMP.from_ranking(ranking, gamma_p=gamma_p, gamma_r=gamma_r, **options),
+            controls=("uniform", "inverse"),
+        ),
         Candidate("uniform", UniformScaling(ranking.order, gamma_p, **options)),
         Candidate("inverse", InversePDMP.from_ranking(ranking, gamma_p=gamma_p, gamma_r=gamma_r, **options)),
     ]
@@ -138,6 +186,14 @@ def _check_candidates(candidates: Iterable[Candidate]) -> list[Candidate]:
     if duplicated:
         raise ValueError(f"duplicate candidate name(s) {duplicated}; give every candidate a distinct name")
     return result
+
+
+def _same_configuration(candidates: Sequence[Candidate]) -> list[list[str]]:
+    """Groups (of two or more names) of candidates that train the same configuration under other names."""
+    groups: dict[str, list[str]] = {}
+    for candidate in candidates:
+        groups.setdefault(candidate.configuration(), []).append(candidate.name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def _check_seeds(seeds: Iterable[int]) -> list[int]:
@@ -158,8 +214,12 @@ def _check_metrics(metrics: Any, candidate: str, seed: int) -> dict[str, float]:
         )
     result = {}
     for key, value in metrics.items():
+        if key == APPLIED_KEY:
+            continue  # checked by _check_applied
         if not isinstance(key, str):
             raise StudyError(f"{where} returned a metric named {key!r}; metric names must be strings")
+        if isinstance(value, bool | str):
+            raise StudyError(f"{where} returned {key}={value!r}, which is not a number")
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -170,11 +230,82 @@ def _check_metrics(metrics: Any, candidate: str, seed: int) -> dict[str, float]:
                 "accuracy, not a NaN loss)"
             )
         result[key] = number
+    if not result:
+        raise StudyError(f"{where} returned no metric beside {APPLIED_KEY!r}; return e.g. {{'val_acc': 0.81}}")
     return result
 
 
+def _check_applied(applied: Any, where: str) -> dict[str, dict[str, list[float]]]:
+    """An :meth:`AppliedRecord.to_dict` value: kind -> modality -> [min, max], finite numbers."""
+    problem = f"{where}: {APPLIED_KEY!r} must be AppliedRecord.to_dict() (kind -> modality -> [min, max])"
+    if not isinstance(applied, Mapping):
+        raise StudyError(f"{problem}, got {applied!r}")
+    result: dict[str, dict[str, list[float]]] = {}
+    for kind, ranges in applied.items():
+        if kind not in AppliedRecord.KINDS or not isinstance(ranges, Mapping):
+            raise StudyError(f"{problem}; got the entry {kind!r}: {ranges!r} (kinds: {', '.join(AppliedRecord.KINDS)})")
+        result[kind] = {}
+        for modality, bounds in ranges.items():
+            if (
+                not isinstance(modality, str)
+                or not isinstance(bounds, Sequence)
+                or isinstance(bounds, str)
+                or len(bounds) != 2
+                or not all(isinstance(b, int | float) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
+                or bounds[0] > bounds[1]
+            ):
+                raise StudyError(f"{problem}; got {kind}[{modality!r}] = {bounds!r}")
+            result[kind][modality] = [float(bounds[0]), float(bounds[1])]
+    return result
+
+
+class AppliedRecord:
+    """The range of what a policy applied during one run: each modality's coefficient and auxiliary
+    (unimodal) loss weight, smallest and largest over the taken optimizer steps.
+
+    Feed it once per step from the training loop (``record.update(modulator.coefficients,
+    modulator.unimodal_loss_weights)``) and return ``record.to_dict()`` under :data:`APPLIED_KEY` beside
+    the metrics; :meth:`Study.to_markdown` then says which candidates never moved a coefficient from 1
+    and never weighted an auxiliary loss, i.e. trained exactly as joint training would.
+    """
+
+    KINDS = ("coefficients", "unimodal_loss_weights")
+
+    def __init__(self) -> None:
+        self._ranges: dict[str, dict[str, list[float]]] = {kind: {} for kind in self.KINDS}
+
+    def update(
+        self, coefficients: Mapping[str, float], unimodal_loss_weights: Mapping[str, float] | None = None
+    ) -> None:
+        for kind, values in zip(self.KINDS, (coefficients, unimodal_loss_weights or {}), strict=True):
+            for modality, value in values.items():
+                number = float(value)
+                if not math.isfinite(number):
+                    raise ValueError(f"{kind}[{modality!r}] = {value!r} is not finite; the policy is broken")
+                low, high = self._ranges[kind].setdefault(str(modality), [number, number])
+                self._ranges[kind][str(modality)] = [min(low, number), max(high, number)]
+
+    def to_dict(self) -> dict[str, dict[str, list[float]]]:
+        return {kind: {m: list(bounds) for m, bounds in ranges.items()} for kind, ranges in self._ranges.items()}
+
+
+def _applied_nothing(applied: Mapping[str, Mapping[str, Sequence[float]]]) -> bool:
+    """True when every coefficient stayed 1 and no auxiliary loss got a nonzero weight."""
+    coefficients = applied.get("coefficients", {})
+    weights = applied.get("unimodal_loss_weights", {})
+    return all(low == high == 1.0 for low, high in coefficients.values()) and all(
+        low == high == 0.0 for low, high in weights.values()
+    )
+
+
 class Study:
-    """Results of candidates x seeds: ``runs[(candidate, seed)] = {"metrics": {...}, "wall_time_s": s}``."""
+    """Results of candidates x seeds: ``runs[(candidate, seed)] = {"metrics": {...}, "wall_time_s": s, ...}``.
+
+    A run also records ``train_options`` (what :func:`compare` passed besides the candidate's own options,
+    e.g. the budget), ``environment`` (:func:`run_environment`) and, where the train function returned it,
+    ``applied`` (:class:`AppliedRecord`). A run is identified by (candidate configuration, seed,
+    train_options): a resumed study never reuses a run made under other train_options.
+    """
 
     def __init__(self, candidates: Sequence[Candidate], seeds: Sequence[int], reference: str | None = None) -> None:
         self.candidates = _check_candidates(candidates)
@@ -234,6 +365,45 @@ class Study:
         return paired_difference(
             [first[s] for s in seeds], [second[s] for s in seeds], higher_is_better=higher_is_better
         )
+
+    def decisive_pairs(self) -> list[tuple[str, str]]:
+        """(candidate, control) pairs whose difference decides whether a candidate's mechanism pays.
+
+        Each candidate's declared :attr:`Candidate.controls`; and, without the user asking, every PDMP
+        candidate against every uniform-scaling and inverse-PDMP candidate in the study (is the gain the
+        prioritisation, or only a larger step / any asymmetry?).
+        """
+        pairs: list[tuple[str, str]] = []
+        for candidate in self.candidates:
+            controls = list(candidate.controls)
+            if isinstance(candidate.policy, PDMP) and type(candidate.policy) is PDMP:
+                controls += [
+                    other.name
+                    for other in self.candidates
+                    if isinstance(other.policy, UniformScaling | InversePDMP) and other.name not in controls
+                ]
+            pairs += [(candidate.name, control) for control in controls if control in self.names]
+        return pairs
+
+    def missing_controls(self) -> dict[str, list[str]]:
+        """Candidate -> its declared controls that the study does not hold (the table says so)."""
+        missing = {c.name: [name for name in c.controls if name not in self.names] for c in self.candidates}
+        return {name: controls for name, controls in missing.items() if controls}
+
+    def applied_nothing(self) -> list[str]:
+        """Candidates (other than plain joint training) whose every recorded run kept all coefficients at 1
+        and every auxiliary-loss weight at 0: in effect joint training (a rule that never fired, or a
+        policy that was never wired in). Only runs whose train function returned :data:`APPLIED_KEY` count."""
+        result = []
+        for candidate in self.candidates:
+            if type(candidate.policy) is NoModulation and not candidate.options:
+                continue
+            records = [
+                run["applied"] for (name, _), run in self.runs.items() if name == candidate.name and "applied" in run
+            ]
+            if records and all(_applied_nothing(record) for record in records):
+                result.append(candidate.name)
+        return result
 
     def environments(self) -> dict[str, list[tuple[str, int]]]:
         """Each environment's signature (:func:`environment_signature`) -> the (candidate, seed) runs made in it."""
@@ -317,13 +487,40 @@ class Study:
                     needed = "> 1000" if row["difference"]["mean"] != 0 else "never"
             time_ratio = "—" if row["relative_wall_time"] is None else f"{row['relative_wall_time']:.2f}x"
             lines.append(f"| {row['candidate']} | {row['n']} | {value} | {diff} | {needed} | {time_ratio} |")
+        decisive = [(name, control) for name, control in self.decisive_pairs() if reference not in (name, control)]
+        if decisive:
+            lines += ["", "| candidate | minus its control [95% paired t-interval] |", "|---|---|"]
+            for name, control in decisive:
+                try:
+                    cell = self.paired(name, metric, reference=control, higher_is_better=higher_is_better).format(
+                        scale, digits
+                    )
+                except ValueError:
+                    cell = "— (no seed finished both)"
+                lines.append(f"| {name} | minus {control}: {cell} |")
         lines += [
             "",
             f"Paired by seed; interval: paired Student-t, {len(self.seeds)} seed(s); p: exact two-sided sign-flip "
             "permutation test (its smallest possible value is 2/2^n, so it needs >= 6 seeds to fall below 0.05). "
-            "'seeds for a verdict': how many seeds would make the observed mean difference significant if its "
-            "spread stayed the same.",
+            "A verdict needs >= 3 paired seeds and differences that are not identical on every seed (else 'no "
+            "verdict'). 'seeds for a verdict': how many seeds would make the observed mean difference significant "
+            "if its spread stayed the same.",
         ]
+        for name, controls in self.missing_controls().items():
+            lines += [
+                "",
+                f"**{name} is not set against its control(s) {', '.join(controls)}**: they are not in the study, so "
+                "the table cannot tell its mechanism from what they control for (e.g. a larger step for every "
+                "encoder).",
+            ]
+        idle = self.applied_nothing()
+        if idle:
+            lines += [
+                "",
+                f"**Applied nothing:** {', '.join(idle)} kept every coefficient at 1 and every auxiliary-loss weight "
+                "at 0 on every recorded run, so trained as joint training does (a rule that never fired, or a "
+                "policy not wired into the loop).",
+            ]
         environments = self.environments()
         if len(environments) > 1:
             lines += ["", _mixed_environments_note(environments)]
@@ -411,20 +608,38 @@ class Study:
                     f"not a pdmp study (format {data.get('format') if isinstance(data, dict) else None!r})"
                 )
             study = cls([Candidate.from_dict(item) for item in data["candidates"]], data["seeds"], data["reference"])
+            if not isinstance(data["runs"], list):
+                raise ValueError(f"runs must be a list, got {type(data['runs']).__name__}")
             for run in data["runs"]:
+                if not isinstance(run, dict):
+                    raise ValueError(f"a run must be a dict, got {run!r}")
                 key = (run["candidate"], check_non_negative_int(run["seed"], name="run seed"))
-                study.candidate(key[0])
+                candidate = study.candidate(key[0])
+                if key in study.runs:  # merged files can hold this; which copy is right cannot be told
+                    raise ValueError(f"candidate {key[0]!r}, seed {key[1]} appears twice; keep one of the two runs")
+                if key[1] in candidate.tuned_on:
+                    raise ValueError(
+                        f"candidate {key[0]!r} has a run on seed {key[1]}, which it was tuned on "
+                        f"(tuned_on {list(candidate.tuned_on)}); its score there is optimistically biased"
+                    )
+                wall_time = run["wall_time_s"]
+                if isinstance(wall_time, bool) or not isinstance(wall_time, int | float) or not wall_time >= 0:
+                    raise ValueError(f"run {key}: wall_time_s must be a number >= 0, got {wall_time!r}")
                 study.runs[key] = {
                     "metrics": _check_metrics(run["metrics"], key[0], key[1]),
-                    "wall_time_s": float(run["wall_time_s"]),
+                    "wall_time_s": float(wall_time),
                 }
-                if run.get("environment") is not None:
-                    if not isinstance(run["environment"], dict):
-                        raise ValueError(f"run {key}: environment must be a dict, got {run['environment']!r}")
-                    study.runs[key]["environment"] = run["environment"]
-        except (OSError, KeyError, TypeError, ValueError, StudyError) as error:
+                for entry in ("environment", "train_options"):
+                    if run.get(entry) is not None:
+                        if not isinstance(run[entry], dict):
+                            raise ValueError(f"run {key}: {entry} must be a dict, got {run[entry]!r}")
+                        study.runs[key][entry] = run[entry]
+                if run.get("applied") is not None:
+                    study.runs[key]["applied"] = _check_applied(run["applied"], f"run {key}")
+        except (OSError, KeyError, TypeError, ValueError, StudyError, RecursionError) as error:
             raise ValueError(
-                f"cannot read study file {str(source)!r}: {error!r}; delete it to start the study afresh"
+                f"cannot read study file {str(source)!r}: {error!r}; fix the entry named there, or move the file "
+                "away to start the study afresh"
             ) from error
         return study
 
@@ -506,6 +721,37 @@ def _mixed_environments_note(environments: Mapping[str, Sequence[tuple[str, int]
     )
 
 
+def _check_resumable(
+    stored: Study,
+    train_options: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    progress: bool | Callable[[str], None],
+) -> None:
+    """Refuse to resume from runs made under other ``train_options`` (another budget, another data
+    fraction): their scores would be reported as if made under these."""
+    unrecorded = 0
+    for (name, seed), run in sorted(stored.runs.items(), key=lambda item: (item[0][1], item[0][0])):
+        if "train_options" not in run:
+            unrecorded += 1
+            continue
+        if run["train_options"] != train_options:
+            keys = sorted(set(run["train_options"]) | set(train_options))
+            differing = [k for k in keys if run["train_options"].get(k, "<absent>") != train_options.get(k, "<absent>")]
+            raise ValueError(
+                f"study file {str(path)!r}: the run of {name!r} on seed {seed} was made with train_options "
+                f"{run['train_options']!r}, this call passes {dict(train_options)!r} "
+                f"(differs in: {', '.join(differing)}); "
+                "its score would be reported under the new options. Resume with the same train_options, "
+                "or use a new path"
+            )
+    if unrecorded:
+        _report(
+            f"note: {unrecorded} run(s) in {str(path)!r} were saved without their train_options, so whether they "
+            "were made under these cannot be checked; they are reused as they are",
+            progress,
+        )
+
+
 def _report(message: str, progress: bool | Callable[[str], None]) -> None:
     if progress is True:
         print(message, file=sys.stderr, flush=True)
@@ -547,6 +793,24 @@ def compare(
                 f"candidate {candidate.name!r} was tuned on seed(s) {leaked}, which are also evaluation seeds; "
                 "evaluate on seeds it was not tuned on (its tuning runs are optimistically biased)"
             )
+    if train_options is not None and (
+        not isinstance(train_options, Mapping) or not all(isinstance(key, str) for key in train_options)
+    ):
+        raise TypeError(f"train_options must be a dict with string keys, e.g. {{'budget': 10}}, got {train_options!r}")
+    extra = dict(train_options or {})
+    try:  # recorded with every run and compared on resume, so it must survive the JSON file unchanged
+        recorded_options = json.loads(json.dumps(extra, allow_nan=False, sort_keys=True))
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"train_options {extra!r} are not JSON-serialisable ({error}); use numbers and strings"
+        ) from None
+    for names in _same_configuration(candidates):
+        message = (
+            f"candidates {', '.join(map(repr, names))} have the same policy and options: each is trained "
+            "separately and they differ only by run-to-run noise; drop all but one unless that is the point"
+        )
+        warnings.warn(message, stacklevel=2)
+        _report(f"note: {message}", progress)
     study = Study(candidates, seeds, reference)
     if path is not None and Path(path).exists():
         stored = Study.load(path)
@@ -558,9 +822,9 @@ def compare(
                 f"study file {str(path)!r} holds another candidate set (differs in: {', '.join(changed)}); "
                 "resume with the same candidates (new ones may be added), or use a new path"
             )
+        _check_resumable(stored, recorded_options, path, progress)
         study.runs.update(stored.runs)
         study.seeds = seeds + [seed for seed in stored.seeds if seed not in seeds]
-    extra = dict(train_options or {})
     todo = [(c, s) for s in seeds for c in candidates if (c.name, s) not in study.runs]
     done = sum(1 for c in candidates for s in seeds) - len(todo)
     if done:
@@ -584,11 +848,16 @@ def compare(
                 f"train(...) raised for candidate {candidate.name!r}, seed {seed}: {error!r}{where}"
             ) from error
         elapsed = time.perf_counter() - started
-        study.runs[(candidate.name, seed)] = {
+        where = f"train(...) for candidate {candidate.name!r}, seed {seed}"
+        run: dict[str, Any] = {
             "metrics": _check_metrics(metrics, candidate.name, seed),
             "wall_time_s": elapsed,
             "environment": run_environment(),  # after train: the frameworks it imported are loaded
+            "train_options": recorded_options,
         }
+        if isinstance(metrics, Mapping) and metrics.get(APPLIED_KEY) is not None:
+            run["applied"] = _check_applied(metrics[APPLIED_KEY], where)
+        study.runs[(candidate.name, seed)] = run
         if path is not None:
             study.save(path)
         shown = ", ".join(f"{key}={value:.4g}" for key, value in study.runs[(candidate.name, seed)]["metrics"].items())

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from pdmp._validation import check_positive_finite
-from pdmp.compare import Candidate, Study, TrainFunction, _check_candidates, _check_seeds, _report, compare
+from pdmp.compare import Candidate, Study, StudyError, TrainFunction, _check_candidates, _check_seeds, _report, compare
 from pdmp.controls import InversePDMP, UniformScaling
 from pdmp.policies import PDMP, NoModulation
 from pdmp.ranking import Ranking
@@ -61,6 +61,13 @@ def gamma_grid(
     "tuned learning rate" control. ``warmup`` and ``schedule`` go to every policy.
     """
     options = {"warmup": warmup, **schedule}
+    gamma_p, gamma_r, uniform = (
+        _check_grid(gamma_p, "gamma_p"),
+        _check_grid(gamma_r, "gamma_r"),
+        _check_grid(uniform, "uniform"),
+    )
+    if lr_scales is not None:
+        lr_scales = _check_grid(lr_scales, "lr_scales")
     pairs = [
         (check_positive_finite(p, name="gamma_p"), check_positive_finite(r, name="gamma_r"))
         for p in gamma_p
@@ -88,6 +95,16 @@ def gamma_grid(
             for s in lr_scales
         ]
     return families
+
+
+def _check_grid(values: Any, name: str) -> tuple[float, ...]:
+    """A grid must be a non-empty sequence of numbers: a bare number is refused, not searched as one value."""
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a sequence of values to search, e.g. {name}=({values!r},), got {values!r}")
+    grid = tuple(values)
+    if not grid:
+        raise ValueError(f"{name} is empty; give at least one value to search")
+    return grid
 
 
 @dataclass(frozen=True)
@@ -175,6 +192,8 @@ def search_gammas(
     budgets = tuple(check_positive_finite(b, name="budgets") for b in budgets)
     if not budgets or any(b2 <= b1 for b1, b2 in itertools.pairwise(budgets)):
         raise ValueError(f"budgets must be a non-empty increasing sequence, e.g. (3, 10) epochs; got {list(budgets)}")
+    if not isinstance(higher_is_better, bool):
+        raise TypeError(f"higher_is_better must be True or False, got {higher_is_better!r}")
     if isinstance(eta, bool) or not isinstance(eta, int) or eta < 2:
         raise ValueError(f"eta must be an integer >= 2 (keep the best 1/eta each rung), got {eta!r}")
     if not isinstance(families, Mapping) or not families:
@@ -188,6 +207,8 @@ def search_gammas(
         rungs[family] = []
         for rung, budget in enumerate(budgets):
             path = None if folder is None else Path(folder) / f"{family}-rung{rung}.json"
+            if path is not None and path.exists():
+                _check_rung_seeds(path, seeds)
             _report(f"search {family}: rung {rung}, budget {budget:g}, {len(survivors)} candidate(s)", progress)
             study = compare(
                 train,
@@ -198,9 +219,34 @@ def search_gammas(
                 train_options={"budget": int(budget) if float(budget).is_integer() else budget},
             )
             rungs[family].append(study)
-            means = {c.name: float(np.mean(list(study.values(c.name, metric).values()))) for c in survivors}
+            means = {c.name: _mean_on(study, c.name, metric, seeds) for c in survivors}
             ordered = sorted(survivors, key=lambda c: -means[c.name] if higher_is_better else means[c.name])
             keep = 1 if rung == len(budgets) - 1 else max(1, math.ceil(len(survivors) / eta))
             survivors = ordered[:keep]
         best[family] = replace(survivors[0], tuned_on=seeds)
     return SearchResult(metric, seeds, budgets, best, rungs, higher_is_better)
+
+
+def _check_rung_seeds(path: Path, seeds: tuple[int, ...]) -> None:
+    """A resumed rung must have been made on the same tuning seeds: halving on other seeds would choose
+    with runs the chosen candidate's ``tuned_on`` does not name."""
+    stored = Study.load(path)
+    if sorted(stored.seeds) != sorted(seeds):
+        raise ValueError(
+            f"search file {str(path)!r} was made on tuning seeds {sorted(stored.seeds)}, this search uses "
+            f"{sorted(seeds)}; resume with the same tuning_seeds, or use a new folder"
+        )
+
+
+def _mean_on(study: Study, name: str, metric: str, seeds: Sequence[int]) -> float:
+    """Mean of ``metric`` over exactly the tuning seeds; a run without the metric is refused, not
+    averaged as NaN (which would sort anywhere and could be chosen)."""
+    values = study.values(name, metric)
+    missing = [seed for seed in seeds if seed not in values]
+    if missing:
+        returned = sorted({key for (n, _), run in study.runs.items() if n == name for key in run["metrics"]})
+        raise StudyError(
+            f"candidate {name!r} has no {metric!r} on tuning seed(s) {missing} (its train function returned "
+            f"{', '.join(returned) or 'nothing'}); return {metric!r} from every run"
+        )
+    return float(np.mean([values[seed] for seed in seeds]))

@@ -12,6 +12,20 @@ the *per-seed differences* ``d_s = a_s - b_s``:
   check. With ``n`` seeds its smallest possible two-sided p-value is ``2 / 2^n``: it cannot go below
   0.05 with fewer than 6 seeds, whatever the data.
 * :func:`seeds_needed` estimates how many seeds would make an observed difference significant.
+
+**When a verdict is given** (the verdict rule). "better" or "worse" needs all of:
+
+1. at least :data:`MIN_SEEDS_FOR_VERDICT` (3) paired seeds: with 2, the t-interval rests on one degree of
+   freedom and one estimate of the spread (verdict ``"too few seeds"``);
+2. differences that are not identical on every seed: a zero spread gives a zero-width interval that
+   would call any constant offset significant, which the data cannot support (verdict ``"zero spread"``;
+   e.g. two runs that are bit-identical up to a constant, or a metric that never moved);
+3. a t-interval that excludes 0.
+
+Otherwise the verdict is ``"no significant difference"``. :attr:`PairedDifference.reason` says in words
+why a verdict was or was not given. Below 6 seeds the sign-flip test cannot reach p < 0.05 whatever the
+data, so a verdict there rests on the t-interval's normality assumption alone;
+:attr:`PairedDifference.distribution_free` says whether the sign-flip test agrees at the same level.
 """
 
 from __future__ import annotations
@@ -27,7 +41,13 @@ from numpy.typing import ArrayLike
 
 from pdmp._validation import check_finite_array
 
-__all__ = ["PairedDifference", "paired_difference", "seeds_needed", "student_t_quantile"]
+__all__ = ["MIN_SEEDS_FOR_VERDICT", "PairedDifference", "paired_difference", "seeds_needed", "student_t_quantile"]
+
+#: The fewest paired seeds for which :func:`paired_difference` gives "better" or "worse".
+MIN_SEEDS_FOR_VERDICT = 3
+
+#: Verdicts that are not a test result: the numbers cannot support one (see the module docstring).
+NO_VERDICT = ("too few seeds", "zero spread")
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -110,8 +130,11 @@ def sign_flip_p_value(differences: ArrayLike) -> float:
     observed = abs(d.mean())
     signs = np.array(list(itertools.product((1.0, -1.0), repeat=d.size)))
     means = np.abs(signs @ d) / d.size
-    # A relative tolerance so that patterns equal to the observed one up to rounding count as extreme.
-    return float(np.mean(means >= observed * (1.0 - 1e-12) - 1e-15))
+    # Patterns equal to the observed one up to rounding count as extreme. The tolerance scales with the
+    # differences themselves (rounding in ``signs @ d`` is relative to sum |d|), never a fixed absolute
+    # one, which would call every pattern extreme for differences below it (p = 1 for d = 1e-16).
+    tolerance = 1e-12 * float(np.abs(d).mean())
+    return float(np.mean(means >= observed - tolerance))
 
 
 @dataclass(frozen=True)
@@ -126,12 +149,20 @@ class PairedDifference:
     interval: tuple[float, float] | None
     #: Exact two-sided sign-flip permutation p-value.
     p_sign_flip: float
-    #: "better" / "worse" when the t-interval excludes 0, else "no significant difference"; "too few seeds" under 2.
+    #: "better" / "worse" when the verdict rule allows one and the t-interval excludes 0; "no significant
+    #: difference"; or no verdict: "too few seeds" (under :data:`MIN_SEEDS_FOR_VERDICT`) or "zero spread".
     verdict: str
+    #: Why this verdict, in words (e.g. why none could be given).
+    reason: str = ""
 
     @property
     def significant(self) -> bool:
         return self.verdict in ("better", "worse")
+
+    @property
+    def distribution_free(self) -> bool:
+        """Whether the sign-flip test is significant at the same level (it cannot be below 6 seeds at 95%)."""
+        return self.p_sign_flip <= 1.0 - self.confidence
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -142,6 +173,7 @@ class PairedDifference:
             "interval": None if self.interval is None else list(self.interval),
             "p_sign_flip": self.p_sign_flip,
             "verdict": self.verdict,
+            "reason": self.reason,
         }
 
     @classmethod
@@ -156,13 +188,20 @@ class PairedDifference:
             None if interval is None else (interval[0], interval[1]),
             data["p_sign_flip"],
             data["verdict"],
+            data.get("reason", ""),
         )
 
     def format(self, scale: float = 100.0, digits: int = 1) -> str:
-        """E.g. ``+4.0 [-0.4, +8.5] n.s. (p=0.19, n=5)``; values multiplied by ``scale`` (accuracy in points)."""
+        """E.g. ``+4.0 [-0.4, +8.5] n.s. (p=0.19, n=5)``; values multiplied by ``scale`` (accuracy in points).
+
+        Where the verdict rule gives no verdict the cell says why (``no verdict: zero spread``)."""
         mean = f"{scale * self.mean:+.{digits}f}"
-        if self.interval is None:
-            return f"{mean} (n={self.n}: too few seeds)"
+        if self.verdict in NO_VERDICT:
+            interval = ""
+            if self.interval is not None:
+                interval = " [" + ", ".join(f"{scale * value:+.{digits}f}" for value in self.interval) + "]"
+            return f"{mean}{interval} no verdict: {self.verdict} (n={self.n})"
+        assert self.interval is not None  # a verdict needs >= 3 seeds, so an interval
         low, high = (f"{scale * value:+.{digits}f}" for value in self.interval)
         verdict = {"no significant difference": "n.s."}.get(self.verdict, f"**{self.verdict}**")
         return f"{mean} [{low}, {high}] {verdict} (p={self.p_sign_flip:.2g}, n={self.n})"
@@ -187,21 +226,37 @@ def paired_difference(
         raise ValueError("no paired results to compare: a and b are empty")
     if not (isinstance(confidence, float | int) and 0.0 < confidence < 1.0):
         raise ValueError(f"confidence must be in (0, 1), e.g. 0.95, got {confidence!r}")
+    if not isinstance(higher_is_better, bool):
+        raise TypeError(f"higher_is_better must be True or False, got {higher_is_better!r}")
     d = first - second
+    n, level = int(d.size), float(confidence)
     mean = float(d.mean())
-    p_value = sign_flip_p_value(d) if d.size <= 20 else float("nan")
-    if d.size < 2:
-        return PairedDifference(mean, None, int(d.size), float(confidence), None, p_value, "too few seeds")
+    p_value = sign_flip_p_value(d) if n <= 20 else float("nan")
+    if n < 2:
+        reason = f"{n} paired seed: no spread to estimate; a verdict needs >= {MIN_SEEDS_FOR_VERDICT}"
+        return PairedDifference(mean, None, n, level, None, p_value, "too few seeds", reason)
     sd = float(d.std(ddof=1))
-    half = student_t_quantile(0.5 + confidence / 2.0, d.size - 1) * sd / math.sqrt(d.size)
-    low, high = mean - half, mean + half
-    if low > 0:
-        verdict = "better" if higher_is_better else "worse"
-    elif high < 0:
-        verdict = "worse" if higher_is_better else "better"
+    half = student_t_quantile(0.5 + confidence / 2.0, n - 1) * sd / math.sqrt(n)
+    interval = (mean - half, mean + half)
+    if n < MIN_SEEDS_FOR_VERDICT:
+        reason = f"{n} paired seeds; a verdict needs >= {MIN_SEEDS_FOR_VERDICT}"
+        return PairedDifference(mean, sd, n, level, interval, p_value, "too few seeds", reason)
+    # "Identical on every seed" up to rounding: the spread is negligible against the differences' size.
+    if sd <= 1e-9 * max(float(np.abs(d).max()), 1e-300):
+        reason = "the difference is the same on every seed (zero spread): the interval has no width to test"
+        return PairedDifference(mean, sd, n, level, interval, p_value, "zero spread", reason)
+    low, high = interval
+    if low > 0 or high < 0:
+        improved = (low > 0) == higher_is_better
+        verdict = "better" if improved else "worse"
+        reason = f"the {100 * level:g}% paired t-interval excludes 0"
+        if p_value > 1.0 - level:
+            floor = 2 / 2**n
+            reason += f"; the sign-flip test does not confirm it (p={p_value:.2g}, its minimum at n={n} is {floor:.2g})"
     else:
         verdict = "no significant difference"
-    return PairedDifference(mean, sd, int(d.size), float(confidence), (low, high), p_value, verdict)
+        reason = f"the {100 * level:g}% paired t-interval contains 0"
+    return PairedDifference(mean, sd, n, level, interval, p_value, verdict, reason)
 
 
 def seeds_needed(mean: float, sd: float, *, confidence: float = 0.95, max_seeds: int = 1000) -> int | None:

@@ -205,7 +205,7 @@ def toy_train(calls: list | None = None):
         k = policy.coefficients(epoch=5)
         rng = np.random.default_rng(seed)
         base = 0.6 + 0.02 * math.log(k["audio"]) - 0.01 * math.log(max(k["image"], 1e-3) / k["audio"]) ** 2
-        base += 0.05 * options.get("lr_scale", 1.0) * 0 + rng.normal(0, 0.01)
+        base += 0.05 * (options.get("lr_scale", 1.0) - 1.0) + rng.normal(0, 0.01)
         return {"val_acc": base + 0.001, "test_acc": base}
 
     return train
@@ -302,7 +302,7 @@ def test_every_run_records_its_environment_and_a_study_from_two_says_so(tmp_path
 
     saved["runs"][0]["environment"] = "a string"
     path.write_text(json.dumps(saved))
-    with pytest.raises(ValueError, match=r"environment must be a dict.*delete it to start the study afresh"):
+    with pytest.raises(ValueError, match=r"environment must be a dict.*move the file away to start the study afresh"):
         Study.load(path)
 
 
@@ -434,7 +434,9 @@ def test_search_halves_within_each_family_and_marks_tuning_seeds(tmp_path):
     assert result.cost("pdmp") == {
         "runs": 26.0,
         "budget": 9 * 2 * 1 + 3 * 2 * 2 + 1 * 2 * 4.0,
-        "wall_time_s": pytest.approx(result.cost("pdmp")["wall_time_s"]),
+        "wall_time_s": pytest.approx(
+            sum(run["wall_time_s"] for study in result.rungs["pdmp"] for run in study.runs.values())
+        ),
     }
     assert result.best["joint_lr"].options == {"lr_scale": 2.0}
     assert {seed for _, seed, _, _ in calls} == {7, 8}
