@@ -9,6 +9,8 @@
   a :class:`UnimodalReport` (trained models, validation logits, per-epoch :class:`TrainingCurve`).
 * :func:`dependency_shares`: each modality's dependency share of a fused model over a dataset.
 * :func:`training_log`: the values to log (coefficients, dependency shares) in a hand-written loop.
+* :func:`training_step`: one forward/backward/step that is right for every shipped policy (what each
+  reads: decomposed logits, mono-modal responses, unimodal heads), so a loop need not branch.
 * :class:`~pdmp.backends.torch.lightning.PDMPCallback`: the same in a Lightning ``Trainer``; imported
   on first use, so this package does not need lightning.
 
@@ -20,9 +22,11 @@ from .heads import concat_head_logits, sum_head_logits
 from .logs import training_log
 from .modulator import Mode, Modulator
 from .ranking import TrainingCurve, UnimodalReport, rank_unimodal
+from .training import StepOutput, training_step
 
 __all__ = ["Mode", "Modulator", "concat_head_logits", "rank_unimodal", "sum_head_logits"]
 __all__ += ["TrainingCurve", "UnimodalReport", "dependency_shares"]
+__all__ += ["StepOutput", "training_step"]
 __all__ += ["training_log"]  # not PDMPCallback: a star import must not need lightning
 
 
