@@ -109,8 +109,8 @@ def training_step(
         weights = modulator.unimodal_loss_weights  # this step's, fixed before observe() informs the policy
         if policy.needs_logits or policy.observes_scores:
             modulator.observe({m: part.detach() for m, part in parts.items()}, target)
-        unimodal = [weights[m] * loss_fn(parts[m], target) for m in modulator.modalities if weights.get(m)]
-        (loss + sum(unimodal)).backward() if unimodal else loss.backward()
+        auxiliary = [weights[m] * loss_fn(parts[m], target) for m in modulator.modalities if weights.get(m)]
+        (loss + sum(auxiliary)).backward() if auxiliary else loss.backward()
     else:
         loss.backward()
     if optimizer_step:
