@@ -75,10 +75,13 @@ def train_run(
     policy: CoefficientPolicy | None = None,
     lr_scale: float = 1.0,
     progress: Any = None,
+    return_logits: bool = False,
 ) -> dict[str, Any]:
     """Train for ``config.epochs`` with SGD or AdamW + cosine decay; return per-epoch metrics.
 
     The data order depends only on ``seed`` (a dedicated generator), so methods are paired.
+    ``return_logits``: also return the final model's fused logits on validation and test
+    (``result["logits"]``), e.g. for the unimodal ensemble (``benchmarks.default_recipe``).
     """
     device = config.device
     model = build_model(dataset, modalities, config, seed)
@@ -157,10 +160,16 @@ def train_run(
     if modulator is not None:
         modulator.remove()
     final_test = evaluate(model, test_x, test_y)
+    final_logits = None
+    if return_logits:
+        final_logits = {"val": val_fused, "test": logits_of(model, test_x, test_y.shape[0])[0]}
     model.load_state_dict(best_state)
     best_test = evaluate(model, test_x, test_y)
     # The last epoch's validation predictions: the ranking stage ranks unimodal runs by these.
-    return summarise(history, start, val_fused.argmax(1), final_test=final_test, best_test=best_test)
+    result = summarise(history, start, val_fused.argmax(1), final_test=final_test, best_test=best_test)
+    if final_logits is not None:
+        result["logits"] = final_logits
+    return result
 
 
 def add_unimodal_heads(model: FusionNet, classes: int, seed: int) -> None:

@@ -10,7 +10,9 @@ from pdmp.baselines import AGM, ARL, InfoReg, MMPareto, mono_modal_responses, sh
 from pdmp.compare import Candidate, Study, StudyError, compare, default_candidates, run_environment
 from pdmp.controls import InversePDMP, UniformScaling
 from pdmp.diagnostics import Dependency, dependency, modality_scores, softmax
+from pdmp.ensemble import report_ensemble, unimodal_ensemble
 from pdmp.metrics import accuracy, macro_f1
+from pdmp.mslr import MSLR
 from pdmp.policies import (
     OGM_NOISE_EPS,
     OGMGE,
@@ -33,6 +35,7 @@ from pdmp.ranking import (
     rank_modalities,
     under_optimization,
 )
+from pdmp.recipes import Recipe, recipe
 from pdmp.search import SearchResult, gamma_grid, search_gammas
 from pdmp.stats import PairedDifference, paired_difference
 from pdmp.transforms import GradientPolicy, GradientTransform, apply_transform, gradient_statistics, logit_statistics
@@ -42,6 +45,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AGM",
     "ARL",
+    "MSLR",
     "OGMGE",
     "OGM_NOISE_EPS",
     "PDMP",
@@ -61,6 +65,7 @@ __all__ = [
     "Ranking",
     "RankingFileError",
     "RankingWarning",
+    "Recipe",
     "SearchResult",
     "Study",
     "StudyError",
@@ -84,10 +89,13 @@ __all__ = [
     "paired_difference",
     "policy_from_config",
     "rank_modalities",
+    "recipe",
     "register_policy",
+    "report_ensemble",
     "run_environment",
     "search_gammas",
     "shapley_responses",
     "softmax",
     "under_optimization",
+    "unimodal_ensemble",
 ]
