@@ -125,6 +125,7 @@ class InfoReg(GradientPolicy):
 
     kind = "InfoReg"
     uses_logits = True
+    uses_unimodal_losses = True  # the reference's training loss adds every modality's unimodal loss
     uses_anchor = True
     uses_gradient_stats = True
 
@@ -304,8 +305,15 @@ class AGM(GradientPolicy):
     ``ratio_m = exp(K (mean(s) - s_m))``, ``opt_m = exp(K (mean(S) - S_m))`` and
     ``k_m = exp(alpha * min(opt_m - ratio_m, clip))``: a modality doing better now than its historical
     standing is slowed, one doing worse is boosted. Applied to the encoder's gradient during epochs
-    ``start_epoch..end_epoch`` (inclusive); the running means are updated every step. Official code:
-    lihong2303/AGM_ICCV2023 (``run/CREMAD_main.py``, commit 5a65542; defaults alpha 1, epochs 0-20, clip 10 on CREMA-D).
+    ``start_epoch..end_epoch`` (inclusive, epochs counted from 0 as everywhere in this library); the
+    running means are updated every step. Official code: lihong2303/AGM_ICCV2023 (``run/CREMAD_main.py``,
+    commit 5a65542; defaults alpha 1, clip 10 on CREMA-D).
+
+    Epochs: the reference counts them from 1 (``for epoch in range(start_epoch, EPOCHS + 1)`` with
+    ``start_epoch = 1``) and modulates while ``modulation_starts <= epoch <= modulation_ends``, defaults 0
+    and 20: its first 20 epochs. The defaults here, ``start_epoch=0, end_epoch=19``, are the same 20
+    epochs; the reference's ``--modulation_starts S --modulation_ends E`` is
+    ``start_epoch=max(S - 1, 0), end_epoch=E - 1``.
 
     Departures: the coefficient multiplies the gradients of the modality's encoder parameters (the
     reference multiplies the gradient flowing into ``phi_m``, which also reaches the encoders through
@@ -328,7 +336,7 @@ class AGM(GradientPolicy):
         *,
         clip: float = 10.0,
         start_epoch: int = 0,
-        end_epoch: int = 20,
+        end_epoch: int = 19,
     ) -> None:
         super().__init__(modalities)
         self.alpha = check_positive_finite(alpha, name="alpha")
@@ -370,8 +378,11 @@ class AGM(GradientPolicy):
         self.steps += 1
         for m in self.modalities:
             self._running[m] += (losses[m] - self._running[m]) / self.steps
-        active = self.start_epoch <= epoch <= self.end_epoch
-        return GradientTransform(fused=coefficients if active else self._all(1.0))
+        return GradientTransform(fused=coefficients if self.active(epoch) else self._all(1.0))
+
+    def active(self, epoch: int) -> bool:
+        """Whether the coefficients modulate at ``epoch`` (counted from 0)."""
+        return self.start_epoch <= epoch <= self.end_epoch
 
     def state_dict(self) -> dict[str, Any]:
         return {"running": dict(self._running), "steps": self.steps}
@@ -428,6 +439,7 @@ class ARL(GradientPolicy):
 
     kind = "ARL"
     uses_logits = True
+    uses_unimodal_losses = True  # weighted by auxiliary_weight(epoch)
 
     def __init__(
         self,

@@ -109,15 +109,17 @@ class CoefficientPolicy(ABC):
     """Interface of every coefficient policy."""
 
     kind: ClassVar[str]
-    #: True when the policy needs per-modality logits of the current batch (OGM-GE).
+    #: True when the policy needs per-modality logits of the current batch: OGM-GE, and every
+    #: GradientPolicy with ``uses_logits`` (AGM, ARL, InfoReg); the training loop must then observe them.
     needs_logits: ClassVar[bool] = False
     #: True when the policy learns from each step's per-modality batch scores (adaptive policies): the
     #: adapters call :meth:`update` with the step's (all-reduced) scores *after* fixing its coefficients,
     #: and save :meth:`state_dict` with their own state.
     observes_scores: ClassVar[bool] = False
     #: True when the training loss should add each modality's unimodal loss (the cross-entropy of its
-    #: decomposed fusion logits) weighted by :meth:`unimodal_loss_weights` (adaptive policies with an
-    #: auxiliary weight); the adapters fix the weights with the step's coefficients.
+    #: decomposed fusion logits, or of its own unimodal head) weighted by :meth:`unimodal_loss_weights`:
+    #: adaptive policies with an auxiliary weight, ARL, InfoReg and MMPareto; the adapters fix the weights
+    #: with the step's coefficients. A loop that branches on it adds exactly the losses the policy needs.
     uses_unimodal_losses: bool = False
 
     def update(self, scores: Mapping[str, float]) -> None:  # noqa: B027 - a no-op unless observes_scores

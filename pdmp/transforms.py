@@ -249,6 +249,16 @@ class GradientPolicy(CoefficientPolicy):
     #: This step's :data:`GRADIENT_STATISTICS` (computed from the gradients before the transform).
     uses_gradient_stats: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The generic capability flags follow the specific ones, so that a training loop (or an adapter)
+        # that branches on needs_logits / uses_unimodal_losses wires what the policy needs. A class may
+        # still set them itself (ARL and InfoReg add unimodal losses without needing their gradients).
+        if "needs_logits" not in cls.__dict__:
+            cls.needs_logits = cls.uses_logits
+        if "uses_unimodal_losses" not in cls.__dict__ and cls.uses_unimodal_gradients:
+            cls.uses_unimodal_losses = True
+
     def __init__(self, modalities: Sequence[str]) -> None:
         super().__init__(modalities)
         self._last: GradientTransform | None = None
@@ -304,6 +314,18 @@ class GradientPolicy(CoefficientPolicy):
             checked[modality] = values
         return checked
 
+    def coefficients(
+        self,
+        *,
+        step: int = 0,
+        epoch: int = 0,
+        logits: Mapping[str, ArrayLike] | None = None,
+        labels: ArrayLike | None = None,
+    ) -> dict[str, float]:
+        """The overall factor on each fused-loss gradient at the last step (1 before the first); what the
+        policy needs (logits included) reaches it through :meth:`transform`, so ``logits`` are ignored."""
+        return self.modulation(step=step, epoch=epoch).coefficients
+
     def modulation(self, *, step: int, epoch: int, scores: Mapping[str, float] | None = None) -> Modulation:
         """The overall factor on each fused-loss gradient at the last step (1 before the first): for logs."""
         if self._last is None:
@@ -311,9 +333,10 @@ class GradientPolicy(CoefficientPolicy):
         return Modulation({m: self._last.coefficient(m) for m in self.modalities})
 
     def unimodal_loss_weight(self, epoch: int) -> float:
-        """The weight of the unimodal losses in the training loss at ``epoch`` (1 unless the method sets
-        it, as ARL does); the Keras adapter applies it to ``unimodal_logits``' losses, a torch loop reads it."""
-        return 1.0
+        """The weight of the unimodal losses in the training loss at ``epoch``: 1 when the policy
+        :attr:`~pdmp.CoefficientPolicy.uses_unimodal_losses` (unless the method sets it, as ARL does), else
+        0; the Keras adapter applies it to ``unimodal_logits``' losses, a torch loop reads it."""
+        return 1.0 if self.uses_unimodal_losses else 0.0
 
     def unimodal_loss_weights(self, *, step: int = 0, epoch: int = 0) -> dict[str, float]:
         """:meth:`unimodal_loss_weight` for every modality (what the adapters apply to the losses they get)."""

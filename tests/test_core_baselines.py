@@ -440,3 +440,102 @@ def test_agm_saturates_instead_of_overflowing_when_losses_are_far_apart():
     assert first["audio"] == 0.0 and first["visual"] == pytest.approx(math.e)
     second = policy.transform(step=1, epoch=0, logit_stats=stats).fused
     assert all(math.isfinite(v) for v in second.values())
+
+
+# -- capability flags ---------------------------------------------------------------------------------
+
+#: Shipped policy kinds -> (a factory, needs_logits, uses_unimodal_losses).
+SHIPPED_FLAGS = {
+    "NoModulation": (lambda: pdmp.NoModulation(MODALITIES), False, False),
+    "PDMP": (lambda: pdmp.PDMP(MODALITIES, "audio"), False, False),
+    "OGMGE": (lambda: pdmp.OGMGE(MODALITIES), True, False),
+    "UniformScaling": (lambda: pdmp.UniformScaling(MODALITIES), False, False),
+    "InversePDMP": (lambda: pdmp.InversePDMP(MODALITIES, "visual"), False, False),
+    "AdaptivePDMP": (lambda: pdmp.AdaptivePDMP(MODALITIES, {"audio": 0.8, "visual": 0.5}), False, False),
+    "AGM": (lambda: AGM(MODALITIES), True, False),
+    "ARL": (lambda: ARL(MODALITIES), True, True),
+    "InfoReg": (lambda: InfoReg(MODALITIES), True, True),
+    "MMPareto": (lambda: MMPareto(MODALITIES), False, True),
+}
+
+
+def test_capability_flags_say_what_every_shipped_policy_needs() -> None:
+    """A training loop that branches on ``needs_logits`` / ``uses_unimodal_losses`` must wire what the policy
+    uses: ARL and InfoReg need per-modality logits and add unimodal losses (both flags were False)."""
+    from pdmp.policies import POLICIES
+
+    for kind, cls in POLICIES.items():  # every registered class, including ones this table does not list
+        if issubclass(cls, pdmp.GradientPolicy):
+            assert cls.needs_logits == cls.uses_logits, kind
+            assert cls.uses_unimodal_losses or not cls.uses_unimodal_gradients, kind
+    auxiliary = pdmp.AdaptivePDMP(MODALITIES, {"audio": 0.8, "visual": 0.5}, auxiliary=1.0)
+    assert not auxiliary.needs_logits and auxiliary.uses_unimodal_losses and auxiliary.observes_scores
+    for kind, (factory, needs_logits, uses_losses) in SHIPPED_FLAGS.items():
+        policy = factory()
+        assert (policy.needs_logits, policy.uses_unimodal_losses) == (needs_logits, uses_losses), kind
+        weights = [w for epoch in range(12) for w in policy.unimodal_loss_weights(step=0, epoch=epoch).values()]
+        if kind != "AdaptivePDMP":  # its weights move with the observed shares (0 until it has seen any)
+            assert any(w > 0 for w in weights) == uses_losses, f"{kind}: unimodal loss weights {set(weights)}"
+        if isinstance(policy, pdmp.GradientPolicy):
+            # The generic flags follow the specific ones.
+            assert policy.needs_logits == policy.uses_logits, kind
+            assert policy.uses_unimodal_losses or not policy.uses_unimodal_gradients, kind
+
+
+def test_capability_flags_of_a_custom_gradient_policy_follow_its_declarations() -> None:
+    class Reads(pdmp.GradientPolicy):
+        kind = "TestReadsLogits"
+        uses_logits = True
+
+        def compute_transform(self, **_: object) -> GradientTransform:  # type: ignore[override]
+            return GradientTransform(fused=self._all(1.0))
+
+        def get_config(self) -> dict[str, object]:
+            return {"type": self.kind, "modalities": list(self.modalities)}
+
+    class Combines(Reads):
+        kind = "TestCombines"
+        uses_logits = False
+        uses_unimodal_gradients = True
+
+    assert Reads(MODALITIES).needs_logits and not Reads(MODALITIES).uses_unimodal_losses
+    assert Reads(MODALITIES).unimodal_loss_weights() == {"audio": 0.0, "visual": 0.0}
+    assert not Combines(MODALITIES).needs_logits and Combines(MODALITIES).uses_unimodal_losses
+    assert Combines(MODALITIES).unimodal_loss_weights() == {"audio": 1.0, "visual": 1.0}
+
+
+def reference_agm_modulated_epochs(epochs: int, modulation_starts: int = 0, modulation_ends: int = 20) -> list[int]:
+    """The epochs the AGM reference modulates (run/CREMAD_main.py, commit 5a65542): its loop is
+    ``for epoch in range(start_epoch, cfgs.EPOCHS + 1)`` with ``start_epoch = 1``, and train() modulates while
+    ``cfgs.modulation_starts <= epoch <= cfgs.modulation_ends`` (utils/config.py: defaults 0 and 20)."""
+    return [epoch for epoch in range(1, epochs + 1) if modulation_starts <= epoch <= modulation_ends]
+
+
+def _agm_modulated_epochs(policy: AGM, epochs: int) -> list[int]:
+    """The epochs (counted from 0) whose transform is not the identity, from one step per epoch."""
+    moved = []
+    for epoch in range(epochs):
+        # The audio loss rises every step, so it always stands worse than its history: coefficients != 1.
+        stats = {m: {**dict.fromkeys(LOGIT_STATISTICS, 1.0), "count": 4.0} for m in MODALITIES}
+        stats["audio"]["cross_entropy"] = 4.0 * (0.1 + 0.05 * epoch)
+        stats["visual"]["cross_entropy"] = 4.0 * 2.0
+        transform = policy.transform(step=epoch, epoch=epoch, logit_stats=stats)
+        if any(transform.get("fused", m) != 1.0 for m in MODALITIES):
+            moved.append(epoch)
+    return moved
+
+
+@pytest.mark.parametrize(("starts", "ends"), [(0, 20), (1, 20), (5, 12), (3, 3)])
+def test_agm_window_has_the_reference_epoch_count(starts: int, ends: int) -> None:
+    """The reference counts epochs from 1, this library from 0: the default window (0, 19) is the reference's
+    default (0, 20), its first 20 epochs (it was (0, 20): 21 epochs), and a window translates as documented."""
+    epochs = 40
+    reference = reference_agm_modulated_epochs(epochs, starts, ends)
+    if (starts, ends) == (0, 20):
+        policy = AGM(MODALITIES)
+        assert (policy.start_epoch, policy.end_epoch) == (0, 19)
+    else:
+        policy = AGM(MODALITIES, start_epoch=max(starts - 1, 0), end_epoch=ends - 1)
+    ours = _agm_modulated_epochs(policy, epochs)
+    assert len(ours) == len(reference) == (20 if (starts, ends) in ((0, 20), (1, 20)) else len(reference))
+    assert ours == [epoch - 1 for epoch in reference]  # our epoch e is the reference's epoch e + 1

@@ -143,3 +143,42 @@ def test_core_checks_refuse_unknown_keys_and_wrong_types() -> None:
         check_transform(gradient_policy, {"fused": {}}, step=0, epoch=0)
     ok = GradientTransform(fused={"audio": 0.5}, floor_to_sum={"image": True})
     assert check_transform(gradient_policy, ok, step=0, epoch=0) is ok
+
+
+# -- capability flags drive the loop ------------------------------------------------------------------
+
+
+def _flag_driven_step(model: nn.Module, opt: torch.optim.Optimizer, mod: Modulator, seed: int) -> None:
+    """One step of a loop that wires only what the policy's generic flags ask for."""
+    from pdmp.backends.torch import concat_head_logits
+
+    a, v, y = _batch(seed)
+    features = model.features(a, v)
+    loss = nn.functional.cross_entropy(model.head(torch.cat(list(features.values()), 1)), y)
+    parts = concat_head_logits(model.head, features, detach=False)
+    if mod.policy.needs_logits:
+        mod.observe({m: p.detach() for m, p in parts.items()}, y)
+    if mod.policy.uses_unimodal_losses:
+        weights = mod.unimodal_loss_weights
+        loss = loss + sum(weights[m] * nn.functional.cross_entropy(p, y) for m, p in parts.items())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    mod.step()
+
+
+@pytest.mark.parametrize("kind", ["ARL", "InfoReg"])
+def test_a_loop_branching_on_the_flags_adds_the_unimodal_losses(kind: str) -> None:
+    import pdmp
+
+    policy = pdmp.ARL(NAMES, gamma=3.0, warmup=1) if kind == "ARL" else pdmp.InfoReg(NAMES, window=1)
+    model = make_two_tower()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mod = Modulator(groups(model), policy, optimizer=opt)
+    read = []
+    for epoch in range(2):
+        mod.set_epoch(epoch)
+        for index in range(2):
+            read.append(mod.unimodal_loss_weights["audio"])
+            _flag_driven_step(model, opt, mod, 2 * epoch + index)
+    assert read == ([1.0, 1.0, 3.0, 3.0] if kind == "ARL" else [1.0] * 4)

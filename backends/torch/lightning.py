@@ -147,7 +147,8 @@ class PDMPCallback(Callback):
                 f"PDMPCallback needs exactly one optimizer, found {len(optimizers)}; return a single optimizer "
                 "from configure_optimizers (one parameter group per modality is fine)"
             )
-        if self.policy.needs_logits and self.mode == "lr" and pl_module.automatic_optimization:
+        per_batch = self.policy.needs_logits and not isinstance(self.policy, GradientPolicy)  # (those refuse lr)
+        if per_batch and self.mode == "lr" and pl_module.automatic_optimization:
             # Lightning calls optimizer.step(closure): the learning rates would be set before the
             # closure's training_step has produced this batch's logits.
             raise ValueError(

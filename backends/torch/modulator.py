@@ -312,7 +312,9 @@ class Modulator:
         self.path: Literal["hooks", "fused"] | None = None
         if mode == "grad":
             # Fused only where it gives the hooks' updates: coefficients fixed within the step, no noise.
-            fusable = optimizer is not None and not policy.adds_noise and not policy.needs_logits
+            # A GradientPolicy reads logits once per step, from the whole step's statistics: always fused.
+            per_pass_logits = policy.needs_logits and not isinstance(policy, GradientPolicy)
+            fusable = optimizer is not None and not policy.adds_noise and not per_pass_logits
             self.path = "fused" if path == "fused" or (path == "auto" and fusable) else "hooks"
         self.optimizer = optimizer
         self.scaler = scaler
@@ -569,7 +571,10 @@ class Modulator:
                 "the forward pass of each step (concat_head_logits / sum_head_logits split a fusion head); "
                 "without it the coefficients would silently stay at 1"
             )
-        if self.policy.uses_unimodal_losses and not self._weights_read:
+        # GradientPolicies (ARL, InfoReg, MMPareto) also add unimodal losses, but documented loops take their
+        # weight from the policy (unimodal_loss_weight(epoch)) or hand the losses to backward(), so only the
+        # adaptive rule's weights, which exist only here, are required to be read.
+        if self.policy.uses_unimodal_losses and not self._weights_read and self._gradient_policy is None:
             raise RuntimeError(
                 f"{self.policy!r} adds each modality's unimodal loss: in every step read "
                 "mod.unimodal_loss_weights and add sum(w[m] * loss_fn(parts[m], y)) over the decomposed logits "
