@@ -10,7 +10,8 @@ pdmp's docstrings are Google style with two reST habits that Markdown would prin
   turns into an error;
 * literal blocks (a paragraph ending in ``::`` followed by an indented block) become fenced code blocks;
 * ``#:`` comments above an attribute (Sphinx's attribute docstrings) become its docstring;
-* an argument entry naming several parameters (``train, val: ...``) becomes one entry per parameter,
+* an argument entry naming several parameters (``train, val: ...`` or ``head / decompose: ...``) becomes
+  one entry per parameter,
   each with that description (griffe's Google parser reads one name per entry).
 
 A link goes to the name users import when the object is exported (``pdmp.dependency`` rather than
@@ -37,7 +38,7 @@ _CALLABLE_ROLES = {"func", "meth"}
 _EXTERNAL = {"torch", "lightning", "keras", "tensorflow", "tf", "jax", "numpy", "np", "sklearn", "tqdm"}
 _EXTERNAL |= set(sys.stdlib_module_names)
 _ARGS_SECTION = re.compile(r"^(?P<indent> *)(Args|Arguments|Params|Parameters|Keyword Args|Keyword Arguments):\s*$")
-_GROUPED_ENTRY = re.compile(r"^(?P<names>[A-Za-z_]\w*(?:, *[A-Za-z_]\w*)+):(?P<rest>.*)$")
+_GROUPED_ENTRY = re.compile(r"^(?P<names>[A-Za-z_]\w*(?: *[,/] *[A-Za-z_]\w*)+):(?P<rest>.*)$")
 
 
 def _indent(line: str) -> int:
@@ -70,7 +71,7 @@ def _split_grouped_args(text: str) -> str:
             while j < len(lines) and lines[j].strip() and _indent(lines[j]) > (item_indent or 0):
                 j += 1
             pad = " " * (item_indent or 0)
-            for name in grouped["names"].split(","):
+            for name in re.split(r"[,/]", grouped["names"]):
                 out.append(f"{pad}{name.strip()}:{grouped['rest']}")
                 out.extend(lines[i + 1 : j])
             i = j
