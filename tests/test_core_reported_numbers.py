@@ -514,3 +514,92 @@ def test_train_accuracy_quoted_for_the_paper_regime() -> None:
     assert quoted == "41% of the training set"
     for path in (README, RESULTS, HELP):
         assert quoted in _document(path), f"{path} no longer says {quoted!r}"
+
+
+# -- every interval and every mean ± sd in the documents -------------------------------------------
+DOCUMENTS = (README, BENCH, *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")))
+#: Seed sets the reports use: all seeds, the evaluation seeds 0-4 / 5-9 / 0-2 / 3-5 / 0-5, and 1-4 / 1-2
+#: (a tuned method's seeds without tuning seed 0).
+SEED_SETS: tuple[range | None, ...] = (
+    None,
+    range(5),
+    range(5, 10),
+    range(3),
+    range(3, 6),
+    range(6),
+    range(1, 5),
+    range(1, 3),
+)
+INTERVAL = re.compile(r"([+\-]\d+\.\d) \[([+\-]\d+\.\d), ([+\-]\d+\.\d)\]")
+MEAN_SD = re.compile(r"(\d+\.\d) ± (\d+\.\d)")
+
+
+def _groups() -> list[dict[str, Values]]:
+    """Every set of runs whose candidates are paired by seed: each study file (final-epoch and
+    best-validation-epoch test accuracy), each setting of a benchmarks.run folder, and the two
+    documented cross-file pairings (adaptive rules with the gamma search; baselines with their controls)."""
+    groups: list[dict[str, Values]] = []
+    studies = [p for p in REPORTED.rglob("*.json") if "/runs/" not in str(p) and "/curves/" not in str(p)]
+    for path in studies:
+        data = json.loads(path.read_text())
+        if not (isinstance(data, dict) and isinstance(data.get("runs"), list) and data["runs"]):
+            continue
+        if not isinstance(data["runs"][0], dict) or "candidate" not in data["runs"][0]:
+            continue
+        for metric in ("test_acc", "test_acc_at_best_val"):
+            group: dict[str, Values] = {}
+            for run in data["runs"]:
+                if metric in run["metrics"]:
+                    group.setdefault(run["candidate"], {})[run["seed"]] = run["metrics"][metric]
+            groups.append(group)
+    for folder in REPORTED.glob("*/runs"):
+        settings: dict[tuple[str, ...], dict[str, Values]] = {}
+        for path in folder.glob("*.json"):
+            run = json.loads(path.read_text())
+            method = run["method"]["name"] if isinstance(run["method"], dict) else run["method"]
+            setting = (run["dataset"], run["encoder"], run["fusion"], str(run.get("optimizer")), run["backend"])
+            for epoch in ("final", "best_val"):
+                group = settings.setdefault((*setting, epoch), {})
+                group.setdefault(method, {})[run["seed"]] = run[epoch]["test"]["acc"]
+        groups.extend(settings.values())
+    pairings = [(REPORTED / "adaptive-rules" / s / "evaluate.json", REPORTED / "gamma-search" / s / "evaluation.json")
+                for s in ("image_dominant", "audio_dominant", "under_optimization")]  # fmt: skip
+    pairings += [(REPORTED / "baselines" / r / "evaluation.json", REPORTED / "baselines" / r / "controls.json")
+                 for r in ("image_dominant", "audio_dominant", "under_optimization")]  # fmt: skip
+    for first, second in pairings:
+        group = {}
+        for path in (first, second):
+            for run in json.loads(path.read_text())["runs"]:
+                group.setdefault(run["candidate"], {})[run["seed"]] = run["metrics"]["test_acc"]
+        groups.append(group)
+    return groups
+
+
+@functools.cache
+def _recomputed() -> tuple[set[str], set[str]]:
+    """All intervals and all mean ± sd the run files give, formatted as the documents write them."""
+    intervals: set[str] = set()
+    mean_sds: set[str] = set()
+    for group in _groups():
+        for seeds in SEED_SETS:
+            chosen = {
+                name: {s: v for s, v in values.items() if seeds is None or s in seeds} for name, values in group.items()
+            }
+            for name, values in chosen.items():
+                if len(values) >= 2:
+                    mean_sds.add(ms(values))
+                for other, others in chosen.items():
+                    if other != name and len(set(values) & set(others)) >= 2:
+                        intervals.add(diff(values, others))
+    return intervals, mean_sds
+
+
+@pytest.mark.parametrize("path", DOCUMENTS)
+def test_every_interval_and_mean_sd_is_one_the_run_files_give(path: str) -> None:
+    """A paired interval ``+x [lo, hi]`` or a ``mean ± sd`` that no run file gives, rounded once, fails:
+    an altered number, or one rounded twice from a 2-decimal summary."""
+    intervals, mean_sds = _recomputed()
+    text = (ROOT / path).read_text("utf-8").replace("−", "-")
+    unknown = [m.group(0) for m in INTERVAL.finditer(text) if m.group(0) not in intervals]
+    unknown += [m.group(0) for m in MEAN_SD.finditer(text) if m.group(0) not in mean_sds]
+    assert not unknown, f"{path}: not recomputable from benchmarks/reported/: {unknown}"
