@@ -5,9 +5,12 @@ Every check raises with a message that names the offending value and says how to
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import sys
 from collections import Counter
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -73,8 +76,14 @@ def check_number(value: Any, *, name: str) -> float:
     ``float(True)`` would otherwise turn a typo into a silent number.
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    return float(value)
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {_short(value)}")
+    try:
+        return float(value)
+    except OverflowError:  # a Python int beyond float range (e.g. 10**400 in a hand-edited file)
+        raise ValueError(
+            f"{name} must be a number within float range (about 1.8e308), got an integer of about "
+            f"{int(int(value).bit_length() * math.log10(2)) + 1} digits"
+        ) from None
 
 
 def check_positive_finite(value: Any, *, name: str) -> float:
@@ -93,7 +102,7 @@ def check_non_negative_finite(value: Any, *, name: str) -> float:
 
 def check_non_negative_int(value: Any, *, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        raise ValueError(f"{name} must be an integer >= 0, got {_short(value)}")
     return int(value)
 
 
@@ -212,3 +221,157 @@ def check_disjoint_assignment(
             )
         result[modality] = unique
     return result
+
+
+# ---- containers, saved state, file names ------------------------------------------------------------
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a 5,000-digit number or a deeply nested list from a
+    corrupt file must not flood the message (and ``repr`` of a huge int itself raises)."""
+    try:
+        text = repr(value)
+    except ValueError:  # int beyond sys.get_int_max_str_digits()
+        return f"<{type(value).__name__} too large to print>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_sequence(value: Any, *, name: str, example: str, allow_empty: bool = False) -> tuple[Any, ...]:
+    """``value`` as a tuple when it is a list-like of items (not a string, a mapping or a scalar).
+
+    A scalar where a list is expected (``gamma_p=10.0`` for ``gamma_p=(10.0,)``) and a string (which
+    would iterate by character) are refused with the fix; so is an empty list unless ``allow_empty``.
+    """
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"{name} must be a list or tuple such as {example}, got {type(value).__name__} {_short(value)}"
+            + ("; for a single value write [value]" if not isinstance(value, Mapping) else "")
+        )
+    result = tuple(value)
+    if not result and not allow_empty:
+        raise ValueError(f"{name} is empty; give at least one value, e.g. {example}")
+    return result
+
+
+def check_mapping(value: Any, *, name: str, example: str) -> Mapping[Any, Any]:
+    """``value`` if it is a dict-like mapping; anything else is refused naming ``name`` and an example."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict such as {example}, got {type(value).__name__} {_short(value)}")
+    return value
+
+
+def check_state_keys(state: Any, *, required: Iterable[str], optional: Iterable[str] = (), where: str) -> None:
+    """A saved state (``load_state_dict``) must be a dict with exactly the known keys.
+
+    An unknown key means the state belongs to something else (another policy, another version): loading
+    it as if it were this one's would silently drop what it holds.
+    """
+    required, optional = tuple(required), tuple(optional)
+    if not isinstance(state, Mapping):
+        raise TypeError(
+            f"{where} must be a dict with keys {list(required)} (from state_dict()), got "
+            f"{type(state).__name__} {_short(state)}"
+        )
+    missing = [key for key in required if key not in state]
+    unknown = sorted(map(str, set(state) - set(required) - set(optional)))
+    if missing or unknown:
+        parts = ([f"missing key(s) {missing}"] if missing else []) + ([f"unknown key(s) {unknown}"] if unknown else [])
+        raise ValueError(
+            f"{where}: {' and '.join(parts)}; pass the dict state_dict() returned for the same kind of object"
+        )
+
+
+#: Nesting deeper than this in a JSON file is refused (pdmp's own files nest a few levels).
+MAX_JSON_DEPTH = 64
+
+
+def _refuse_json_constant(constant: str) -> Any:
+    raise ValueError(f"non-finite number {constant} in the file; every number must be finite")
+
+
+def _refuse_duplicate_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    duplicated = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicated:
+        raise ValueError(f"duplicate field(s) {duplicated} in one object; which one is meant is ambiguous")
+    return dict(pairs)
+
+
+def _json_depth(value: Any) -> int:
+    """The nesting depth of parsed JSON, iteratively (a recursive walk would itself overflow)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_json(
+    text: str,
+    *,
+    source: str,
+    error: Callable[[str], Exception] = ValueError,
+    max_depth: int = MAX_JSON_DEPTH,
+) -> Any:
+    """Parse a JSON file's ``text`` strictly; every failure raises ``error(message naming source)``.
+
+    Refused, each with the fix: invalid or truncated JSON, ``NaN``/``Infinity``, a key twice in one
+    object, integers beyond Python's digit limit, nesting deeper than ``max_depth`` (which would
+    otherwise surface as a raw ``RecursionError``, here or in whatever walks the data later).
+    """
+    try:
+        data = json.loads(text, parse_constant=_refuse_json_constant, object_pairs_hook=_refuse_duplicate_json_keys)
+    except json.JSONDecodeError as caught:
+        raise error(f"{source} is not valid JSON ({caught}); it may be truncated, re-create it") from None
+    except RecursionError:
+        raise error(
+            f"{source} nests lists/objects too deeply to read (more than {max_depth} levels); it is not a file "
+            "pdmp wrote, re-create it"
+        ) from None
+    except ValueError as caught:  # NaN/Infinity, duplicate keys, integers beyond the digit limit
+        if "integer string conversion" in str(caught):
+            raise error(
+                f"{source} holds an integer of more than {sys.get_int_max_str_digits()} digits; no pdmp file "
+                "does, re-create it"
+            ) from None
+        raise error(f"{source}: {caught}; re-create the file") from None
+    depth = _json_depth(data)
+    if depth > max_depth:
+        raise error(
+            f"{source} nests lists/objects {depth} levels deep (at most {max_depth}); it is not a file pdmp "
+            "wrote, re-create it"
+        )
+    return data
+
+
+_UNSAFE_NAME = re.compile(r"[\\/\x00-\x1f\x7f]")
+
+
+def check_file_name(value: Any, *, name: str, max_length: int = 120) -> str:
+    """A user-given name that becomes (part of) a file name: a non-empty string without path
+    separators, control characters, ``.``/``..`` or a leading dot, at most ``max_length`` characters.
+
+    Without this a name such as ``"../x"`` writes outside the folder the user chose, and ``"a/b"`` into
+    a sub-folder nobody created.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string (it names a file), got {type(value).__name__} {_short(value)}")
+    bad = _UNSAFE_NAME.search(value)
+    if not value.strip() or value.startswith(".") or bad is not None or len(value) > max_length:
+        reason = (
+            "is empty"
+            if not value.strip()
+            else f"contains {bad.group(0)!r}"
+            if bad is not None
+            else "starts with '.'"
+            if value.startswith(".")
+            else f"is longer than {max_length} characters"
+        )
+        raise ValueError(
+            f"{name} {_short(value)} {reason}; it names a file, so use letters, digits and '-_=[],+' "
+            "(no '/', '\\', '..' or control characters)"
+        )
+    return value

@@ -45,10 +45,13 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from pdmp._validation import (
+    check_mapping,
     check_non_negative_finite,
     check_non_negative_int,
+    check_number,
     check_positive_finite,
     check_same_modalities,
+    check_state_keys,
 )
 from pdmp.policies import CoefficientPolicy, Modulation, register_policy
 from pdmp.ranking import Ranking
@@ -56,6 +59,12 @@ from pdmp.ranking import Ranking
 _TINY = float(np.finfo(np.float64).tiny)
 AuxiliaryScope = Literal["dominant", "all"]
 _SCOPES: tuple[str, ...] = ("dominant", "all")
+
+
+def _check_clock(step: Any, epoch: Any) -> None:
+    """The public per-step methods take the clock directly; ``epoch="1"`` or ``-1`` must not pass silently."""
+    check_non_negative_int(step, name="step")
+    check_non_negative_int(epoch, name="epoch")
 
 
 @register_policy
@@ -121,7 +130,7 @@ class AdaptivePDMP(CoefficientPolicy):
             raise ValueError(f"horizon must be >= 1 step, got {horizon!r}")
         self.warmup = check_non_negative_int(warmup, name="warmup")
         self.auxiliary = check_non_negative_finite(auxiliary, name="auxiliary")
-        if auxiliary_scope not in _SCOPES:
+        if not isinstance(auxiliary_scope, str) or auxiliary_scope not in _SCOPES:
             raise ValueError(f"auxiliary_scope must be one of {list(_SCOPES)}, got {auxiliary_scope!r}")
         self.auxiliary_scope: AuxiliaryScope = auxiliary_scope
         self.uses_unimodal_losses = self.auxiliary > 0
@@ -143,10 +152,12 @@ class AdaptivePDMP(CoefficientPolicy):
 
     def update(self, scores: Mapping[str, float]) -> None:
         """Fold in one step's batch scores ``s_m`` (sums over the batch; all-reduced under data parallelism)."""
+        check_mapping(scores, name="AdaptivePDMP.update scores", example="{'audio': 41.2, 'image': 18.9}")
         check_same_modalities(scores.keys(), self.modalities, where="AdaptivePDMP.update scores")
         values = {}
         for name in self.modalities:
-            value = float(scores[name])
+            # Strict: a string or a bool is a wiring bug, not a score (float("1") would hide it).
+            value = check_number(scores[name], name=f"AdaptivePDMP.update: score of {name!r}")
             if not math.isfinite(value) or value < 0:
                 raise ValueError(
                     f"AdaptivePDMP.update: score of {name!r} is {scores[name]!r}; scores are sums of "
@@ -170,27 +181,32 @@ class AdaptivePDMP(CoefficientPolicy):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output; everything is checked before anything is assigned."""
-        if not isinstance(state, Mapping) or not {"ema", "updates"} <= set(state):
-            raise ValueError(f"AdaptivePDMP state must be a dict with 'ema' and 'updates', got {state!r}")
+        check_state_keys(state, required=("ema", "updates"), where="AdaptivePDMP state")
         ema = state["ema"]
         if not isinstance(ema, Mapping):
             raise ValueError(f"AdaptivePDMP state['ema'] must be a dict modality -> float, got {ema!r}")
         check_same_modalities(ema.keys(), self.modalities, where="AdaptivePDMP state['ema']")
-        try:
-            values = {name: float(ema[name]) for name in self.modalities}
-        except (TypeError, ValueError):
-            raise ValueError(f"AdaptivePDMP state['ema'] must hold numbers, got {ema!r}") from None
+        # Strict numbers: a saved state holds floats; "0.5" or true means the file was edited or is foreign.
+        values = {
+            name: check_number(ema[name], name=f"AdaptivePDMP state['ema'][{name!r}]") for name in self.modalities
+        }
         if not all(math.isfinite(v) and v >= 0 for v in values.values()):
             raise ValueError(
                 f"AdaptivePDMP state['ema'] holds invalid values {ema!r}; they are sums of probabilities >= 0"
             )
         updates = check_non_negative_int(state["updates"], name="AdaptivePDMP state['updates']")
+        if updates == 0 and any(values.values()):
+            raise ValueError(
+                f"AdaptivePDMP state has updates=0 but a non-zero moving average {ema!r}; the two are saved "
+                "together by state_dict(), so this state was altered"
+            )
         self._ema, self.updates = values, updates
 
     # -- coefficients ------------------------------------------------------------------------------
 
     def modulation(self, *, step: int, epoch: int, scores: Mapping[str, float] | None = None) -> Modulation:
         """Coefficients from the batches observed so far (``scores`` is ignored: use :meth:`update`)."""
+        _check_clock(step, epoch)
         current = self.shares()
         if epoch < self.warmup or current is None:
             return Modulation(self._all(1.0))
@@ -208,6 +224,7 @@ class AdaptivePDMP(CoefficientPolicy):
 
     def unimodal_loss_weights(self, *, step: int = 0, epoch: int = 0) -> dict[str, float]:
         """Each modality's auxiliary-loss weight from the batches observed so far (see the module docstring)."""
+        _check_clock(step, epoch)
         current = self.shares()
         weights = self._all(0.0)
         if not self.auxiliary or epoch < self.warmup or current is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pdmp._validation import check_known_modality, check_positive_finite
 from pdmp.policies import PDMP, CoefficientPolicy, Modulation, Unit, register_policy
 from pdmp.ranking import Ranking
 
@@ -40,6 +41,8 @@ class UniformScaling(CoefficientPolicy):
         end: int | None = None,
     ) -> None:
         super().__init__(modalities)
+        # Checked here so that an error names this class's own argument (PDMP's would say gamma_p).
+        gamma = check_positive_finite(gamma, name="UniformScaling gamma")
         # PDMP with gamma_p == gamma_r: the same checks and the same schedule, one implementation.
         self._schedule = PDMP(
             self.modalities, self.modalities[0], gamma, gamma, warmup=warmup, unit=unit, ramp=ramp, end=end
@@ -84,7 +87,22 @@ class InversePDMP(CoefficientPolicy):
         end: int | None = None,
     ) -> None:
         super().__init__(modalities)
-        self._pdmp = PDMP(self.modalities, weakest, gamma_p, gamma_r, warmup=warmup, unit=unit, ramp=ramp, end=end)
+        # Checked here so that errors name InversePDMP's arguments; PDMP's would name "dominant" and
+        # advise allow_inverse=, which InversePDMP does not take.
+        if not isinstance(weakest, str):
+            raise TypeError(
+                f"InversePDMP weakest must be a modality name (one of {', '.join(self.modalities)}), got {weakest!r}"
+            )
+        check_known_modality(weakest, self.modalities, where="InversePDMP weakest")
+        p = check_positive_finite(gamma_p, name="InversePDMP gamma_p")
+        r = check_positive_finite(gamma_r, name="InversePDMP gamma_r")
+        if r > p:
+            raise ValueError(
+                f"InversePDMP: gamma_r={gamma_r} > gamma_p={gamma_p} would slow the weakest modality relative to "
+                "the others, which is PDMP's own direction, not the inverse control; swap them (gamma_p is what "
+                "the weakest modality gets), or use pdmp.PDMP for that"
+            )
+        self._pdmp = PDMP(self.modalities, weakest, p, r, warmup=warmup, unit=unit, ramp=ramp, end=end)
         self.weakest = self._pdmp.dominant
 
     @classmethod

@@ -13,12 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from pdmp._validation import check_finite_array, check_labels, check_modality_names
+from pdmp._validation import check_finite_array, check_labels, check_mapping, check_modality_names
 
 
 def softmax(logits: ArrayLike) -> NDArray[np.float64]:
-    """Row-wise softmax, stable for large logits."""
-    array = np.asarray(logits, dtype=np.float64)
+    """Row-wise softmax, stable for large logits. NaN/inf logits, a scalar and zero classes are refused."""
+    array = check_finite_array(logits, name="logits")
+    if array.ndim == 0 or array.shape[-1] == 0:
+        raise ValueError(
+            f"logits must have a last axis of >= 1 class scores (shape (samples, classes)), got shape {array.shape}"
+        )
     shifted = array - array.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return np.asarray(exp / exp.sum(axis=-1, keepdims=True))
@@ -26,6 +30,7 @@ def softmax(logits: ArrayLike) -> NDArray[np.float64]:
 
 def true_class_mass(logits: Mapping[str, ArrayLike], labels: ArrayLike) -> dict[str, NDArray[np.float64]]:
     """Per modality, per sample: softmax probability of the true class. Validates shapes and values."""
+    check_mapping(logits, name="logits", example="{'audio': audio_logits, 'image': image_logits}")
     names = check_modality_names(logits.keys(), where="logits")
     y = check_labels(labels)
     result: dict[str, NDArray[np.float64]] = {}

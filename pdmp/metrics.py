@@ -74,15 +74,15 @@ def macro_f1(labels: ArrayLike, predictions: ArrayLike, *, num_classes: int | No
     _check_lengths(y_true, y_pred)
     if y_true.size == 0:
         raise ValueError("macro-F1 of zero samples is undefined; pass at least one sample")
-    size = int(max(y_true.max(), y_pred.max())) + 1 if num_classes is None else num_classes
-    confusion = np.bincount(y_true * size + y_pred, minlength=size * size).reshape(size, size)
-    true_positive = np.diag(confusion).astype(np.float64)
-    support = confusion.sum(axis=1)
-    predicted = confusion.sum(axis=0)
-    present = (support + predicted) > 0
-    denominator = support + predicted
-    f1 = np.divide(2 * true_positive, denominator, out=np.zeros(size), where=denominator > 0)
-    return float(f1[present].mean())
+    # Only the classes present count, so count over them: a square confusion matrix of the largest
+    # index would overflow (or exhaust memory) for a label such as 10**12.
+    present, codes = np.unique(np.concatenate([y_true, y_pred]), return_inverse=True)
+    size = present.size
+    true_codes, pred_codes = codes[: y_true.size], codes[y_true.size :]
+    support = np.bincount(true_codes, minlength=size)
+    predicted = np.bincount(pred_codes, minlength=size)
+    true_positive = np.bincount(true_codes[true_codes == pred_codes], minlength=size).astype(np.float64)
+    return float(np.mean(2 * true_positive / (support + predicted)))
 
 
 METRICS: dict[str, Metric] = {"accuracy": accuracy, "macro_f1": macro_f1}

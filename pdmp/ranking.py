@@ -39,6 +39,8 @@ from pdmp._validation import (
     check_same_length,
     check_same_modalities,
     check_seed,
+    check_sequence,
+    parse_json,
 )
 from pdmp.metrics import Metric, check_metric, to_class_predictions
 
@@ -122,9 +124,10 @@ class Ranking:
             value = self.scores[name]
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
                 raise TypeError(f"Ranking field 'scores': score of {name!r} is {value!r}; scores must be numbers")
-            if not math.isfinite(float(value)):
+            number = check_number(value, name=f"Ranking field 'scores': score of {name!r}")
+            if not math.isfinite(number):
                 raise ValueError(f"Ranking field 'scores': score of {name!r} is {value!r}; scores must be finite")
-            scores[name] = float(value)
+            scores[name] = number
         if order != order_by_score(scores):
             raise ValueError(
                 f"Ranking: field 'order' {list(order)} disagrees with scores {scores}; "
@@ -280,15 +283,9 @@ class Ranking:
             raise RankingFileError(f"{source} is not UTF-8 text ({error}); is it a ranking file?") from None
         except OSError as error:
             raise RankingFileError(f"{source} cannot be read: {error}") from None
-        try:
-            data = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicate_keys)
-        except json.JSONDecodeError as error:
-            raise RankingFileError(
-                f"{source} is not valid JSON ({error}); it may be truncated, re-create it"
-            ) from error
-        except ValueError as error:
-            raise RankingFileError(f"{source}: {error}") from None
-        return cls.from_dict(data, source=source)
+        # Strict parsing (shared with every pdmp file): NaN, duplicate keys, deep nesting and huge
+        # integers are refused as RankingFileError, never a raw RecursionError.
+        return cls.from_dict(parse_json(text, source=source, error=RankingFileError), source=source)
 
 
 def _check_seed_fields(
@@ -338,8 +335,14 @@ def combine_rankings(rankings: Sequence[Ranking], *, warn: bool = True) -> Ranki
     A :class:`RankingWarning` says when they disagree (the bootstrap trusts a top that another
     training seed reverses) or when some seed puts another modality on top.
     """
-    items = list(rankings)
-    if not items or not all(isinstance(item, Ranking) for item in items):
+    if isinstance(rankings, Ranking):
+        raise TypeError(
+            "combine_rankings needs a list of pdmp.Ranking (one per training seed), got one Ranking; "
+            "pass [ranking] or use the ranking itself"
+        )
+    check_bool(warn, name="warn")
+    items = list(check_sequence(rankings, name="rankings", example="[ranking_seed0, ranking_seed1]"))
+    if not all(isinstance(item, Ranking) for item in items):
         raise TypeError(
             f"combine_rankings needs a non-empty list of pdmp.Ranking (one per training seed), got {rankings!r}"
         )
@@ -391,18 +394,6 @@ def combine_rankings(rankings: Sequence[Ranking], *, warn: bool = True) -> Ranki
             stacklevel=2,
         )
     return combined
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name} in the file; scores and stability must be finite")
-
-
-def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    duplicates = sorted({key for key in keys if keys.count(key) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate field(s) {duplicates} in one object; the file was altered, re-create it")
-    return dict(pairs)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from pdmp._validation import parse_json
+
 __all__ = ["DatasetCacheError", "cache_dir", "config_hash", "content_sha256", "load_npz", "save_npz_atomic"]
 
 ENV_VAR = "PDMP_CACHE_DIR"
@@ -100,8 +102,10 @@ def load_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
             arrays = {k: z[k] for k in z.files if k not in (_META_KEY, _CHECKSUM_KEY)}
             meta_json = str(z[_META_KEY])
             stored = str(z[_CHECKSUM_KEY]) if _CHECKSUM_KEY in z.files else None
-            meta = json.loads(meta_json)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, json.JSONDecodeError):
+            # Strict and bounded: a deeply nested or NaN-holding metadata string is unreadable (rebuilt),
+            # never a raw RecursionError.
+            meta = parse_json(meta_json, source=f"dataset cache {str(path)!r} metadata")
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
         return None
     if stored is None:
         raise DatasetCacheError(
