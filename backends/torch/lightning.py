@@ -4,9 +4,11 @@
 from the Trainer; every coefficient is still decided by the core policy and applied by the Modulator.
 
 * **Epochs**: ``set_epoch(trainer.current_epoch)`` at the start of every training epoch.
-* **Steps**: ``step()`` after every training batch. The Modulator is given the Trainer's optimizer, so
-  only steps the optimizer really took advance the schedule: micro-batches of gradient accumulation
-  do not, nor do steps that 16-bit mixed precision's ``GradScaler`` skipped (inf/NaN gradients).
+* **Steps**: ``step()`` after every training batch. The Modulator is given the Trainer's optimizer (and
+  ``16-mixed``'s ``GradScaler``), so only steps the optimizer really took advance the schedule and the
+  policies: micro-batches of ``accumulate_grad_batches`` gather into their step (AGM, ARL, InfoReg,
+  MMPareto and AdaptivePDMP see every micro-batch of it), and a step ``GradScaler`` skipped (inf/NaN
+  gradients) counts nothing and changes no policy state.
 * **Logits** (OGM-GE, :class:`~pdmp.AdaptivePDMP`, dependency logs): in ``training_step`` the module
   stores ``self.pdmp_logits = (per_modality_logits, labels)``; the callback hands them to
   ``Modulator.observe`` just before backward (``on_before_backward``) and then clears the attribute, so

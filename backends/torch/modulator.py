@@ -101,15 +101,24 @@ Design (why):
   draws the same noise (same seed, same draws) and adds it before the all-reduce, so averaging does
   not shrink it and all ranks stay identical. A skipped AMP step draws noise that is discarded along
   with the step.
-* **Steps advance explicitly**: call :meth:`Modulator.step` after ``optimizer.step()`` and
-  :meth:`Modulator.set_epoch` at the start of each epoch. When the modulator knows the optimizer
-  (``optimizer=``; required in ``lr`` mode), ``step()`` counts only steps the optimizer really took, so
-  a step that ``GradScaler`` skipped for inf/NaN gradients does not advance the schedule: a plain or
-  ``foreach`` optimizer is then not called at all, and a fused one (``Adam(fused=True)``, anything with
-  ``_step_supports_amp_scaling``) is called with ``found_inf`` set, which :meth:`Modulator.step` reads.
+* **The step lifecycle**: call :meth:`Modulator.step` after ``optimizer.step()`` and
+  :meth:`Modulator.set_epoch` at the start of each epoch. Micro-batches accumulate into a step: what
+  ``observe`` and ``backward`` gather (logit statistics, unimodal gradients, an adaptive policy's
+  scores) is summed until the optimizer steps. A step is then *taken* or *skipped*, and policies
+  observe, transform and count once per taken step. With ``optimizer=`` (required in ``lr`` mode and
+  for GradientPolicies) ``step()`` knows which: a call when the optimizer has not stepped since the
+  last one is a micro-batch (it counts nothing and keeps the gathered inputs, so calling it after every
+  micro-batch, as the Lightning callback does, is fine); a step that ``GradScaler`` skipped for inf/NaN
+  gradients is not counted and changes no policy state (a plain or ``foreach`` optimizer is then not
+  called at all: the Modulator sees the skip as the scaler's lowered scale when given ``scaler=``, else
+  at the next ``optimizer.zero_grad()``; a fused one, ``Adam(fused=True)`` or anything with
+  ``_step_supports_amp_scaling``, is called with ``found_inf`` set, which the transform and
+  :meth:`Modulator.step` read); an ``optimizer.step()`` that raises is abandoned: a GradientPolicy's
+  state goes back to where it was before the step's transform and the step's inputs are forgotten.
+  Without an optimizer every ``step()`` is a step.
 * **The base learning rate survives exceptions** (``"lr"`` mode): the scaled rates live only inside
-  ``optimizer.step()``, which the modulator wraps so that they are restored even when the step raises
-  (a closure that fails, an out-of-memory retry).
+  ``optimizer.step()``, which the modulator wraps (in every mode) so that they are restored even when
+  the step raises (a closure that fails, an out-of-memory retry).
 * **Frozen parameters belong to their modality**: a parameter frozen when the modulator is built and
   unfrozen later is modulated once it trains. ``"lr"`` mode puts it in its modality's parameter group
   from the start; ``"grad"`` mode's fused path scales any trainable gradient it finds at the step,
@@ -130,6 +139,7 @@ Design (why):
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import math
@@ -350,6 +360,15 @@ class Modulator:
         self._unimodal: dict[int, torch.Tensor] | None = None
         self._step_transform: GradientTransform | None = None
         self._anchors: dict[str, list[torch.Tensor]] | None = None
+        # The step lifecycle (module docstring): scores an adaptive policy observed during the step, folded
+        # in only once the step is taken; the policy state to go back to should optimizer.step() raise after
+        # the transform; whether step() was called without an optimizer step since (accumulation, or a step
+        # GradScaler skipped without calling the optimizer); and the loss scale when the step began (a lower
+        # one at step() means a skip).
+        self._pending_scores: dict[str, float] | None = None
+        self._policy_backup: tuple[Any, Any] | None = None
+        self._unstepped = False
+        self._step_scale: float | None = None
         self._anchor_epoch = 0
         self._anchor_loaded = False  # anchors came from a checkpoint: keep them at set_epoch of their epoch
         if self._gradient_policy is not None and self._gradient_policy.uses_anchor:
@@ -361,8 +380,8 @@ class Modulator:
         if optimizer is not None:
             self._handles.append(optimizer.register_step_pre_hook(self._before_optimizer_step))
             self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
-            if mode == "lr":
-                self._guard_step(optimizer)
+            self._guard_zero_grad(optimizer)
+            self._guard_step(optimizer)
         if self.path == "hooks":
             for name, tensors in params.items():
                 for param in tensors:
@@ -373,6 +392,7 @@ class Modulator:
         for tensors in params.values():
             for param in tensors:
                 _CLAIMS[id(param)] = (weakref.ref(param), weakref.ref(self))
+        self._step_scale = self._loss_scale_now()
         self._refresh()
 
     # ----------------------------------------------------------------- the training-loop interface
@@ -446,13 +466,16 @@ class Modulator:
         scores into coefficients. Under torch.distributed the scores (sums over the batch) are
         all-reduced, so every rank computes the same coefficients from the global batch; call it on
         every rank for every batch. With gradient accumulation call it for every micro-batch: each
-        backward pass is scaled by the coefficients of its own micro-batch.
+        backward pass is scaled by the coefficients of its own micro-batch. A policy that learns from the
+        scores (:class:`~pdmp.AdaptivePDMP`) gets their sum over the step's micro-batches, once the step
+        is taken (one ``update`` per optimizer step, none for a skipped one).
 
         For a :class:`~pdmp.transforms.GradientPolicy` with ``uses_logits``: the batch's
         :func:`~pdmp.transforms.logit_statistics` (all-reduced sums, likewise), summed over the
         micro-batches of the step and handed to the policy's transform at ``optimizer.step()``.
         """
         self._check_open("observe()")
+        self._begin_gathering()
         if self._gradient_policy is not None:
             self._observe_logit_statistics(logits, labels)
             return
@@ -469,8 +492,10 @@ class Modulator:
             reduced = all_reduce_sum([scores[name] for name in names], device=device, group=self.process_group)
             scores = dict(zip(names, reduced, strict=True))
         if self.policy.observes_scores:
-            # This step's coefficients were fixed from earlier batches; this batch informs the next steps.
-            self.policy.update(scores)
+            # This step's coefficients were fixed from earlier batches; this batch informs the next steps,
+            # once the step is taken: summed over its micro-batches, folded in by step() (one update a step).
+            pending = self._pending_scores or dict.fromkeys(self.modalities, 0.0)
+            self._pending_scores = {name: pending[name] + float(scores[name]) for name in self.modalities}
             self._observed = True
             return
         self._apply(self.policy.modulation(step=self.clock.step, epoch=self.clock.epoch, scores=scores))
@@ -500,6 +525,7 @@ class Modulator:
         modality, a missing unimodal loss, or one that does not depend on its modality's encoder.
         """
         self._check_open("backward()")
+        self._begin_gathering()
         _check_loss(loss, "Modulator.backward loss")
         if unimodal_losses is None:
             unimodal_losses = {}
@@ -556,15 +582,37 @@ class Modulator:
         self._unimodal = buffers
 
     def step(self) -> bool:
-        """Advance one training step; call after ``optimizer.step()``. Returns whether it advanced.
+        """End the training step if the optimizer has stepped; call after ``optimizer.step()``. Returns
+        whether a step was taken (and counted).
 
-        With an optimizer attached, a step it did not take (``GradScaler`` skipped it) is not counted.
+        With an optimizer attached, a call when the optimizer has not stepped since the last one is a
+        micro-batch of gradient accumulation (or a step GradScaler skipped without calling the optimizer):
+        it counts nothing and keeps what ``observe``/``backward`` gathered, so the step's policy sees every
+        micro-batch; calling it after every micro-batch (as the Lightning callback does) is fine. A step
+        the optimizer skipped (``GradScaler``) or that raised is not counted and changes no policy state.
+        Without an optimizer every call is a step.
         """
         self._check_open("step()")
         self._check_hooks_ran()
         self._attach_unfrozen(in_step=True)
         self._check_overflow()
         self._check_epoch_given()
+        if self.optimizer is not None:
+            if self._optimizer_steps == self._steps_seen:
+                if self._scaler_skipped():
+                    self._end_step(taken=False)  # GradScaler skipped the step without calling the optimizer
+                else:
+                    self._unstepped = True  # a micro-batch, unless the next zero_grad() says it was a skip
+                    if self.policy.needs_logits and self._gradient_policy is None:
+                        self._observed = False  # OGM-GE: each backward pass needs its own micro-batch's logits
+                return False
+            self._steps_seen = self._optimizer_steps
+            # A fused optimizer runs even on a step GradScaler skips; found_inf says whether it did.
+            taken = not any(bool(flag.item()) for flag in self._found_inf)
+            self._found_inf.clear()
+            if not taken:
+                self._end_step(taken=False)
+                return False
         if self.policy.observes_scores and not self._observed:
             raise RuntimeError(
                 f"{type(self.policy).__name__} learns from every batch: call mod.observe(logits, labels) after "
@@ -581,20 +629,7 @@ class Modulator:
                 "(concat_head_logits(head, features, detach=False)) to the loss before backward; without them the "
                 "rule silently trains as plain joint training (for no auxiliary losses, use auxiliary=0)"
             )
-        self._observed = self._weights_read = False
-        self._clear_step_inputs()  # a step GradScaler skipped leaves them unused: they were this step's
-        if self.optimizer is not None:
-            taken = self._optimizer_steps != self._steps_seen
-            self._steps_seen = self._optimizer_steps
-            # A fused optimizer runs even on a step GradScaler skips; found_inf says whether it did.
-            if taken and self._found_inf:
-                taken = not any(bool(flag.item()) for flag in self._found_inf)
-            self._found_inf.clear()
-            if not taken:
-                self._refresh()
-                return False
-        self.clock.step += 1
-        self._refresh()
+        self._end_step(taken=True)
         return True
 
     def remove(self) -> None:
@@ -682,6 +717,8 @@ class Modulator:
         if anchors is not None:
             self._anchors, self._anchor_epoch, self._anchor_loaded = anchors, anchor_epoch, True
         self._clear_step_inputs()
+        self._pending_scores, self._policy_backup = None, None
+        self._unstepped, self._step_scale = False, self._loss_scale_now()
         self.clock.step, self.clock.epoch = clock.step, clock.epoch
         self.seed = seed
         self._generators = generators
@@ -861,8 +898,24 @@ class Modulator:
             )
         self._warned.add("epoch")  # the rule is checked at the first step() only
 
+    def _guard_zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
+        """Wrap ``optimizer.zero_grad`` so the Modulator learns when a step's gradients are discarded."""
+        previous = optimizer.__dict__.get("zero_grad")
+        modulator = weakref.ref(self)
+
+        def zero_grad(opt: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+            alive = modulator()
+            if alive is not None:
+                alive._on_zero_grad()
+            return previous(*args, **kwargs) if previous is not None else type(opt).zero_grad(opt, *args, **kwargs)
+
+        zero_grad.__signature__ = inspect.signature(type(optimizer).zero_grad)  # type: ignore[attr-defined]
+        optimizer.zero_grad = types.MethodType(zero_grad, optimizer)
+        self._handles.append(_StepGuard(optimizer, optimizer.zero_grad, previous, name="zero_grad"))
+
     def _guard_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Wrap ``optimizer.step`` so scaled learning rates are restored even when the step raises.
+        """Wrap ``optimizer.step`` so that a step that raises is abandoned (no policy state advances, its
+        inputs are forgotten) and scaled learning rates are restored even then.
 
         The wrapper is a bound method (LR schedulers wrap ``step.__func__``) with the class step's
         signature (GradScaler inspects it); it calls whatever ``step`` was before it.
@@ -873,6 +926,11 @@ class Modulator:
         def step(opt: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
             try:
                 return previous(*args, **kwargs) if previous is not None else type(opt).step(opt, *args, **kwargs)
+            except BaseException:
+                alive = modulator()
+                if alive is not None and not alive._removed:
+                    alive._abandon_step()
+                raise
             finally:
                 alive = modulator()
                 if alive is not None:
@@ -987,6 +1045,59 @@ class Modulator:
         self._unimodal = None
         self._step_transform = None
 
+    def _end_step(self, *, taken: bool) -> None:
+        """The step is over: taken (fold in what it observed, count it) or skipped (forget it all)."""
+        if taken and self._pending_scores is not None:
+            self.policy.update(self._pending_scores)
+        self._pending_scores = None
+        self._observed = self._weights_read = self._unstepped = False
+        self._clear_step_inputs()
+        if taken:
+            self.clock.step += 1
+        self._step_scale = self._loss_scale_now()
+        self._refresh()
+
+    def _begin_gathering(self) -> None:
+        """observe()/backward() add to the current step; a step() without an optimizer step before them was a
+        micro-batch of this step."""
+        self._unstepped = False
+
+    def _on_zero_grad(self) -> None:
+        """``optimizer.zero_grad()`` discards the gradients: if step() was called without an optimizer step
+        since the inputs were gathered, that step was skipped (GradScaler did not call the optimizer), so
+        what it gathered goes with its gradients."""
+        if self._removed:
+            return
+        if self._unstepped:
+            self._end_step(taken=False)
+
+    def _abandon_step(self) -> None:
+        """``optimizer.step()`` raised: undo what its transform did to the policy (if it ran) and forget what
+        the step gathered (its gradients may already be transformed); the clock does not move."""
+        self._restore_lrs()
+        policy = self._gradient_policy
+        if policy is not None and self._policy_backup is not None:
+            state, last = self._policy_backup
+            policy.load_state_dict(state)
+            policy._last = last  # the coefficients logs report are the last taken step's again
+        self._policy_backup = None
+        self._pending_scores = None
+        self._observed = self._weights_read = self._unstepped = False
+        self._clear_step_inputs()
+        self._refresh()
+        if policy is not None:
+            self._apply(policy.modulation(step=self.clock.step, epoch=self.clock.epoch))
+
+    def _loss_scale_now(self) -> float | None:
+        if self.scaler is None or not self.scaler.is_enabled():
+            return None
+        return float(self.scaler.get_scale())
+
+    def _scaler_skipped(self) -> bool:
+        """GradScaler lowers its scale exactly when it skips a step (inf/NaN gradients)."""
+        now = self._loss_scale_now()
+        return now is not None and self._step_scale is not None and now < self._step_scale
+
     def _transform_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """GradientPolicy: replace each modulated gradient by the policy's transform of it.
 
@@ -1023,6 +1134,8 @@ class Modulator:
                     if policy.uses_logits and self._logit_sums is not None
                     else None
                 )
+                # Kept until the step finishes: an optimizer.step() that raises must not advance the policy.
+                self._policy_backup = (copy.deepcopy(policy.state_dict()), policy.last_transform)
                 self._step_transform = policy.transform(
                     step=self.clock.step, epoch=self.clock.epoch, logit_stats=logit_stats, gradient_stats=gradient_stats
                 )
@@ -1120,6 +1233,7 @@ class Modulator:
         torch._foreach_copy_([p.grad for p in parts.params], combined)
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._policy_backup = None  # the step finished: its transform stands
         self._restore_lrs()
         found_inf = getattr(optimizer, "found_inf", None)  # set by GradScaler around a fused step
         if isinstance(found_inf, torch.Tensor):
@@ -1225,17 +1339,18 @@ def _copy_parameters(params: Mapping[str, list[nn.Parameter]]) -> dict[str, list
 
 
 class _StepGuard:
-    """Handle that undoes :meth:`Modulator._guard_step` on remove (if nobody wrapped the step since)."""
+    """Handle that undoes :meth:`Modulator._guard_step` (or ``_guard_zero_grad``) on remove (if nobody wrapped
+    the method since)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, guard: Any, previous: Any) -> None:
-        self.optimizer, self.guard, self.previous = optimizer, guard, previous
+    def __init__(self, optimizer: torch.optim.Optimizer, guard: Any, previous: Any, *, name: str = "step") -> None:
+        self.optimizer, self.guard, self.previous, self.name = optimizer, guard, previous, name
 
     def remove(self) -> None:
-        if self.optimizer.__dict__.get("step") is self.guard:
+        if self.optimizer.__dict__.get(self.name) is self.guard:
             if self.previous is None:
-                del self.optimizer.step
+                delattr(self.optimizer, self.name)
             else:
-                self.optimizer.step = self.previous
+                setattr(self.optimizer, self.name, self.previous)
         # Otherwise something wrapped the guard since; it stays as a pass-through (nothing left to restore).
 
 
