@@ -152,6 +152,20 @@ def lint(session: nox.Session) -> None:
     session.run("mypy", "pdmp", "backends")
 
 
+@nox.session
+def mutation(session: nox.Session) -> None:
+    """Mutation testing of the verdict code (pdmp/stats.py, compare.py, search.py) with mutmut.
+
+    Not in the ``tests`` tag: it takes tens of minutes. ``[tool.mutmut]`` in pyproject.toml picks the files
+    and the core tests; mutmut works in ./mutants/ (git-ignored) and resumes there. The score and every
+    surviving mutant go to benchmarks/reported/mutation/ (summary.md and summary.json, committed).
+    Pass ``-- --max-children N`` for N workers (default 1: the machine is shared).
+    """
+    session.install("mutmut==3.8.1", "-e", ".[test]")
+    session.run("mutmut", "run", *(session.posargs or ["--max-children", "1"]))
+    session.run("python", "tools/mutation_report.py", "--out", "benchmarks/reported/mutation")
+
+
 # The docs toolchain, pinned like lint's; griffe (griffelib) reads the source, so no framework is installed.
 DOCS_PACKAGES = [
     "mkdocs==1.6.1",
