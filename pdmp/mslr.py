@@ -32,9 +32,11 @@ Departures, and why:
   logits (OGM-GE's batch score, what the adapters already hand every learning policy through
   ``observe``), averaged per step over the epoch, instead of each modality's validation accuracy: a
   policy sees no validation data, and this keeps it running through both adapters unchanged.
-* An epoch's scores are closed when the policy is first asked for a later epoch's coefficients (the
-  adapters ask at every epoch start), so an update made after epoch e acts from epoch e + 1 on, as in
-  the re-implementation (its update follows that epoch's validation).
+* Scores belong to the epoch of the coefficients last asked for (the adapters ask for a step's
+  coefficients before handing over its scores); an update made after epoch e acts from epoch e + 1
+  on, as in the re-implementation (its update follows that epoch's validation). Asking for
+  coefficients changes no state, so Keras, which restores the state from a variable before each
+  step, computes the same as torch.
 * The paper starts late fusion from fine-tuned unimodal models; here the fused model trains from
   scratch like every other candidate, with the unimodal learning rates only.
 * The coefficient multiplies the encoder's learning rate on top of the run's schedule (the adapters'
@@ -119,9 +121,13 @@ class MSLR(CoefficientPolicy):
         # fixed shape, so that Keras can keep the state in a variable.
         self._window = {m: [0.0] * self.history for m in self.modalities}
         self._filled = 0
+        # The epoch of the last coefficients asked for: the epoch the next scores belong to. Not state:
+        # the adapters ask for a step's coefficients before they hand over its scores.
+        self._asked_epoch = 0
 
     def update(self, scores: Mapping[str, float]) -> None:
-        """Fold in one step's batch scores (``"dynamic"``; ignored by ``"keep"``)."""
+        """Fold in one step's batch scores (``"dynamic"``; ignored by ``"keep"``): they belong to the
+        epoch of the coefficients last asked for; the epochs before it are closed first."""
         if self.strategy != "dynamic":
             return
         check_same_modalities(scores.keys(), self.modalities, where="MSLR.update scores")
@@ -129,31 +135,38 @@ class MSLR(CoefficientPolicy):
         bad = {m: v for m, v in values.items() if not math.isfinite(v) or v < 0.0}
         if bad:
             raise ValueError(f"MSLR.update: scores {bad} are not finite sums of probabilities >= 0")
+        (self._factors, self._epoch, self._sums, self._count, self._window, self._filled) = self._closed(
+            self._asked_epoch
+        )
         for m in self.modalities:
             self._sums[m] += values[m]
         self._count += 1
 
-    def _close_epochs(self, epoch: int) -> None:
-        while self._epoch < epoch:
-            closed = self._epoch
-            if self._count:
+    def _closed(self, epoch: int) -> tuple[dict[str, float], int, dict[str, float], int, dict[str, list[float]], int]:
+        """The state once every epoch before ``epoch`` is closed (a copy: asking for coefficients
+        changes nothing, so an adapter that restores the state before each step sees the same)."""
+        factors, sums, count = dict(self._factors), dict(self._sums), self._count
+        window, filled, current = {m: list(v) for m, v in self._window.items()}, self._filled, self._epoch
+        while current < epoch:
+            if count:
                 for m in self.modalities:
-                    self._window[m] = [*self._window[m][1:], self._sums[m] / self._count]
-                self._filled = min(self._filled + 1, self.history)
-                if closed % self.history == 0 and closed > 0:
+                    window[m] = [*window[m][1:], sums[m] / count]
+                filled = min(filled + 1, self.history)
+                if current % self.history == 0 and current > 0:
                     for m in self.modalities:
-                        recent = self._window[m][self.history - self._filled :]
+                        recent = window[m][self.history - filled :]
                         mean = sum(recent) / len(recent)
                         if mean > 0.0:
-                            self._factors[m] *= recent[-1] / mean
-            self._sums = dict.fromkeys(self.modalities, 0.0)
-            self._count = 0
-            self._epoch += 1
+                            factors[m] *= recent[-1] / mean
+            sums, count = dict.fromkeys(self.modalities, 0.0), 0
+            current += 1
+        return factors, current, sums, count, window, filled
 
     def modulation(self, *, step: int, epoch: int, scores: Mapping[str, float] | None = None) -> Modulation:
-        if self.strategy == "dynamic":
-            self._close_epochs(check_non_negative_int(epoch, name="epoch"))
-        return Modulation(dict(self._factors))
+        if self.strategy != "dynamic":
+            return Modulation(dict(self._factors))
+        self._asked_epoch = max(check_non_negative_int(epoch, name="epoch"), self._epoch)
+        return Modulation(self._closed(self._asked_epoch)[0])
 
     def state_dict(self) -> dict[str, Any]:
         if self.strategy != "dynamic":
