@@ -7,6 +7,7 @@ torch and Keras runners train exactly the same set of methods.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -157,13 +158,31 @@ def mean_std(values: Sequence[float]) -> str:
     return f"{array.mean():.2f} ± {array.std(ddof=1):.2f}"
 
 
+#: Environment variables that set the thread pools of OpenMP, MKL, OpenBLAS and TensorFlow at start-up.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+
+
 def environment() -> dict[str, Any]:
-    """:func:`pdmp.run_environment` (CPU, core count, versions) plus thread counts and the GPU, recorded in
-    every run's JSON."""
+    """:func:`pdmp.run_environment` (CPU, core count, versions) plus what else selects a run's arithmetic,
+    recorded in every run's JSON: torch's intra- and inter-op thread counts and its CPU kernel level
+    (``torch_cpu_capability``, e.g. AVX2 or AVX512), TensorFlow's thread counts, the thread environment
+    variables that are set, and the GPU.
+
+    The same code, configuration and seed give bit-identical runs only where these agree: the thread
+    count splits each convolution's sums differently (the audio-dominant joint run of seed 1 gave 66.4 at
+    2 threads and 53.4 at 1, see ``benchmarks/reproduce.py``).
+    """
     info = run_environment()
+    variables = {name: os.environ[name] for name in THREAD_VARIABLES if name in os.environ}
+    if variables:
+        info["thread_variables"] = variables
     torch = sys.modules.get("torch")
     if torch is not None:
         info["torch_threads"] = torch.get_num_threads()
+        info["torch_interop_threads"] = torch.get_num_interop_threads()
+        capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+        if capability is not None:
+            info["torch_cpu_capability"] = capability()
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
     tensorflow = sys.modules.get("tensorflow")
