@@ -119,6 +119,7 @@ def hand_loop(
     epochs: int = 2,
     scaler: Any = None,
     pass_scaler: bool = True,
+    zero_model: bool = False,
     poison: tuple[int, int] | None = None,
     fail: tuple[int, int] | None = None,
     drop: tuple[int, int] | None = None,
@@ -144,7 +145,7 @@ def hand_loop(
         for index, batch in enumerate(data(family)):
             if (epoch, index) == drop:
                 continue
-            opt.zero_grad()
+            (model if zero_model else opt).zero_grad()
             weights = mod.unimodal_loss_weights if policy.uses_unimodal_losses and family != "mmpareto" else None
             for position, (a, v, y) in enumerate(split(batch, micro)):
                 loss, observed, unimodal = forward_loss(family, model, a, v, y, weights)
@@ -214,13 +215,22 @@ def test_accumulated_micro_batches_equal_one_big_batch(family: str, step_every_m
         assert moved, f"{family} never modulated: the comparison would not test it"
 
 
-@pytest.mark.parametrize("pass_scaler", [True, False])
+@pytest.mark.parametrize("signal", ["scaler", "zero_grad"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_step_grad_scaler_skipped_leaves_the_policy_state_unchanged(family: str, pass_scaler: bool) -> None:
-    if family == "mmpareto" and not pass_scaler:
+def test_a_step_grad_scaler_skipped_leaves_the_policy_state_unchanged(family: str, signal: str) -> None:
+    """The Modulator learns of a skip that never called the optimizer from the scaler's lowered scale
+    (``scaler=``; the loop zeroes gradients with ``model.zero_grad()``), or without ``scaler=`` from the
+    ``optimizer.zero_grad()`` that discards the skipped step's gradients."""
+    if family == "mmpareto" and signal == "zero_grad":
         pytest.skip("Modulator.backward scales the losses only with scaler=")
+    by_scaler = signal == "scaler"
     skipped = hand_loop(
-        family, micro=2, scaler=torch.amp.GradScaler("cpu", init_scale=2.0**8), pass_scaler=pass_scaler, poison=(0, 1)
+        family,
+        micro=2,
+        scaler=torch.amp.GradScaler("cpu", init_scale=2.0**8),
+        pass_scaler=by_scaler,
+        zero_model=by_scaler,
+        poison=(0, 1),
     )
     clean = hand_loop(family, micro=2, scaler=torch.amp.GradScaler("cpu", init_scale=2.0**8), drop=(0, 1))
     assert len(skipped["skipped"]) == 1 and skipped["skipped"][0][1] == 1  # the clock stayed at 1
@@ -238,11 +248,23 @@ def test_a_step_whose_optimizer_step_raised_leaves_the_policy_state_unchanged(fa
 # -- Lightning: accumulate_grad_batches=2 is the hand-written accumulation loop ----------------------------
 
 
-def lightning_fit(family: str, *, epochs: int = 2) -> dict[str, Any]:
+def lightning_fit(
+    family: str, *, epochs: int = 2, poison: int | None = None, drop: int | None = None, scaler: Any = None
+) -> dict[str, Any]:
+    """Fit with ``accumulate_grad_batches=2``; ``poison``: the step (counted over the whole fit) whose loss is
+    inf, ``drop``: the step left out, ``scaler``: a GradScaler for 16-bit mixed precision."""
     lightning = pytest.importorskip("lightning")
+    from lightning.pytorch.plugins import MixedPrecision
+
     from pdmp.backends.torch.lightning import PDMPCallback
 
-    batches = [micro for batch in data(family) for micro in split(batch, 2)]
+    steps = [(epoch, index, batch) for epoch in range(epochs) for index, batch in enumerate(data(family))]
+    per_epoch = [
+        [micro for epoch_, index, batch in steps if epoch_ == epoch and epoch * STEPS + index != drop
+         for micro in split(batch, 2)]
+        for epoch in range(epochs)
+    ]  # fmt: skip
+    poisoned = set() if poison is None else {2 * poison, 2 * poison + 1}  # its micro-batches, counted over the fit
     policy = make_policy(family)
     spy = Spy(policy)
     manual = family == "mmpareto"  # its unimodal gradients need Modulator.backward: manual optimization
@@ -252,6 +274,7 @@ def lightning_fit(family: str, *, epochs: int = 2) -> dict[str, Any]:
             super().__init__()
             self.model = make_model()
             self.automatic_optimization = not manual
+            self.seen = 0
 
         def training_step(self, batch: Any, batch_idx: int) -> Any:
             a, v, y = batch
@@ -261,6 +284,9 @@ def lightning_fit(family: str, *, epochs: int = 2) -> dict[str, Any]:
             loss, observed, unimodal = forward_loss(family, self.model, a, v, y, weights)
             if observed is not None:
                 self.pdmp_logits = (observed, y)
+            if self.seen in poisoned:
+                loss = loss * math.inf
+            self.seen += 1
             if not manual:
                 return loss  # Lightning divides it by accumulate_grad_batches
             assert unimodal is not None and callback.modulator is not None
@@ -276,13 +302,16 @@ def lightning_fit(family: str, *, epochs: int = 2) -> dict[str, Any]:
             return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
 
         def train_dataloader(self) -> Any:
-            return torch.utils.data.DataLoader(batches, batch_size=None)  # the ready micro-batches, in order
+            # The ready micro-batches, in order; one epoch may be a step shorter (drop=).
+            return torch.utils.data.DataLoader(per_epoch[self.current_epoch], batch_size=None)
 
     module = Module()
     callback = PDMPCallback({m: f"model.{m}" for m in NAMES}, policy, log_every=None)
+    plugins = [] if scaler is None else [MixedPrecision("16-mixed", "cpu", scaler=scaler)]
     trainer = lightning.Trainer(
         accelerator="cpu", devices=1, max_epochs=epochs, accumulate_grad_batches=1 if manual else 2, logger=False,
         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, callbacks=[callback],
+        plugins=plugins, reload_dataloaders_every_n_epochs=1,
     )  # fmt: skip
     trainer.fit(module)
     final = callback.state_dict()["modulator"]
@@ -303,3 +332,17 @@ def test_lightning_accumulate_grad_batches_equals_the_hand_written_loop(family: 
     assert _flat(fitted["state"]) == pytest.approx(_flat(hand["state"]), rel=1e-9, abs=1e-12)
     for key, value in hand["params"].items():
         torch.testing.assert_close(fitted["params"][key], value, **CLOSE, msg=f"{family}: {key}")
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "mmpareto"])
+def test_lightning_grad_scaler_skip_leaves_the_policy_state_unchanged(family: str) -> None:
+    """16-bit mixed precision with accumulate_grad_batches=2: the step whose loss is inf is skipped by
+    GradScaler (the optimizer is not called); the run equals one that never saw that step's micro-batches
+    (the model is float64, which autocast leaves alone, so only the loss scale differs)."""
+    skipped = lightning_fit(family, poison=1, scaler=torch.amp.GradScaler("cpu", init_scale=2.0**8))
+    clean = lightning_fit(family, drop=1, scaler=torch.amp.GradScaler("cpu", init_scale=2.0**8))
+    assert skipped["step"] == clean["step"] == 2 * STEPS - 1
+    assert skipped["counts"] == clean["counts"]
+    assert _flat(skipped["state"]) == pytest.approx(_flat(clean["state"]), rel=1e-9, abs=1e-12)
+    for key, value in clean["params"].items():
+        torch.testing.assert_close(skipped["params"][key], value, **CLOSE, msg=f"{family}: {key}")
