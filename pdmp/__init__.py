@@ -36,6 +36,7 @@ from pdmp.ranking import (
     under_optimization,
 )
 from pdmp.recipes import Recipe, recipe
+from pdmp.robustness import Condition, ModalityDropout, RobustnessTable, robustness_conditions
 from pdmp.search import SearchResult, gamma_grid, search_gammas
 from pdmp.stats import PairedDifference, paired_difference
 from pdmp.transforms import GradientPolicy, GradientTransform, apply_transform, gradient_statistics, logit_statistics
@@ -53,12 +54,14 @@ __all__ = [
     "Candidate",
     "Clock",
     "CoefficientPolicy",
+    "Condition",
     "Dependency",
     "GradientPolicy",
     "GradientTransform",
     "InfoReg",
     "InversePDMP",
     "MMPareto",
+    "ModalityDropout",
     "Modulation",
     "NoModulation",
     "PairedDifference",
@@ -66,6 +69,7 @@ __all__ = [
     "RankingFileError",
     "RankingWarning",
     "Recipe",
+    "RobustnessTable",
     "SearchResult",
     "Study",
     "StudyError",
@@ -92,6 +96,7 @@ __all__ = [
     "recipe",
     "register_policy",
     "report_ensemble",
+    "robustness_conditions",
     "run_environment",
     "search_gammas",
     "shapley_responses",

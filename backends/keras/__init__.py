@@ -30,6 +30,7 @@ from pdmp.backends.keras.heads import ConcatHead, SumHeads, concat_head_logits, 
 from pdmp.backends.keras.logs import PDMPLogger  # noqa: E402
 from pdmp.backends.keras.model import ModulatedModel  # noqa: E402
 from pdmp.backends.keras.ranking import rank_unimodal  # noqa: E402
+from pdmp.backends.keras.robustness import apply_modality_dropout, evaluate_robustness  # noqa: E402
 
 __all__ = [
     "SUPPORTED_BACKENDS",
@@ -37,8 +38,10 @@ __all__ = [
     "ModulatedModel",
     "PDMPLogger",
     "SumHeads",
+    "apply_modality_dropout",
     "concat_head_logits",
     "dependency_shares",
+    "evaluate_robustness",
     "rank_unimodal",
     "sum_head_logits",
 ]

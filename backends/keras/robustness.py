@@ -1,0 +1,106 @@
+"""Missing or corrupted modalities in Keras (TensorFlow or JAX): the forward passes of :mod:`pdmp.robustness`.
+
+:func:`evaluate_robustness` runs a model over test inputs altered by the core's conditions;
+:func:`apply_modality_dropout` replaces the dropped samples' inputs of a training batch (the mask and
+the replacement's meaning are the core's, :class:`pdmp.robustness.ModalityDropout`; use it in a custom
+``train_step`` or on the arrays a ``tf.data`` map or a generator feeds ``fit()``). What each condition
+does, and how dropout meets a policy's coefficients, is documented in :mod:`pdmp.robustness`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from pdmp._validation import check_positive_int
+from pdmp.robustness import Condition, RobustnessTable, replacement_value
+from pdmp.robustness import evaluate_robustness as _evaluate
+
+__all__ = ["apply_modality_dropout", "evaluate_robustness"]
+
+
+def evaluate_robustness(
+    predict: Callable[[dict[str, Any]], Any] | keras.Model,
+    inputs: Mapping[str, Any],
+    labels: Any,
+    *,
+    conditions: Sequence[Condition] | None = None,
+    train_means: Mapping[str, Any] | None = None,
+    tokens: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    num_classes: int | None = None,
+) -> RobustnessTable:
+    """Accuracy and macro-F1 of ``predict`` with each modality missing or noised (one table row per condition).
+
+    Args:
+        predict: a ``keras.Model`` taking a dict keyed by modality (called with ``training=False``), or
+            ``predict({modality: array}) -> logits`` for one batch.
+        inputs, labels: the test inputs keyed by modality (each in the layout the model takes) and the
+            integer labels.
+        conditions, train_means, tokens, seed: as :func:`pdmp.backends.torch.evaluate_robustness` (the
+            same arrays and seed give the same altered inputs in both backends).
+        batch_size: the batch size of the forward passes.
+    """
+    batch_size = check_positive_int(batch_size, name="batch_size")
+    model = predict if isinstance(predict, keras.Model) else None
+
+    def run(altered: dict[str, np.ndarray]) -> np.ndarray:
+        n = len(next(iter(altered.values())))
+        outputs = []
+        for start in range(0, n, batch_size):
+            batch = {name: value[start : start + batch_size] for name, value in altered.items()}
+            logits = model(batch, training=False) if model is not None else predict(batch)
+            outputs.append(np.asarray(ops.convert_to_numpy(logits), dtype=np.float64))
+        return np.concatenate(outputs) if outputs else np.zeros((0, 0))
+
+    def numpy(values: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        return None if values is None else {k: np.asarray(ops.convert_to_numpy(v)) for k, v in values.items()}
+
+    arrays = numpy(inputs)
+    assert arrays is not None
+    return _evaluate(
+        run,
+        arrays,
+        np.asarray(labels),
+        conditions=conditions,
+        train_means=numpy(train_means),
+        tokens=numpy(tokens),
+        seed=seed,
+        num_classes=num_classes,
+    )
+
+
+def apply_modality_dropout(
+    inputs: Mapping[str, Any],
+    mask: Mapping[str, Any],
+    *,
+    replacement: str = "zeros",
+    train_means: Mapping[str, Any] | None = None,
+    tokens: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The batch with each sample's dropped modalities replaced (``mask``: :meth:`ModalityDropout.mask`).
+
+    ``"token"`` keeps the token (e.g. a trainable variable) in the graph, so it learns from the dropped
+    samples; modalities the mask leaves out pass unchanged.
+    """
+    unknown = sorted(set(mask) - set(inputs))
+    if unknown:
+        raise ValueError(f"the dropout mask names {unknown}, not among the inputs {sorted(inputs)}")
+    out = dict(inputs)
+    for name, dropped in mask.items():
+        x = ops.convert_to_tensor(inputs[name])
+        drop = np.asarray(dropped, dtype=bool)
+        if drop.shape != (x.shape[0],):
+            raise ValueError(f"the dropout mask of {name!r} has shape {drop.shape}; the batch has {x.shape[0]} samples")
+        if not drop.any():
+            continue
+        value = replacement_value(name, replacement, tuple(x.shape[1:]), train_means=train_means, tokens=tokens)
+        filled = ops.zeros_like(x) if value is None else ops.cast(value, x.dtype)
+        where = ops.convert_to_tensor(drop.reshape((-1,) + (1,) * (len(x.shape) - 1)))
+        out[name] = ops.where(where, filled, x)
+    return out
