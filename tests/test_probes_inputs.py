@@ -54,7 +54,9 @@ from pdmp._validation import (
     check_state_keys,
     parse_json,
 )
-from pdmp.datasets._cache import content_sha256, load_npz, save_npz_atomic
+from pdmp.datasets import load_mfeat
+from pdmp.datasets._cache import cache_dir, content_sha256, load_npz, save_npz_atomic
+from pdmp.datasets._compact import compact_path
 from pdmp.stats import PairedDifference
 
 LABELS = np.array([0, 1, 2, 0, 1, 2, 0, 1])
@@ -161,6 +163,37 @@ PROBES: list[tuple[str, Callable[[Path], Any], tuple[type[Exception], ...], str]
         lambda f: _cache_with_meta(f, '{"x": NaN}'),
         (ValueError,),
         r"load_npz returned None",
+    ),
+    # -- dataset loaders: scalars where lists go, names that become file names -------------------------
+    (
+        "mfeat-views-empty",
+        lambda _: load_mfeat(views=()),
+        (ValueError,),
+        r"views is empty; give at least one value",
+    ),
+    (
+        "mfeat-views-scalar",
+        lambda _: load_mfeat(views=3),
+        (TypeError,),
+        r"views must be a list or tuple such as \('pix', 'fou', 'mor'\), got int 3",
+    ),
+    (
+        "mfeat-split-fractions-scalar",
+        lambda _: load_mfeat(split_fractions=0.5),
+        (TypeError,),
+        r"split_fractions must be a list or tuple such as \(0\.5, 0\.25, 0\.25\), got float 0\.5",
+    ),
+    (
+        "dataset-cache-dir-not-a-path",
+        lambda _: cache_dir(3),
+        (TypeError,),
+        r"cache_dir must be a folder path \(str or pathlib\.Path\), got int 3",
+    ),
+    (
+        "compact-file-regime-leaves-folder",
+        lambda f: compact_path(f, "../../escaped"),
+        (ValueError,),
+        r"regime '\.\./\.\./escaped' contains '/'; it names a file",
     ),
     # -- loosely typed saved state (accepted before) ------------------------------------------------
     (

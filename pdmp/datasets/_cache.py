@@ -34,6 +34,10 @@ class DatasetCacheError(ValueError):
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
     """``override``, else ``$PDMP_CACHE_DIR``, else ``$XDG_CACHE_HOME/pdmp``, else ``~/.cache/pdmp``."""
     if override is not None:
+        if not isinstance(override, (str, os.PathLike)):
+            raise TypeError(
+                f"cache_dir must be a folder path (str or pathlib.Path), got {type(override).__name__} {override!r}"
+            )
         return Path(override)
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR])

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from pdmp._validation import check_seed
+from pdmp._validation import check_file_name, check_seed
 from pdmp.datasets import _cache
 from pdmp.datasets._base import MultimodalDataset
 from pdmp.datasets.av_digits import AV_DIGITS_REGIMES, _assemble, _check_cached_arrays, _rng
@@ -61,8 +61,12 @@ IMAGE_ENCODINGS = ("exact", "float16")
 
 
 def compact_path(folder: str | Path, regime: str, seed: int = 0) -> Path:
-    """Where the compact file of ``regime`` (data seed ``seed``) lives in ``folder``."""
-    return Path(folder) / f"av_digits-compact-{regime}-s{seed}.npz"
+    """Where the compact file of ``regime`` (data seed ``seed``) lives in ``folder``.
+
+    ``regime`` becomes part of the file name, so a name that would leave ``folder`` (``'../x'``) is refused.
+    """
+    check_file_name(regime, name="regime")
+    return Path(folder) / f"av_digits-compact-{regime}-s{check_seed(seed)}.npz"
 
 
 def _sha256(array: np.ndarray) -> str:

