@@ -70,3 +70,17 @@ def test_the_torch_line_resolves_from_a_fresh_clone(clone: tuple[Path, Path]) ->
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert '"name": "torch"' in result.stdout and '"name": "torchaudio"' in result.stdout
+
+
+def test_the_git_url_form_resolves(clone: tuple[Path, Path]) -> None:
+    """``pip install "pdmp[torch] @ git+<repository URL>"``, with the fresh clone as the repository."""
+    repo, python = clone
+    readme = (ROOT / "README.md").read_text("utf-8")
+    assert 'pip install "pdmp[torch] @ git+<repository URL>"' in readme
+    result = subprocess.run(
+        # file://localhost/: the pip that `python3 -m venv` brings rejects a git+file URL without a host.
+        [str(python), "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-", f"pdmp[torch] @ git+file://localhost{repo}"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert '"name": "pdmp"' in result.stdout and '"name": "torch"' in result.stdout
