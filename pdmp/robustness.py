@@ -8,7 +8,8 @@ Everything that decides what a condition does lives here, in NumPy; the backends
 
 * ``missing``: the input is replaced by zeros (``"zeros"``), by the training mean (``"mean"``: the
   per-feature mean over the training samples, :func:`training_means`) or by a learned missing token
-  in input space (``"token"``: e.g. the ``nn.Parameter`` that :func:`apply_modality_dropout` trained);
+  in input space (``"token"``: e.g. the ``nn.Parameter`` that
+  :func:`~pdmp.backends.torch.apply_modality_dropout` trained);
 * ``noise``: additive Gaussian noise at a signal-to-noise ratio in dB, per sample: with ``P_i`` the mean
   square of sample i's input, the noise's standard deviation is ``sqrt(P_i / 10**(snr_db / 10))``. The
   noise comes from ``numpy.random.default_rng([seed, crc32(condition), crc32(modality)])`` over the
