@@ -356,6 +356,37 @@ def setting_summary(name: str, out: Path) -> tuple[list[str], Study | None]:
     return lines, study
 
 
+def variant_regrets(root: Path) -> list[str]:
+    """The recipe variants' validation regret on the tuning seeds, per setting whose select study has
+    trained every variant and every joint learning rate: the setting's best (variants and joint
+    learning rates) minus the variant's, in points; the choice rule of ``benchmarks/README.md``."""
+    variants = [f"recipe_{name}" for name in VARIANTS]
+    joints = ["joint", *(f"joint[lr*{s:g}]" for s in LR_SCALES if s != 1.0)]
+    header = "| setting | best (val_acc) | " + " | ".join(f"regret {v}" for v in variants) + " |"
+    lines = [header, "|---" * (len(variants) + 2) + "|"]
+    regrets: dict[str, list[float]] = {v: [] for v in variants}
+    for name in SETTINGS_ALL:
+        path = root / name / "select.json"
+        if not path.exists():
+            continue
+        select = Study.load(path)
+        if not all(select.values(n, "val_acc") for n in [*variants, *joints]):
+            continue
+        values = {n: 100 * mean_val(select, n) for n in [*variants, *joints]}
+        best = max(values, key=values.__getitem__)
+        for v in variants:
+            regrets[v].append(values[best] - values[v])
+        cells = " | ".join(f"{values[best] - values[v]:.1f}" for v in variants)
+        lines.append(f"| {name} | {best} {values[best]:.1f} | {cells} |")
+    if all(regrets.values()):
+        lines.append(
+            "| largest / mean | | " + " | ".join(f"{max(r):.1f} / {np.mean(r):.1f}" for r in regrets.values()) + " |"
+        )
+        chosen = min(variants, key=lambda v: (max(regrets[v]), float(np.mean(regrets[v]))))
+        lines += ["", f"Smallest largest regret: **{chosen.removeprefix('recipe_')}**."]
+    return lines
+
+
 def report(root: Path) -> str:
     lines = [
         "# Default recipe: every setting",
@@ -380,6 +411,7 @@ def report(root: Path) -> str:
         goal, _ = goal_lines(study)
         for row in goal[2:]:
             lines.append(f"| {name} | {len(study.seeds)} " + row + f" {wall_ratio(study)} |")
+    lines += ["", "## The variant's choice (tuning seed, validation accuracy)", "", *variant_regrets(root)]
     return "\n".join(lines) + "\n"
 
 

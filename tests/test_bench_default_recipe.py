@@ -63,4 +63,5 @@ def test_report_states_the_goal_per_setting(folder):
     text = (folder / "summary.md").read_text()
     assert "| mfeat | 3 | test_acc |" in text and "| mfeat | 3 | test_f1 |" in text
     assert "| under_optimization | not run |" in text
+    assert "| mfeat | " in text.split("The variant's choice")[1] and "Smallest largest regret: **" in text
     assert "recipe − best unimodal" in (folder / "mfeat" / "summary.md").read_text()
