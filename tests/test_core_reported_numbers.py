@@ -76,6 +76,13 @@ def _overhead_scale() -> dict:
     return json.loads((REPORTED / "overhead" / "torch_overhead_scale.json").read_text())["result"]
 
 
+def _aux_cost(model: str) -> float:
+    """The adaptive rule's auxiliary losses: wall-clock step time ratio (benchmarks.torch_overhead)."""
+    results = json.loads((REPORTED / "overhead" / "torch_overhead.json").read_text())["results"]
+    (result,) = (r for r in results if r["model"] == model)
+    return float(result["ratio_wall"]["adaptive-aux"])
+
+
 # -- formatting, rounded once ----------------------------------------------------------------------
 def ms(values: Values) -> str:
     points = np.array(list(values.values())) * 100
@@ -458,6 +465,24 @@ CLAIMS: list[tuple[tuple[str, ...], str, Callable[[], str]]] = [
             f"{diff(_searched('audio_dominant', 'adaptive'), _searched('audio_dominant', 'joint'))[:4]} in the "
             f"audio-dominant one, {diff(study(PAPER_UO, 'adaptive'), study(PAPER_UO, 'joint'))[:4]} at SGD lr 1e-3"
         ),
+    ),
+    # wall times and the auxiliary losses' cost
+    (
+        (BENCH,),
+        "reports 24.7 min (`benchmarks/reported/main/wall_time.txt`)",
+        lambda: (
+            f"reports {(REPORTED / 'main' / 'wall_time.txt').read_text().strip()} (`benchmarks/reported/main/wall_time.txt`)"
+        ),
+    ),
+    (
+        (BENCH, ADAPTIVE),
+        "x1.012 of a plain training step",
+        lambda: f"x{_aux_cost('resnet-cnn'):.3f} of a plain training step",
+    ),
+    (
+        (BENCH, ADAPTIVE),
+        "x1.006 with",
+        lambda: f"x{_aux_cost('transformer'):.3f} with",
     ),
     # docs/pytorch.md: overhead, wall-clock and CPU time kept apart
     *(
