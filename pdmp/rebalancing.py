@@ -98,6 +98,36 @@ class LossTerms:
             for kind in ("unimodal", "prototype", "prototype_entropy")
         }
 
+    def vector(self, modalities: Sequence[str]) -> NDArray[np.float64]:
+        """The weights as one fixed-shape array, ``[fused, unimodal..., prototype..., prototype_entropy...]``
+        in ``modalities`` order (absent = 0): what a host callback inside a compiled step returns."""
+        names = tuple(modalities)
+        for kind in ("unimodal", "prototype", "prototype_entropy"):
+            unknown = set(getattr(self, kind)) - set(names)
+            if unknown:
+                raise ValueError(f"LossTerms.{kind} names {sorted(unknown)}, not among the modalities {list(names)}")
+        values = [self.fused]
+        for kind in ("unimodal", "prototype", "prototype_entropy"):
+            weights = getattr(self, kind)
+            values.extend(float(weights.get(m, 0.0)) for m in names)
+        return np.asarray(values, dtype=np.float64)
+
+    @classmethod
+    def from_vector(cls, values: ArrayLike, modalities: Sequence[str]) -> LossTerms:
+        """Invert :meth:`vector`."""
+        names = tuple(modalities)
+        array = check_finite_array(values, name="LossTerms vector")
+        if array.shape != (1 + 3 * len(names),):
+            raise ValueError(
+                f"a LossTerms vector for {len(names)} modalities has {1 + 3 * len(names)} values, "
+                f"got shape {array.shape}"
+            )
+        parts = [
+            dict(zip(names, (float(v) for v in array[1 + i * len(names) : 1 + (i + 1) * len(names)]), strict=True))
+            for i in range(3)
+        ]
+        return cls(fused=float(array[0]), unimodal=parts[0], prototype=parts[1], prototype_entropy=parts[2])
+
     def combine(
         self,
         fused: Any = None,
@@ -149,8 +179,11 @@ class TrainingPass:
 
     Only ``modalities``' encoders are run; the loss is ``terms`` (for MLA the cross-entropy of the
     shared head on the one modality's features); with ``project_shared_head`` the adapter asks the
-    policy's :class:`HeadProjector` for the matrix ``P`` and replaces the shared head's weight gradient
-    ``G`` (classes x features) by ``G @ P.T`` before the optimizer step (the bias is left alone).
+    policy (:meth:`MLA.head_projection`) for the matrix ``P`` and replaces the shared head's weight
+    gradient ``G`` (classes x features) by ``G @ P.T`` before the optimizer step (the bias is left alone).
+    The step updates only the pass's encoders and the head: the other encoders get *no* gradient (the
+    reference's ``optimizer.step`` skips parameters whose gradient is None), not a zero gradient, which
+    momentum and weight decay would still move.
     """
 
     modalities: tuple[str, ...]

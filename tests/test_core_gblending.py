@@ -184,6 +184,21 @@ class TestLossTerms:
             LossTerms().combine(None)
         assert LossTerms(fused=0.0, unimodal={"audio": 1.0}).combine(unimodal={"audio": 3.0}) == 3.0
 
+    def test_the_fixed_shape_vector_round_trips(self):
+        terms = LossTerms(
+            fused=0.5, unimodal={"audio": 0.25}, prototype={"visual": 2.0}, prototype_entropy={"audio": 0.1}
+        )
+        vector = terms.vector(MODALITIES)
+        assert vector.tolist() == [0.5, 0.25, 0.0, 0.0, 2.0, 0.1, 0.0]
+        back = LossTerms.from_vector(vector, MODALITIES)
+        assert back.combine(
+            1.0, unimodal={"audio": 2.0}, prototype={"visual": 3.0}, prototype_entropy={"audio": 4.0}
+        ) == (terms.combine(1.0, unimodal={"audio": 2.0}, prototype={"visual": 3.0}, prototype_entropy={"audio": 4.0}))
+        with pytest.raises(ValueError, match="not among the modalities"):
+            LossTerms(unimodal={"text": 1.0}).vector(MODALITIES)
+        with pytest.raises(ValueError, match="7 values"):
+            LossTerms.from_vector(np.zeros(3), MODALITIES)
+
     def test_parameter_event_mixes_toward_the_initial_value(self):
         current, initial = np.array([1.0, 2.0]), np.array([0.0, 4.0])
         assert np.allclose(ParameterEvent("audio", 0.25).apply(current, initial), [0.75, 2.5])
