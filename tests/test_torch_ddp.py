@@ -3,7 +3,6 @@ single-process training on the same global batches; OGM-GE scores are all-reduce
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+from torch_ddp_helpers import run_ranks  # noqa: E402
 
 from pdmp import OGMGE, PDMP  # noqa: E402
 from pdmp.backends.torch import Modulator, concat_head_logits  # noqa: E402
@@ -72,24 +71,13 @@ def train(scenario: str, rank: int, world: int) -> dict[str, Any]:
 
 
 def _worker(rank: int, world: int, directory: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{directory}/store", rank=rank, world_size=world)
-    try:
-        torch.save({scenario: train(scenario, rank, world) for scenario in SCENARIOS}, f"{directory}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    torch.save({scenario: train(scenario, rank, world) for scenario in SCENARIOS}, f"{directory}/rank{rank}.pt")
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     directory = tmp_path_factory.mktemp("ddp")
-    context = mp.spawn(_worker, args=(WORLD, str(directory)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + 150
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("DDP workers did not finish within 150 s")
+    run_ranks(_worker, WORLD, str(directory))  # see torch_ddp_helpers for what makes it deterministic
     return [torch.load(Path(directory) / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import io
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
@@ -607,24 +605,15 @@ def train_ddp(rank: int, world: int) -> dict[str, Any]:
 
 
 def _ddp_worker(rank: int, world: int, directory: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{directory}/store", rank=rank, world_size=world)
-    try:
-        torch.save(train_ddp(rank, world), f"{directory}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    torch.save(train_ddp(rank, world), f"{directory}/rank{rank}.pt")
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 def test_ddp_ranks_apply_the_same_transform_as_one_process(tmp_path: Path) -> None:
-    context = mp.spawn(_ddp_worker, args=(WORLD, str(tmp_path)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=2):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("DDP workers did not finish within 120 s")
+    from torch_ddp_helpers import run_ranks
+
+    run_ranks(_ddp_worker, WORLD, str(tmp_path), timeout=120)
     first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD))
     assert first["seen"] == second["seen"]  # identical statistics, hence identical transforms
     for name, value in first["state"].items():
