@@ -20,11 +20,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.protocol import WIDE_MLP_HIDDEN
+from benchmarks.protocol import ENCODERS, FUSIONS, WIDE_MLP_HIDDEN
 from pdmp.backends.torch import concat_head_logits, sum_head_logits
 
-FUSIONS = ("concat", "sum", "film", "gated")
-ENCODERS = ("cnn", "transformer")
+__all__ = [
+    "ENCODERS",
+    "FUSIONS",
+    "FusionNet",
+    "MLPEncoder",
+    "ResNetEncoder",
+    "ResidualBlock",
+    "TransformerEncoder",
+    "UnimodalNet",
+    "make_encoder",
+]
 
 
 class ResidualBlock(nn.Module):

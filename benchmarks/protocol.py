@@ -30,6 +30,7 @@ from pdmp import (
     macro_f1,
     run_environment,
 )
+from pdmp._validation import check_mapping, check_non_negative_finite, check_positive_finite, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ ENCODER_OVERRIDES: dict[str, dict[str, str]] = {"av_digits:under_optimization": 
 
 
 OPTIMIZERS = ("sgd", "adamw")
+#: Image encoders (vector modalities always get an MLP) and fusions of the torch models
+#: (``benchmarks.models_torch``; the Keras models implement concat only).
+ENCODERS = ("cnn", "transformer")
+ENCODER_KINDS = (*ENCODERS, "wide_mlp")
+FUSIONS = ("concat", "sum", "film", "gated")
 
 #: AdamW's base settings (the usual ones for small ViTs), used by transformer settings: SGD at the CNNs'
 #: learning rate left the transformers at chance in 10 epochs (preset extended-a).
@@ -101,8 +107,27 @@ class TrainConfig:
     encoder_overrides: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Checked here, before any data is loaded or model built: a typo fails in a second, not after
+        # the dataset cache was built, and a string number ("10") never reaches the training loop.
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}")
+        for name in ("epochs", "batch_size", "width", "depth"):
+            check_positive_int(getattr(self, name), name=f"TrainConfig.{name}")
+        check_positive_finite(self.lr, name="TrainConfig.lr")
+        for name in ("momentum", "weight_decay"):
+            check_non_negative_finite(getattr(self, name), name=f"TrainConfig.{name}")
+        if self.encoder not in ENCODER_KINDS:
+            raise ValueError(f"unknown encoder {self.encoder!r}; use one of {ENCODER_KINDS}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {self.fusion!r}; use one of {FUSIONS}")
+        if not isinstance(self.device, str) or not self.device:
+            raise TypeError(f"TrainConfig.device must be a device name such as 'cpu' or 'cuda', got {self.device!r}")
+        overrides = check_mapping(
+            self.encoder_overrides, name="TrainConfig.encoder_overrides", example="{'image': 'wide_mlp'}"
+        )
+        unknown = {modality: kind for modality, kind in overrides.items() if kind not in ENCODER_KINDS}
+        if unknown:
+            raise ValueError(f"TrainConfig.encoder_overrides names unknown encoder(s) {unknown}; use {ENCODER_KINDS}")
 
     def encoder_for(self, modality: str) -> str:
         return self.encoder_overrides.get(modality, self.encoder)

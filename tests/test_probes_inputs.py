@@ -351,6 +351,36 @@ def test_bad_input_fails_loudly_and_writes_nothing(workdir: Path, probe, errors,
         assert np.array_equal(PREDICTIONS[name], array)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "error", "message"),
+    [
+        ("epochs", "10", ValueError, r"TrainConfig\.epochs must be an integer >= 0, got '10'"),
+        ("epochs", 0, ValueError, r"TrainConfig\.epochs must be an integer >= 1"),
+        ("lr", "0.05", TypeError, r"TrainConfig\.lr must be a number, got str '0\.05'"),
+        ("lr", float("nan"), ValueError, r"TrainConfig\.lr must be a finite number > 0"),
+        ("momentum", -0.9, ValueError, r"TrainConfig\.momentum must be a finite number >= 0"),
+        ("batch_size", 6.4, ValueError, r"TrainConfig\.batch_size must be an integer"),
+        ("encoder", "resnet", ValueError, r"unknown encoder 'resnet'; use one of \('cnn', 'transformer', 'wide_mlp'\)"),
+        ("fusion", "attn", ValueError, r"unknown fusion 'attn'; use one of \('concat', 'sum', 'film', 'gated'\)"),
+        (
+            "encoder_overrides",
+            "wide_mlp",
+            TypeError,
+            r"encoder_overrides must be a dict such as \{'image': 'wide_mlp'\}",
+        ),
+        ("encoder_overrides", {"image": "wide"}, ValueError, r"unknown encoder\(s\) \{'image': 'wide'\}"),
+    ],
+)
+def test_benchmark_train_config_is_checked_before_any_work(field: str, value: Any, error: type, message: str) -> None:
+    # The benchmark's run configuration (benchmarks.protocol, NumPy only) accepted all of these; a typo
+    # surfaced only after the data was built, a string epoch count inside the training loop.
+    from benchmarks.protocol import TrainConfig
+
+    with pytest.raises(error, match=message):
+        TrainConfig(**{field: value})
+    assert TrainConfig(encoder_overrides={"image": "wide_mlp"}).encoder_for("image") == "wide_mlp"
+
+
 # ---- results that were right but came from a crash-prone path ---------------------------------------
 
 
