@@ -328,3 +328,65 @@ def test_auxiliary_unimodal_losses_without_unimodal_logits_are_refused() -> None
     policy = AdaptivePDMP(["audio", "image"], {"audio": 0.9, "image": 0.3}, auxiliary=4.0)
     with pytest.raises(ValueError, match=r"adds each modality's unimodal loss.*pass unimodal_logits="):
         wrap(policy)
+
+
+# -- one step lifecycle: gradient accumulation and skipped steps -------------------------------------------
+
+
+def _lifecycle_run(policy: object, optimizer: object, x: object, y: object, batch: int) -> ModulatedModel:
+    options = {"unimodal_logits": SPEC} if getattr(policy, "uses_unimodal_losses", False) else {}
+    model = compile_(wrap(policy, **options), optimizer)
+    model.fit(x, y, batch_size=batch, epochs=2, shuffle=False, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("family", ["PDMP-step", "AdaptivePDMP"])
+def test_accumulating_two_micro_batches_trains_like_one_batch_of_both_on_jax(family: str) -> None:
+    """Defect: Keras on JAX with gradient_accumulation_steps raised (the counter is no variable there), and the
+    step counter stayed 0 on TensorFlow. Batch 4 accumulated twice is batch 8: same clock, coefficients, weights."""
+
+    def policy() -> object:
+        if family == "PDMP-step":
+            return PDMP(NAMES, "audio", 4.0, 0.5, unit="step", warmup=2, ramp=2)
+        return AdaptivePDMP(NAMES, {"audio": 0.9, "image": 0.3}, horizon=3.0, auxiliary=2.0)
+
+    x, y = data()
+    accumulated = _lifecycle_run(policy(), keras.optimizers.SGD(2.0**-4, gradient_accumulation_steps=2), x, y, 4)
+    whole = _lifecycle_run(policy(), keras.optimizers.SGD(2.0**-4), x, y, 8)
+    assert accumulated.state_dict()["clock"] == whole.state_dict()["clock"] == {"step": 8, "epoch": 1}
+    assert accumulated.coefficients == pytest.approx(whole.coefficients, rel=1e-5)
+    got, want = accumulated.state_dict()["policy_state"], whole.state_dict()["policy_state"]
+    assert repr(got.keys()) == repr(want.keys())
+    for key, value in weights(whole).items():
+        np.testing.assert_allclose(weights(accumulated)[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+    if family == "AdaptivePDMP":
+        assert got["updates"] == want["updates"] == 7  # once per taken step, from the step's summed scores
+        assert got["ema"] == pytest.approx(want["ema"], rel=1e-5)
+
+
+def test_ogmge_counts_taken_steps_under_accumulation_on_jax() -> None:
+    x, y = data()
+    model = _lifecycle_run(
+        OGMGE(NAMES, alpha=0.5), keras.optimizers.SGD(2.0**-4, gradient_accumulation_steps=2), x, y, 4
+    )
+    assert model.step_count == 8 == int(np.asarray(model.optimizer.iterations))
+
+
+def test_a_step_the_loss_scale_optimizer_skips_changes_no_policy_state_on_jax() -> None:
+    """A skipped step is not counted and its scores do not reach the learning policy: the run equals one that
+    never saw the batch."""
+    x, y = data()
+    poisoned = {key: value.copy() for key, value in x.items()}
+    poisoned["a"][BATCH] = np.nan
+    keep = np.r_[0:BATCH, 2 * BATCH : len(y)]
+    runs = []
+    for inputs, labels in ((poisoned, y), ({key: value[keep] for key, value in x.items()}, y[keep])):
+        model = compile_(wrap(adaptive()), keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(2.0**-4)))
+        model.fit(inputs, labels, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+        runs.append(model)
+    skipped, never_seen = runs
+    assert skipped.step_count == never_seen.step_count == 3
+    got, want = skipped.state_dict()["policy_state"], never_seen.state_dict()["policy_state"]
+    assert got["updates"] == want["updates"] == 2 and got["ema"] == pytest.approx(want["ema"], rel=1e-6)
+    for key, value in weights(never_seen).items():
+        np.testing.assert_allclose(weights(skipped)[key], value, **F32, err_msg=key)

@@ -40,3 +40,25 @@ def inbound_tensors(layer: Any) -> list[Any]:
     """The symbolic tensors ``layer`` was first called on ([] for an input layer or an uncalled one)."""
     nodes = getattr(layer, "_inbound_nodes", None) or []
     return list(nodes[0].input_tensors) if nodes else []
+
+
+def micro_batch_counter(optimizer: Any) -> Any:
+    """The variable counting every ``apply`` of the optimizer that updates the weights or accumulates (a
+    ``LossScaleOptimizer``'s inner optimizer's: a skipped step reaches neither). Under
+    ``gradient_accumulation_steps`` the public ``iterations`` is this count floor-divided by the steps, a
+    tensor computed when it is read, so it cannot tell what one ``apply`` changed."""
+    return getattr(optimizer, "inner_optimizer", optimizer)._iterations
+
+
+def accumulation_steps(optimizer: Any) -> int | None:
+    """The optimizer's ``gradient_accumulation_steps`` (its inner optimizer's under a ``LossScaleOptimizer``,
+    which accumulates after unscaling), None without accumulation."""
+    steps = getattr(getattr(optimizer, "inner_optimizer", optimizer), "gradient_accumulation_steps", None)
+    return int(steps) if steps else None
+
+
+def accumulated_gradient(optimizer: Any, variable: Any) -> Any:
+    """What the optimizer has accumulated for ``variable`` since its last update (unscaled by the loss scale):
+    the sum of this step's earlier micro-batches' gradients."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return inner._accumulated_gradients[inner._get_variable_index(variable)]

@@ -33,6 +33,7 @@ from pdmp.transforms import (
     LOGIT_STATISTICS,
     TRANSFORM_FIELDS,
     GradientPolicy,
+    GradientTransform,
     stats_from_array,
 )
 
@@ -130,19 +131,28 @@ def transformed(
 
 def host_transform(
     policy: GradientPolicy, layout: _policy_state.StateLayout, wide_float: str
-) -> Callable[[Any, Any, Any, Any, Any], tuple[np.ndarray, np.ndarray]]:
-    """The host side of the step: ``(step, epoch, logit_stats, gradient_stats, state) -> (transform, state)``.
+) -> Callable[[Any, Any, Any, Any, Any, Any], tuple[np.ndarray, np.ndarray]]:
+    """The host side of the step: ``(step, epoch, take, logit_stats, gradient_stats, state) -> (transform, state)``.
 
-    ``state`` is the policy's encoded state (``_policy_state.pack``); the function loads it into
-    ``policy``, calls :meth:`~pdmp.transforms.GradientPolicy.transform` once and returns the transform
-    matrix (``wide_float``) and the new encoded state. A lock keeps replicas of a ``tf.distribute`` step
-    (which call it with the same inputs) from interleaving; ``policy.last_transform`` is the last step's.
+    ``state`` is the policy's encoded state (``_policy_state.pack``); where ``take`` is nonzero (the
+    optimizer will take this step) the function loads it into ``policy``, calls
+    :meth:`~pdmp.transforms.GradientPolicy.transform` once and returns the transform matrix
+    (``wide_float``) and the new encoded state. Where ``take`` is 0 (a micro-batch that only accumulates,
+    a step a ``LossScaleOptimizer`` skips) the policy is not called: its state comes back unchanged with
+    the identity transform, whose statistics (possibly non-finite) nobody reads. A lock keeps replicas of
+    a ``tf.distribute`` step (which call it with the same inputs) from interleaving;
+    ``policy.last_transform`` is the last taken step's.
     """
     lock = threading.Lock()
     modalities = policy.modalities
+    identity = GradientTransform(fused={}).as_array(modalities).astype(wide_float)
 
-    def run(step: Any, epoch: Any, logit_stats: Any, gradient_stats: Any, state: Any) -> tuple[np.ndarray, np.ndarray]:
+    def run(
+        step: Any, epoch: Any, take: Any, logit_stats: Any, gradient_stats: Any, state: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
         state = np.asarray(state)
+        if not int(np.asarray(take)):
+            return identity, state
         with lock:
             if layout.size:
                 policy.load_state_dict(layout.decode(_policy_state.unpack(state)))

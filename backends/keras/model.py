@@ -28,7 +28,8 @@ traced step reads variables and never retraces. The step and epoch counters are 
 they are the truth: the Python side re-reads them before it computes coefficients, so whatever
 restores the model's weights (``load_weights``, ``set_weights``, ``BackupAndRestore``,
 ``EarlyStopping(restore_best_weights=True)``) also restores the schedule. A step is counted only when
-the optimizer took it (a ``LossScaleOptimizer`` step skipped for non-finite gradients is not).
+the optimizer took it (not a ``LossScaleOptimizer`` step skipped for non-finite gradients, nor a
+micro-batch that only accumulates under ``gradient_accumulation_steps``).
 OGM-GE needs this batch's logits, so its formula runs in the graph
 (:mod:`pdmp.backends.keras._ogm`, tested against the core).
 
@@ -62,11 +63,14 @@ from pdmp._validation import (
 from pdmp.backends.keras import _ogm, _optimizer_lr, _policy_state, _transforms
 from pdmp.backends.keras._backend import backend_module
 from pdmp.backends.keras._keras_private import (
+    accumulated_gradient,
+    accumulation_steps,
     inbound_tensors,
+    micro_batch_counter,
     output_in_caller,
     producing_layer,
 )
-from pdmp.backends.keras.heads import ConcatHead, LayerLogits, layer_logits_from_config
+from pdmp.backends.keras.heads import ConcatHead, LayerLogits, SumHeads, layer_logits_from_config
 from pdmp.policies import (
     OGM_NOISE_EPS,
     OGMGE,
@@ -74,6 +78,7 @@ from pdmp.policies import (
     Clock,
     CoefficientPolicy,
     NoModulation,
+    check_modulation,
     policy_from_config,
 )
 from pdmp.transforms import LOGIT_STATISTICS, GradientPolicy
@@ -90,6 +95,16 @@ _ModulatedTrainer: Any = backend_module("trainer").ModulatedTrainer
 # (TensorFlow; JAX with jax_enable_x64), else float32/int32 (a JAX float64 variable would hold float32).
 _WIDE_FLOAT = "float64" if _backend_ops.FLOAT64 else "float32"
 _WIDE_INT = "int64" if _backend_ops.FLOAT64 else "int32"
+# pdmp_pending: a learning policy's scores of a taken step await folding in (complete), or are the running sum
+# of the micro-batches of a step still accumulating (partial); 0: nothing.
+_COMPLETE, _PARTIAL = 1, 2
+
+
+def _where(condition: Any, value: Any, otherwise: Any) -> Any:
+    """``ops.where``, or ``value`` itself where the condition is Python ``True`` (known when tracing)."""
+    if condition is True:
+        return value
+    return ops.where(condition, value, ops.convert_to_tensor(otherwise))
 
 
 class _Hidden:
@@ -112,8 +127,8 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             modality, also one that is frozen now: it is modulated once it is unfrozen and trains
             (recompile after changing ``trainable``, as Keras requires). Leave fusion/head variables
             out: they are never modulated, and the layer producing the model's output is refused.
-        policy: a :class:`pdmp.CoefficientPolicy` (``PDMP``, ``OGMGE``, ``NoModulation``) over exactly
-            these modality names.
+        policy: any :class:`pdmp.CoefficientPolicy` over exactly these modality names; every kind
+            accepted, and the wiring each needs, is in the table below.
         mode: ``"grad"`` multiplies gradients by ``k``; ``"lr"`` multiplies the learning rate the
             optimizer uses for those variables by ``k``, which prioritises under any optimizer (see
             :mod:`pdmp.backends.keras._optimizer_lr` for what is and is not scaled). What equals what:
@@ -146,6 +161,51 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             gradient before the optimizer sums them, with that replica's gradient's standard deviation
             (the single-device reference adds it once, after reduction).
 
+    Policies accepted, and what each needs (``M``: ``modality_logits=``, ``U``: ``unimodal_logits=``;
+    anything missing is refused at construction, naming the argument):
+
+    ==================================  ===================================================================
+    policy                              needs
+    ==================================  ===================================================================
+    ``PDMP``, ``NoModulation``, a       nothing (``M`` optional: each step's batch scores, for
+    coefficient policy of your own      :class:`~pdmp.backends.keras.PDMPLogger`'s dependency shares); both modes
+    ``OGMGE``                           ``M`` (this batch's per-modality logits); noise only in ``grad`` mode
+    ``AdaptivePDMP``                    ``M``; with ``auxiliary > 0`` also ``U`` (the decomposed fusion logits:
+                                        the ``ConcatHead`` of ``M``); both modes
+    ``AGM`` (GradientPolicy)            ``M``: its masked passes (below); ``U`` optional, weighted 0
+    ``InfoReg`` (GradientPolicy)        ``M`` and ``U`` (the reference's loss adds each unimodal loss: the
+                                        decomposed ``ConcatHead`` for both)
+    ``ARL`` (GradientPolicy)            ``M`` and ``U`` (its loss term ``gamma * sum_m L_m``: the decomposed
+                                        ``ConcatHead`` for both)
+    ``MMPareto`` (GradientPolicy)       ``U``: each modality's own unimodal head, a layer of ``model``
+                                        (``SumHeads`` or a function); the fused head, or one layer for two
+                                        modalities, is refused
+    a GradientPolicy of your own        what its flags declare: ``uses_logits`` -> ``M``;
+                                        ``uses_unimodal_losses`` / ``uses_unimodal_gradients`` -> ``U``
+    ==================================  ===================================================================
+
+    GradientPolicies run in ``mode="grad"`` on Keras's TensorFlow backend (refused on JAX and in lr mode).
+    Every coefficient a policy returns is checked (:func:`pdmp.policies.check_modulation`) and every
+    transform (:func:`pdmp.transforms.check_transform`) before it is applied: NaN, inf or a negative value
+    stops ``fit()`` with an error naming the policy, step, modality and value, and no variable is updated.
+
+    One step lifecycle (both backends, ``fit()`` and ``train_on_batch``): micro-batches accumulate into a
+    step (the optimizer's ``gradient_accumulation_steps``); a step is taken, or skipped (a
+    ``LossScaleOptimizer`` skips non-finite gradients); the clock counts, and policies observe, transform
+    and learn, once per taken step. Under accumulation a learning policy learns from the step's summed
+    batch scores, a GradientPolicy transforms the mean gradient of the step's micro-batches (the one the
+    optimizer applies) with the step's summed logit statistics, and OGM-GE scales (and draws noise for)
+    each micro-batch by its own logits, like the torch adapter's hooks. A skipped step changes no policy
+    state, no coefficient and no count. Not supported (refused): a GradientPolicy with accumulation under
+    ``tf.distribute``. A checkpoint taken between the micro-batches of one step keeps Keras's accumulated
+    gradients but not a GradientPolicy's partial logit statistics (or ``U``) of that step.
+
+    ``get_weights()``/``weights``: the wrapped model's weights first (comparable one to one with
+    ``inner_model.get_weights()``), then the library's state (:attr:`pdmp_variables`: coefficients, scores,
+    clock, what the policy has learnt, anchors), which ``set_weights`` and
+    ``EarlyStopping(restore_best_weights=True)`` restore with the weights. Compare
+    ``model.inner_model.get_weights()`` to compare models.
+
     Training: ``fit()`` keeps the schedule by itself (``steps_per_execution > 1`` is refused for
     policies whose coefficients change from step to step). ``train_on_batch`` counts its step; call
     :meth:`set_epoch` at each epoch start. A loop of your own: compile the model with the optimizer
@@ -167,7 +227,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
     so the step runs without XLA: ``jit_compile`` is set to False) and applies
     :func:`pdmp.transforms.apply_transform`'s formula to the encoders' gradients
     (:mod:`pdmp.backends.keras._transforms`). TensorFlow only for now (refused on JAX). The policy's
-    state is kept in a variable, and so are the
+    state is kept in a variable (none for a stateless policy), and so are the
     anchors (``uses_anchor``): a copy of the encoders taken at :meth:`set_epoch` (epoch 0: the initial
     weights), kept when a restored model re-announces the anchors' epoch; ``coefficients`` report
     ``magnitude * fused`` of the last step. Under ``tf.distribute`` the encoders' gradients are summed
@@ -206,7 +266,8 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             )
         if not isinstance(policy, CoefficientPolicy):
             raise TypeError(
-                f"policy must be a pdmp CoefficientPolicy (PDMP, OGMGE, NoModulation), got {type(policy).__name__}"
+                "policy must be a pdmp CoefficientPolicy (PDMP, OGMGE, AdaptivePDMP, NoModulation, a GradientPolicy "
+                f"such as AGM, InfoReg, ARL or MMPareto, or your own subclass), got {type(policy).__name__}"
             )
         if mode not in ("grad", "lr"):
             raise ValueError(f"mode must be 'grad' or 'lr', got {mode!r}")
@@ -247,6 +308,8 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         self._index = _Hidden(index)
         spec = _check_logits_spec(policy, modality_logits, model)
         unimodal = _check_unimodal_spec(policy, unimodal_logits)
+        _check_own_heads(spec, model, argument="modality_logits")
+        _check_own_heads(unimodal, model, argument="unimodal_logits")
         self._adds_unimodal_losses = _takes_unimodal_logits(policy)
         self._logits = _Hidden(spec)
         self._unimodal_logits = _Hidden(unimodal)
@@ -278,7 +341,10 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         if policy.observes_scores or isinstance(policy, GradientPolicy):
             layout = _policy_state.StateLayout(policy.state_dict(), owner=type(policy).__name__)
             self._state_layout = _Hidden(layout)
-            # What the policy has learnt (a GradientPolicy's state is updated in the step, by the host call).
+        layout = self._state_layout.value
+        if layout is not None and layout.size:
+            # What the policy has learnt (a GradientPolicy's state is updated in the step, by the host call). A
+            # stateless policy gets no variable: a zero-size array in get_weights() breaks comparisons of weights.
             self.pdmp_policy_state = self.add_weight(
                 shape=(layout.size * _policy_state.WORDS[_WIDE_FLOAT],), initializer="zeros",
                 dtype=_policy_state.STORAGE[_WIDE_FLOAT], trainable=False, aggregation="only_first_replica",
@@ -287,6 +353,9 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             self.pdmp_policy_state.assign(_policy_state.pack(layout.encode(policy.state_dict()), _WIDE_FLOAT))
         self._anchors = _Hidden(None)
         self._anchors_restored = _Hidden(False)
+        # Under gradient_accumulation_steps, a GradientPolicy's running sums of the step's logit statistics and
+        # U (made by compile(); not saved: a checkpoint between the micro-batches of one step loses them).
+        self._step_sums = _Hidden(None)
         if isinstance(policy, GradientPolicy):
             self._host_transform = _Hidden(_transforms.host_transform(policy, layout, _WIDE_FLOAT))
             if policy.uses_anchor:
@@ -362,17 +431,83 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         self.policy.check_modalities(list(modality_logits), where="ModulatedModel.observe logits")
         width = modality_logits[self.modalities[0]].shape[-1]
         _check_numpy_labels(labels, None if width is None else int(width), where="observe() labels")
+        scores, coefficients = self._observe_batch(modality_logits, labels, finite=True)
+        if self.policy.observes_scores:
+            self.pdmp_scores.assign(scores)
+            self.pdmp_pending.assign(_COMPLETE)
+        return coefficients
+
+    def _observe_batch(self, modality_logits: Mapping[str, Any], labels: Any, *, finite: Any) -> tuple[Any, Any]:
+        """This micro-batch's scores (summed over replicas) and the coefficients its gradients get.
+
+        OGM-GE's coefficients come from the batch itself and are recorded; other policies' scores are
+        recorded for the logs. A learning policy's scores are left to :meth:`_end_step` (they count only
+        for a step the optimizer takes). ``finite``: whether the optimizer will use this micro-batch
+        (False for one a ``LossScaleOptimizer`` skips: nothing is recorded then).
+        """
         scores = _ogm.batch_scores([modality_logits[name] for name in self.modalities], labels, dtype=_WIDE_FLOAT)
         scores = _backend_ops.all_reduce_sum(scores)
-        self.pdmp_scores.assign(scores)
+        if not self.policy.observes_scores:
+            self.pdmp_scores.assign(_where(finite, scores, self.pdmp_scores))
         if isinstance(self.policy, OGMGE):
             gate = ops.convert_to_tensor(self.pdmp_noise_gate)  # 1 while OGM-GE is active
             coefficients = gate * _ogm.coefficients(scores, self.policy.alpha) + (1.0 - gate)
-            self.pdmp_coefficients.assign(ops.cast(coefficients, _WIDE_FLOAT))
-            return coefficients
-        if self.policy.observes_scores:
-            self.pdmp_pending.assign(1)
-        return ops.convert_to_tensor(self.pdmp_coefficients)
+            self.pdmp_coefficients.assign(_where(finite, ops.cast(coefficients, _WIDE_FLOAT), self.pdmp_coefficients))
+            return scores, coefficients
+        return scores, ops.convert_to_tensor(self.pdmp_coefficients)
+
+    # -- one step's lifecycle: micro-batches accumulate into a step; a step is taken or skipped ----------------
+
+    def _accumulation(self) -> int | None:
+        """The compiled optimizer's ``gradient_accumulation_steps`` (None without; a trace-time constant)."""
+        optimizer = getattr(self, "optimizer", None)
+        return None if optimizer is None else accumulation_steps(optimizer)
+
+    def _micro_batch_fate(self, gradients: Sequence[Any]) -> tuple[Any, Any]:
+        """Before the optimizer sees this micro-batch: ``(finite, completes)``.
+
+        ``finite``: the optimizer will use the gradients (False where a ``LossScaleOptimizer`` will skip
+        them for inf/NaN, checked like it over every replica); ``completes``: applied, they complete an
+        optimizer step (under ``gradient_accumulation_steps`` only every n-th used micro-batch does). The
+        step is taken where both hold. Python ``True`` where the answer is known when tracing, so the
+        plain step runs exactly the ops it always ran.
+        """
+        optimizer = self.optimizer
+        finite: Any = True
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            checks = [ops.all(ops.isfinite(_backend_ops.densify(g))) for g in gradients if g is not None]
+            if checks:
+                bad = ops.sum(ops.cast(ops.logical_not(ops.stack(checks)), "int32"))
+                finite = ops.equal(_backend_ops.all_reduce_sum(bad), 0)
+        completes: Any = True
+        steps = self._accumulation()
+        if steps:
+            count = ops.convert_to_tensor(micro_batch_counter(optimizer))
+            completes = ops.equal((count + 1) % steps, 0)
+        return finite, completes
+
+    def _steps_taken(self, before: Any, after: Any) -> Any:
+        """Optimizer steps completed between two readings of :func:`micro_batch_counter` (0 or 1 per micro-batch)."""
+        steps = self._accumulation() or 1
+        return ops.floor_divide(after, steps) - ops.floor_divide(before, steps)
+
+    def _end_step(self, taken: Any, finite: Any, scores: Any) -> None:
+        """After the optimizer: count a taken step, and collect a learning policy's scores for it.
+
+        A learning policy's scores are summed over the micro-batches the optimizer used, and handed to
+        it (``pdmp_pending`` = complete) only when the step is taken; a skipped micro-batch adds nothing.
+        """
+        self.pdmp_step.assign_add(ops.cast(taken, self.pdmp_step.dtype))
+        if scores is None or not self.policy.observes_scores:
+            return
+        pending = ops.convert_to_tensor(self.pdmp_pending)
+        stored = ops.convert_to_tensor(self.pdmp_scores)
+        earlier = ops.where(ops.equal(pending, _PARTIAL), stored, ops.zeros_like(stored))
+        total = earlier + ops.cast(scores, stored.dtype)
+        done = ops.greater(taken, 0)
+        self.pdmp_scores.assign(_where(finite, total, stored))
+        partial = ops.cast(_where(finite, _PARTIAL, pending), pending.dtype)
+        self.pdmp_pending.assign(ops.where(done, ops.cast(_COMPLETE, pending.dtype), partial))
 
     def modulate_gradients(
         self, gradients: Sequence[Any], variables: Sequence[Any], *, coefficients: Any = None
@@ -418,13 +553,18 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             scaled = _backend_ops.scale_gradient(gradient, k) if self.mode == "grad" else gradient
             if noisy:
                 raw = ops.cast(gradient, "float32") / loss_scale
-                draw = _backend_ops.stateless_normal(
-                    ops.shape(raw), self.seed, ops.convert_to_tensor(self.pdmp_step), position
-                )
+                draw = _backend_ops.stateless_normal(ops.shape(raw), self.seed, self._noise_counter(), position)
                 noise = draw * (_ogm.sample_std(raw) + OGM_NOISE_EPS)
                 scaled = scaled + ops.cast(gate * noise * loss_scale, scaled.dtype)
             result[position] = scaled
         return result
+
+    def _noise_counter(self) -> Any:
+        """What OGM-GE's noise is drawn for: the step, or under gradient accumulation the micro-batch (each
+        backward pass gets its own noise, as in the torch adapter)."""
+        if self._accumulation():
+            return ops.convert_to_tensor(micro_batch_counter(self.optimizer))
+        return ops.convert_to_tensor(self.pdmp_step)
 
     def step(self) -> bool:
         """Count one training step of a loop of your own; call it after ``optimizer.apply_gradients``.
@@ -442,7 +582,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             )
         self._warn_if_epoch_never_set("step()")
         self._attach_state()
-        if self.policy.observes_scores and not int(self.pdmp_pending.numpy()):
+        if self.policy.observes_scores and int(self.pdmp_pending.numpy()) != _COMPLETE:
             raise RuntimeError(
                 f"{type(self.policy).__name__} learns from every batch: call model.observe(modality_logits, labels) "
                 "in your training step before step() (concat_head_logits / sum_head_logits split a fusion head); "
@@ -451,9 +591,9 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         counted = True
         optimizer = getattr(self, "optimizer", None)  # None before compile()
         if optimizer is not None:
-            iterations = int(_iterations(optimizer).numpy())
+            iterations = int(ops.convert_to_numpy(_iterations(optimizer)))
             counted = iterations != self._iterations_seen.value
-            accumulating = getattr(optimizer, "gradient_accumulation_steps", None)
+            accumulating = accumulation_steps(optimizer)
             if not counted and not accumulating and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
                 raise RuntimeError(
                     f"ModulatedModel.step(): the compiled optimizer ({type(optimizer).__name__}) took no step since "
@@ -465,6 +605,8 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             self._iterations_seen.value = iterations
         if counted:
             self.pdmp_step.assign_add(1)
+        elif self.policy.observes_scores and not accumulation_steps(optimizer):
+            self.pdmp_pending.assign(0)  # a skipped step's scores inform nothing, as in fit()
         self._sync_clock()
         self.update_coefficients()
         return counted
@@ -516,6 +658,9 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         modality_logits: Mapping[str, Any] | None,
         labels: Any,
         unimodal: Sequence[Sequence[Any] | None] | None,
+        *,
+        finite: Any = True,
+        completes: Any = True,
     ) -> list[Any]:
         """A GradientPolicy's step: statistics, one host call of ``policy.transform``, the formula.
 
@@ -523,6 +668,13 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         one replica's share under ``tf.distribute``; ``unimodal``: for policies that use them, per modality
         ``U`` of each of its encoder's tensors in ``gradients`` order (see :meth:`_encoder_positions`).
         Returns the gradients with each modality tensor's replaced (same scaling and replica share).
+
+        ``finite``/``completes`` (:meth:`_micro_batch_fate`): the policy observes, transforms and
+        advances only for a step the optimizer takes. A micro-batch that only accumulates adds its logit
+        statistics (and ``U``) to the step's and passes its gradients through; the one completing the
+        step transforms the mean gradient of the step's micro-batches (what the optimizer applies: its
+        accumulated sum plus this one, over the steps) and hands the optimizer the gradient that makes
+        its mean the transformed one. A micro-batch a ``LossScaleOptimizer`` skips changes nothing.
         """
         policy = self.policy
         assert isinstance(policy, GradientPolicy)
@@ -530,11 +682,21 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         one = ops.convert_to_tensor(1.0, "float32")
         loss_scale = one if scale_loss is None else ops.cast(scale_loss(one), "float32")
         replicas = _backend_ops.replica_count()
+        steps = self._accumulation()
+        take = finite if completes is True else (completes if finite is True else ops.logical_and(finite, completes))
+        if steps and replicas > 1:
+            raise NotImplementedError(
+                f"{type(policy).__name__} with gradient_accumulation_steps={steps} under tf.distribute ({replicas} "
+                "replicas): the transform of the accumulated step is not implemented across replicas; drop "
+                "gradient_accumulation_steps (use a larger global batch), or train on one device"
+            )
+        sums: dict[str, Any] = (self._step_sums.value or {}) if steps else {}
         positions = self._encoder_positions(gradients, variables)
         result = list(gradients)
         plain: list[list[Any]] = []
         fused: list[list[Any]] = []
         apart: list[list[Any] | None] = []
+        earlier: list[list[Any] | None] = []
         for m, indices in enumerate(positions):
             raw = [_backend_ops.densify(gradients[i]) for i in indices]
             extra = None if unimodal is None else list(unimodal[m] or [])
@@ -555,6 +717,18 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
                     ops.zeros_like(g) if u is None else ops.cast(u, g.dtype) / ops.cast(loss_scale, g.dtype)
                     for g, u in zip(raw, extra, strict=True)
                 ]
+            before = None
+            if steps:
+                # The step's mean gradient: the optimizer's sum of the earlier micro-batches plus this one.
+                before = [ops.cast(accumulated_gradient(self.optimizer, variables[i]), raw[0].dtype) for i in indices]
+                raw = [(a + g) / steps for a, g in zip(before, raw, strict=True)]
+                if extra is not None:
+                    running = [sums["unimodal"][id(variables[i])] for i in indices]
+                    totals = [r + ops.cast(u, r.dtype) for r, u in zip(running, extra, strict=True)]
+                    for r, t in zip(running, totals, strict=True):
+                        r.assign(ops.where(take, ops.zeros_like(t), _where(finite, t, r)))
+                    extra = [ops.cast(t, g.dtype) / steps for t, g in zip(totals, raw, strict=True)]
+            earlier.append(before)
             plain.append(raw)
             apart.append(extra)
             fused.append(raw if extra is None else [g - u for g, u in zip(raw, extra, strict=True)])
@@ -567,7 +741,15 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
                 who=type(policy).__name__,
             )  # fmt: skip
             logit_stats = _backend_ops.all_reduce_sum(logit_stats)
-            self.pdmp_scores.assign(logit_stats[:, LOGIT_STATISTICS.index("true_prob")])
+            if steps:
+                # Batch sums: the step's are the sums over its micro-batches.
+                running_stats = sums["logits"]
+                logit_stats = ops.convert_to_tensor(running_stats) + logit_stats
+                running_stats.assign(
+                    ops.where(take, ops.zeros_like(logit_stats), _where(finite, logit_stats, running_stats))
+                )
+            true_prob = logit_stats[:, LOGIT_STATISTICS.index("true_prob")]
+            self.pdmp_scores.assign(_where(take, true_prob, self.pdmp_scores))
         else:
             logit_stats = ops.zeros((count, len(LOGIT_STATISTICS)), _WIDE_FLOAT)
         if policy.uses_gradient_stats:
@@ -580,15 +762,17 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         # A stateless policy's (empty) state does not cross the host call: a zero-size output buffer may be
         # aliased by XLA, which a JAX step would then donate twice.
         state = ops.convert_to_tensor(self.pdmp_policy_state) if stateful else ops.zeros((1,), "int32")
+        taking = ops.convert_to_tensor(1 if take is True else ops.cast(take, "int32"), "int32")
         transform, new_state = _backend_ops.host_call(
             self._host_transform.value,
-            [ops.convert_to_tensor(self.pdmp_step), ops.convert_to_tensor(self.pdmp_epoch), logit_stats,
+            [ops.convert_to_tensor(self.pdmp_step), ops.convert_to_tensor(self.pdmp_epoch), taking, logit_stats,
              gradient_stats, state],
             [((count, 5), _WIDE_FLOAT), (tuple(state.shape), keras.backend.standardize_dtype(state.dtype))],
         )  # fmt: skip
         if stateful:
-            self.pdmp_policy_state.assign(new_state)
-        self.pdmp_coefficients.assign(transform[:, 3] * transform[:, 0])  # magnitude * fused: what logs report
+            self.pdmp_policy_state.assign(new_state)  # unchanged by the host where the step is not taken
+        # magnitude * fused: what logs report
+        self.pdmp_coefficients.assign(_where(take, transform[:, 3] * transform[:, 0], self.pdmp_coefficients))
         anchors = self._anchors.value
         for m, indices in enumerate(positions):
             params = anchor_values = None
@@ -598,10 +782,14 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
                 by_variable = dict(zip(map(id, self._groups.value[name]), anchors[name], strict=True))
                 anchor_values = [by_variable[id(v)] for v in params]
             new = _transforms.transformed(transform[m], fused[m], plain[m], apart[m], params, anchor_values)
-            for i, value in zip(indices, new, strict=True):
+            before = earlier[m]
+            for position, (i, value) in enumerate(zip(indices, new, strict=True)):
+                if before is not None:
+                    value = value * steps - before[position]  # the optimizer applies (its sum + this) / steps
                 value = value * ops.cast(loss_scale, value.dtype)
-                result[i] = value / replicas if replicas > 1 else value
-        return result
+                value = value / replicas if replicas > 1 else value
+                result[i] = _where(take, value, _backend_ops.densify(gradients[i]))
+        return _backend_ops.after(result, transform)
 
     def _encoder_positions(self, gradients: Sequence[Any], variables: Sequence[Any]) -> list[list[int]]:
         """Per modality (in :attr:`modalities` order), the positions in ``variables`` of its encoder's
@@ -632,9 +820,6 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         finally:
             self._step_coefficient_values.value = None
 
-    def _optimizer_iterations(self) -> Any:
-        return _iterations(self.optimizer)
-
     def _lr_scaled_count(self) -> int:
         return _optimizer_lr.scaled_count(self.optimizer)
 
@@ -652,9 +837,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             return
         if _optimizer_lr.scaled_count(self.optimizer) > scaled_before:
             return
-        if _backend_ops.update_step_may_be_skipped() and (
-            getattr(self.optimizer, "gradient_accumulation_steps", None) or int(np.asarray(taken)) == 0
-        ):
+        if _backend_ops.update_step_may_be_skipped() and (self._accumulation() or int(np.asarray(taken)) == 0):
             return
         raise RuntimeError(_lr_not_applied_message(self.optimizer))
 
@@ -670,7 +853,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         self._take_anchors(epoch)
         optimizer = getattr(self, "optimizer", None)  # None before compile()
         if optimizer is not None:
-            self._iterations_seen.value = int(_iterations(optimizer).numpy())
+            self._iterations_seen.value = int(ops.convert_to_numpy(_iterations(optimizer)))
         self.update_coefficients()
 
     def _take_anchors(self, epoch: int) -> None:
@@ -689,9 +872,38 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
                 anchor.assign(variable)
         self.pdmp_anchor_epoch.assign(epoch)
 
+    @property
+    def weights(self) -> list[Any]:
+        """The wrapped model's weights (in ``inner_model.weights`` order), then :attr:`pdmp_variables`.
+
+        ``get_weights()``/``set_weights()`` use this order, so the first ``len(inner_model.weights)`` entries
+        compare one to one with an unwrapped model's ``get_weights()``; the state that follows makes
+        ``set_weights`` (and ``EarlyStopping(restore_best_weights=True)``) restore the schedule too.
+        """
+        inner = list(self.inner_model.weights)
+        known = {id(v) for v in inner}
+        return inner + [v for v in super().weights if id(v) not in known]
+
+    @property
+    def pdmp_variables(self) -> tuple[Any, ...]:
+        """The library's own state variables (coefficients, scores, clock, what the policy has learnt, a
+        GradientPolicy's anchors), which :attr:`weights` lists after the wrapped model's; compare
+        ``model.inner_model.get_weights()`` to compare only the model's own weights."""
+        known = {id(v) for v in self.inner_model.weights}
+        return tuple(v for v in super().weights if id(v) not in known)
+
     def load_own_variables(self, store: Any) -> None:
         """Keras's loading of this model's own variables (``.keras`` files, ``load_weights``,
-        ``BackupAndRestore``); marks restored anchors, which :meth:`set_epoch` keeps for their epoch."""
+        ``BackupAndRestore``); marks restored anchors, which :meth:`set_epoch` keeps for their epoch.
+
+        A file written while a stateless policy still had an empty (zero-size) state variable loads too:
+        that entry is dropped."""
+        own = len(self._trainable_variables) + len(self._non_trainable_variables)
+        if len(store.keys()) > own:
+            values = [store[str(i)] for i in range(len(store.keys()))]
+            kept = [value for value in values if np.asarray(value).size]
+            if len(kept) == own:
+                store = {str(i): value for i, value in enumerate(kept)}
         super().load_own_variables(store)
         self._anchors_restored.value = self._anchors.value is not None
 
@@ -715,7 +927,12 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         if self.policy.observes_scores:
             self._sync_policy()
             self._fold_pending_scores()
-        modulation = self.policy.modulation(step=self._clock.step, epoch=self._clock.epoch)
+        modulation = check_modulation(
+            self.policy,
+            self.policy.modulation(step=self._clock.step, epoch=self._clock.epoch),
+            step=self._clock.step,
+            epoch=self._clock.epoch,
+        )
         self.pdmp_coefficients.assign(np.asarray([modulation.coefficients[n] for n in self.modalities], np.float64))
         self.pdmp_noise_gate.assign(float(modulation.noise))
         if self._adds_unimodal_losses:
@@ -733,7 +950,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
 
     def _fold_pending_scores(self) -> None:
         """Hand the last step's scores to the learning policy, once (its coefficients were fixed before)."""
-        if not int(self.pdmp_pending.numpy()):
+        if int(self.pdmp_pending.numpy()) != _COMPLETE:
             return
         values = np.asarray(self.pdmp_scores.numpy(), dtype=np.float64)
         self.policy.update(dict(zip(self.modalities, (float(v) for v in values), strict=True)))
@@ -810,7 +1027,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         pending = None
         if self._state_layout.value is not None:
             self._sync_policy()
-        if self.policy.observes_scores and int(self.pdmp_pending.numpy()):
+        if self.policy.observes_scores and int(self.pdmp_pending.numpy()) == _COMPLETE:
             pending = self._scores()
         return {
             "policy": self.policy.get_config(),
@@ -880,7 +1097,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         if encoded is not None and encoded.size:
             self.pdmp_policy_state.assign(_policy_state.pack(encoded, _WIDE_FLOAT))
         if self.policy.observes_scores:
-            self.pdmp_pending.assign(0 if pending is None else 1)
+            self.pdmp_pending.assign(0 if pending is None else _COMPLETE)
             if pending is not None:
                 self.pdmp_scores.assign(np.asarray([pending[n] for n in self.modalities], dtype=np.float64))
         if not self.policy.needs_logits:
@@ -922,7 +1139,27 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         if self.mode == "lr" and self.optimizer is not None:
             _optimizer_lr.install(self.optimizer, self._lr_lookup.value)
         if self.optimizer is not None:
-            self._iterations_seen.value = int(_iterations(self.optimizer).numpy())
+            self._iterations_seen.value = int(ops.convert_to_numpy(_iterations(self.optimizer)))
+        self._step_sums.value = self._make_step_sums()
+
+    def _make_step_sums(self) -> dict[str, Any] | None:
+        """A GradientPolicy under gradient accumulation: the step's running sums of what the optimizer does
+        not accumulate itself (the logit statistics, each encoder variable's ``U``)."""
+        if not isinstance(self.policy, GradientPolicy) or self.optimizer is None or not self._accumulation():
+            return None
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)  # the step reads its accumulators
+        count = len(self.modalities)
+        sums: dict[str, Any] = {
+            "logits": keras.Variable(np.zeros((count, len(LOGIT_STATISTICS))), dtype=_WIDE_FLOAT, trainable=False)
+        }
+        if self.policy.uses_unimodal_gradients:
+            sums["unimodal"] = {
+                id(v): keras.Variable(np.zeros(tuple(v.shape)), dtype=v.dtype, trainable=False)
+                for group in self._groups.value.values()
+                for v in group
+            }
+        return sums
 
     def compile_from_config(self, config: Any) -> None:
         """Compile on load as Keras does for models that keep its ``compile()`` (it skips overridden ones)."""
@@ -1287,10 +1524,13 @@ def _check_unimodal_spec(policy: CoefficientPolicy, spec: Any) -> Any:
                 "{modality: logits}"
             )
         if policy.uses_unimodal_losses:
+            # Without them the method would train as something else (ARL without its loss term), silently.
+            off = ", or set auxiliary=0" if hasattr(policy, "auxiliary") else ""
             raise ValueError(
-                f"{policy!r} adds each modality's unimodal loss to the training loss: pass unimodal_logits= with "
-                "the decomposed fusion logits, e.g. ConcatHead(head=..., features={...}) (the same spec as "
-                "modality_logits), or set auxiliary=0"
+                f"{type(policy).__name__} adds each modality's unimodal loss to the training loss ({policy!r}): "
+                "pass unimodal_logits= with each modality's own logits, e.g. the decomposed fusion logits "
+                "ConcatHead(head=..., features={...}) (the same spec as modality_logits), SumHeads(heads={modality: "
+                f"unimodal head layer}}) or fn(model, x, training) -> {{modality: logits}}{off}"
             )
         return None
     if not _takes_unimodal_logits(policy):
@@ -1300,6 +1540,32 @@ def _check_unimodal_spec(policy: CoefficientPolicy, spec: Any) -> Any:
             "or drop unimodal_logits"
         )
     return _spec_of_known_form(policy, spec, argument="unimodal_logits", where="unimodal_logits ")
+
+
+def _check_own_heads(spec: Any, model: keras.Model, *, argument: str) -> None:
+    """A ``SumHeads`` names each modality's own head: not one layer for two modalities, not the layer that
+    produces the model's (fused) output; either would give every modality the same logits, and a policy
+    would then train on a unimodal loss or gradient that is not one, without any shape error."""
+    if not isinstance(spec, SumHeads):
+        return
+    by_layer: dict[str, list[str]] = {}
+    for modality, layer in spec.heads.items():
+        by_layer.setdefault(layer, []).append(modality)
+    shared = {layer: names for layer, names in by_layer.items() if len(names) > 1}
+    if shared:
+        layer, names = next(iter(shared.items()))
+        raise ValueError(
+            f"{argument}=SumHeads names the same layer {layer!r} for modalities {names}: each modality needs its own "
+            "head (a classifier on that modality's encoder features), or every one gets the same logits"
+        )
+    fused = {layer.name for layer in _head_layers(model)}
+    for modality, layer in spec.heads.items():
+        if layer in fused:
+            raise ValueError(
+                f"{argument}=SumHeads names {layer!r}, the layer producing the output of model {model.name!r} (the "
+                f"fused head), as modality {modality!r}'s head: its logits are the fused logits, not {modality!r}'s "
+                "own; name each modality's own head layer (a classifier on its encoder's features)"
+            )
 
 
 def _spec_of_known_form(policy: CoefficientPolicy, spec: Any, *, argument: str, where: str) -> Any:
@@ -1317,6 +1583,19 @@ def _check_unimodal_logits(logits: Any, modalities: Sequence[str], y_pred: Any) 
     if not isinstance(logits, Mapping):
         raise TypeError(f"unimodal_logits must give a dict {{modality: logits}}, got {type(logits).__name__}")
     check_same_modalities(list(logits), modalities, where="unimodal_logits")
+    seen: dict[int, str] = {}
+    for name in modalities:
+        if logits[name] is y_pred:
+            raise ValueError(
+                f"unimodal_logits[{name!r}] is the model's fused output: give each modality its own head's logits "
+                "(a classifier on that modality's encoder features)"
+            )
+        if id(logits[name]) in seen:
+            raise ValueError(
+                f"unimodal_logits gives modalities {seen[id(logits[name])]!r} and {name!r} the same tensor: give each "
+                "modality its own head's logits (a classifier on that modality's encoder features)"
+            )
+        seen[id(logits[name])] = name
     expected = tuple(y_pred.shape)
     for name in modalities:
         shape = tuple(logits[name].shape)

@@ -76,3 +76,8 @@ def update_step_may_be_skipped() -> bool:
 #: GradientPolicies (AGM, MMPareto, InfoReg, ARL) are not yet applied by the JAX step: ``ModulatedModel``
 #: refuses them here, naming the TensorFlow backend that applies them.
 SUPPORTS_GRADIENT_POLICIES = False
+
+
+def after(values: list[Any], dependency: Any) -> list[Any]:
+    """``values`` as they are: a jitted JAX step that raises updates nothing (the TensorFlow twin orders them)."""
+    return values

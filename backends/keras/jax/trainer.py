@@ -17,6 +17,8 @@ import keras
 from keras import ops
 from keras.src.distribution import distribution_lib
 
+from pdmp.backends.keras._keras_private import micro_batch_counter
+
 
 class ModulatedTrainer:
     """Mixed into ``ModulatedModel`` (before ``keras.Model``) when Keras runs on JAX."""
@@ -25,8 +27,11 @@ class ModulatedTrainer:
         """Keras's JAX ``train_step`` with
         :meth:`~pdmp.backends.keras.ModulatedModel.modulate_gradients` between the gradients and the update.
 
-        The step counter advances by the optimizer's own iteration count (a step a ``LossScaleOptimizer``
-        skipped is not counted), and OGM-GE's logits and the unimodal logits of a policy that adds unimodal
+        The step's lifecycle is the shared one (``ModulatedModel._micro_batch_fate``, ``_end_step``): the
+        counter advances only when the optimizer completes a step (not for a micro-batch that only
+        accumulates under ``gradient_accumulation_steps``, nor for one a ``LossScaleOptimizer`` skipped), and
+        a learning policy's scores are summed over the step's micro-batches.
+        OGM-GE's logits and the unimodal logits of a policy that adds unimodal
         losses (``AdaptivePDMP(auxiliary>0)``) come from the same forward pass as the loss.
         """
         if distribution_lib.distribution() is not None:
@@ -70,21 +75,24 @@ class ModulatedTrainer:
             *zip(self.optimizer.variables, optimizer_values, strict=True),
         ]
         with keras.StatelessScope(state_mapping=mapping) as scope:
+            finite, _ = self._micro_batch_fate(gradients)  # the optimizer itself decides when a step completes
+            scores = None
             if modality_logits is None:
                 coefficients = ops.convert_to_tensor(self.pdmp_coefficients)
             else:
-                coefficients = self.observe(modality_logits, y)
+                scores, coefficients = self._observe_batch(modality_logits, y, finite=finite)
             gradients = self.modulate_gradients(gradients, self.trainable_variables, coefficients=coefficients)
         non_trainable = [scope.get_current_value(v) for v in references]
-        position = [id(v) for v in self.optimizer.variables].index(id(self._optimizer_iterations()))
+        # The count of every apply (not the public iterations: under accumulation a tensor, not a variable).
+        position = [id(v) for v in self.optimizer.variables].index(id(micro_batch_counter(self.optimizer)))
         scaled = self._lr_scaled_count()
         with self._step_coefficients(coefficients):
             trainable, new_optimizer_values = self.optimizer.stateless_apply(optimizer_values, gradients, trainable)
-        taken = new_optimizer_values[position] - optimizer_values[position]
+        taken = self._steps_taken(optimizer_values[position], new_optimizer_values[position])
         if self.mode == "lr":
             self._check_lr_mode_applied(gradients, self.trainable_variables, scaled, taken)
         with keras.StatelessScope(state_mapping=list(zip(references, non_trainable, strict=True))) as scope:
-            self.pdmp_step.assign_add(ops.cast(taken, self.pdmp_step.dtype))
+            self._end_step(taken, finite, scores)
         non_trainable = [scope.get_current_value(v) for v in references]
         logs, metrics_values = self._update_metrics_variables(
             metrics_values, unscaled_loss, x, y, y_pred, sample_weight

@@ -91,3 +91,10 @@ def host_call(fn: Any, inputs: list[Any], outputs: list[tuple[tuple[int, ...], s
     for result, (shape, _) in zip(results, outputs, strict=True):
         result.set_shape(shape)
     return list(results)
+
+
+def after(values: list[Any], dependency: Any) -> list[Any]:
+    """``values`` that exist only once ``dependency`` has run: a step whose host call raises (a refused
+    transform) then updates no variable at all, rather than those whose gradients did not need it."""
+    with tf.control_dependencies([dependency]):
+        return [None if v is None else tf.identity(v) for v in values]

@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 from keras.src.losses.loss import unscale_loss_for_distribution
 
+from pdmp.backends.keras._keras_private import micro_batch_counter
 from pdmp.transforms import GradientPolicy
 
 
@@ -25,10 +26,11 @@ class ModulatedTrainer:
     def train_step(self: Any, data: Any) -> dict[str, Any]:
         """Keras's TensorFlow ``train_step`` with ``modulate_gradients`` before ``apply_gradients``.
 
-        The step counter advances by the optimizer's own iteration count, so a step that a
-        ``LossScaleOptimizer`` skipped (non-finite gradients) is not counted. A GradientPolicy's step
-        backpropagates the unimodal losses too (each modality's apart, where the policy asks) and
-        replaces the encoders' gradients by ``_transform_gradients``.
+        The step's lifecycle is the shared one (``ModulatedModel._micro_batch_fate``, ``_end_step``): the
+        step counter advances only when the optimizer completes a step (not for a micro-batch that only
+        accumulates, nor for one a ``LossScaleOptimizer`` skipped), and policies observe and transform once
+        per taken step. A GradientPolicy's step backpropagates the unimodal losses too (each modality's
+        apart, where the policy asks) and replaces the encoders' gradients by ``_transform_gradients``.
         """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         gradient_policy = isinstance(self.policy, GradientPolicy)
@@ -45,6 +47,8 @@ class ModulatedTrainer:
         variables = self.trainable_weights
         if variables:
             gradients = tape.gradient(loss, variables)
+            finite, completes = self._micro_batch_fate(gradients)
+            scores = None
             if gradient_policy:
                 unimodal = None
                 if separate:
@@ -55,20 +59,24 @@ class ModulatedTrainer:
                         for m, indices in enumerate(positions)
                     ]
                     del tape
-                gradients = self._transform_gradients(gradients, variables, modality_logits, y, unimodal)
+                gradients = self._transform_gradients(
+                    gradients, variables, modality_logits, y, unimodal, finite=finite, completes=completes
+                )
                 coefficients = None
             else:
-                coefficients = None if modality_logits is None else self.observe(modality_logits, y)
+                coefficients = None
+                if modality_logits is not None:
+                    scores, coefficients = self._observe_batch(modality_logits, y, finite=finite)
                 gradients = self.modulate_gradients(gradients, variables, coefficients=coefficients)
-            iterations = self._optimizer_iterations()
-            before = tf.convert_to_tensor(iterations)
+            counter = micro_batch_counter(self.optimizer)
+            before = tf.convert_to_tensor(counter)
             scaled = self._lr_scaled_count()
             with self._step_coefficients(coefficients):
                 self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-            taken = tf.cast(tf.convert_to_tensor(iterations) - before, tf.int64)
+            taken = tf.cast(self._steps_taken(before, tf.convert_to_tensor(counter)), tf.int64)
             if self.mode == "lr":
                 self._check_lr_mode_applied(gradients, variables, scaled, taken)
-            self.pdmp_step.assign_add(taken)
+            self._end_step(taken, finite, scores)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def _forward(self: Any, x: Any) -> tuple[Any, Any, Any]:
