@@ -24,7 +24,9 @@ probability, seeded), never every modality of one sample: where a draw drops the
 chosen with probability proportional to ``1 - rate`` (uniformly when the rates are equal). Its effective
 rate for modality m is therefore ``rate_m - P(all dropped) * (1 - rate_m) / sum_k(1 - rate_k)``
 (:meth:`ModalityDropout.effective_rates`). The backends' ``apply_modality_dropout`` replaces the dropped
-samples' inputs as above. It changes only the inputs, so it composes with every policy and adapter.
+samples' inputs as above on tensors (a learned token stays in the graph); :func:`drop_modalities` does it
+in NumPy for a data pipeline (Keras: :class:`pdmp.backends.keras.ModalityDropoutData` feeds ``fit()``).
+It changes only the inputs, so it composes with every policy and adapter.
 
 How it meets the coefficients: a policy's coefficient is per encoder and per step, never per sample;
 dropout does not change it, and the Modulator multiplies whatever gradient the encoder's parameters
@@ -209,6 +211,34 @@ def alter(
         filled = np.zeros_like(x) if value is None else np.broadcast_to(np.asarray(value), x.shape)
         result[name] = np.array(filled, dtype=x.dtype)
     return result
+
+
+def drop_modalities(
+    inputs: Mapping[str, ArrayLike],
+    mask: Mapping[str, ArrayLike],
+    *,
+    replacement: str = "zeros",
+    train_means: Mapping[str, Any] | None = None,
+    tokens: Mapping[str, Any] | None = None,
+) -> dict[str, NDArray[Any]]:
+    """NumPy modality dropout for a data pipeline: each sample's dropped modalities (``mask``:
+    :meth:`ModalityDropout.mask`) replaced, the rest unchanged (the backends' ``apply_modality_dropout``
+    does the same on tensors, inside the graph)."""
+    arrays = {name: np.asarray(value) for name, value in inputs.items()}
+    unknown = sorted(set(mask) - set(arrays))
+    if unknown:
+        raise ValueError(f"the dropout mask names {unknown}, not among the inputs {sorted(arrays)}")
+    for name, dropped in mask.items():
+        x = arrays[name]
+        drop = np.asarray(dropped, dtype=bool)
+        if drop.shape != (len(x),):
+            raise ValueError(f"the dropout mask of {name!r} has shape {drop.shape}; the batch has {len(x)} samples")
+        if not drop.any():
+            continue
+        value = replacement_value(name, replacement, x.shape[1:], train_means=train_means, tokens=tokens)
+        filled = np.zeros(x.shape[1:], x.dtype) if value is None else np.asarray(value, dtype=x.dtype)
+        arrays[name] = np.where(drop.reshape((-1,) + (1,) * (x.ndim - 1)), filled, x)
+    return arrays
 
 
 @dataclass(frozen=True)
@@ -425,6 +455,7 @@ __all__ = [
     "RobustnessRow",
     "RobustnessTable",
     "alter",
+    "drop_modalities",
     "evaluate_robustness",
     "noised",
     "replacement_value",

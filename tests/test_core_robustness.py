@@ -185,3 +185,20 @@ def test_bad_dropout_is_refused(rate: object, message: str) -> None:
         ModalityDropout(["audio"], 0.5)
     with pytest.raises(ValueError, match="unknown replacement"):
         ModalityDropout(NAMES, 0.5, replacement="noise")
+
+
+def test_drop_modalities_in_numpy() -> None:
+    from pdmp.robustness import drop_modalities
+
+    x, _ = data(6)
+    mask = {"image": np.array([1, 0, 1, 0, 0, 0], bool)}
+    out = drop_modalities(x, mask)
+    assert not out["image"][[0, 2]].any() and np.array_equal(out["image"][[1, 3, 4, 5]], x["image"][[1, 3, 4, 5]])
+    assert np.array_equal(out["audio"], x["audio"]) and out["image"].dtype == np.float32
+    means = training_means(x)
+    filled = drop_modalities(x, mask, replacement="mean", train_means=means)
+    np.testing.assert_allclose(filled["image"][0], means["image"], rtol=1e-6)
+    with pytest.raises(ValueError, match="has shape"):
+        drop_modalities(x, {"image": np.zeros(5, bool)})
+    with pytest.raises(ValueError, match="not among the inputs"):
+        drop_modalities(x, {"text": np.zeros(6, bool)})

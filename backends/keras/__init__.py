@@ -30,11 +30,16 @@ from pdmp.backends.keras.heads import ConcatHead, SumHeads, concat_head_logits, 
 from pdmp.backends.keras.logs import PDMPLogger  # noqa: E402
 from pdmp.backends.keras.model import ModulatedModel  # noqa: E402
 from pdmp.backends.keras.ranking import rank_unimodal  # noqa: E402
-from pdmp.backends.keras.robustness import apply_modality_dropout, evaluate_robustness  # noqa: E402
+from pdmp.backends.keras.robustness import (  # noqa: E402
+    ModalityDropoutData,
+    apply_modality_dropout,
+    evaluate_robustness,
+)
 
 __all__ = [
     "SUPPORTED_BACKENDS",
     "ConcatHead",
+    "ModalityDropoutData",
     "ModulatedModel",
     "PDMPLogger",
     "SumHeads",

@@ -17,10 +17,10 @@ import numpy as np
 from keras import ops
 
 from pdmp._validation import check_positive_int
-from pdmp.robustness import Condition, RobustnessTable, replacement_value
+from pdmp.robustness import Condition, ModalityDropout, RobustnessTable, drop_modalities, replacement_value
 from pdmp.robustness import evaluate_robustness as _evaluate
 
-__all__ = ["apply_modality_dropout", "evaluate_robustness"]
+__all__ = ["ModalityDropoutData", "apply_modality_dropout", "evaluate_robustness"]
 
 
 def evaluate_robustness(
@@ -104,3 +104,67 @@ def apply_modality_dropout(
         where = ops.convert_to_tensor(drop.reshape((-1,) + (1,) * (len(x.shape) - 1)))
         out[name] = ops.where(where, filled, x)
     return out
+
+
+class ModalityDropoutData(keras.utils.PyDataset):
+    """``(inputs, labels)`` batches for ``fit()`` with modality dropout, so that it composes with any
+    model and policy (a :class:`~pdmp.backends.keras.ModulatedModel` included) without a custom step.
+
+    Args:
+        x, y: the training inputs keyed by modality (NumPy arrays) and labels.
+        dropout: the :class:`pdmp.robustness.ModalityDropout` drawing each batch's mask (its replacement
+            is used; ``"mean"`` needs ``train_means``, ``"token"`` a fixed ``tokens`` array; a learned token
+            needs :func:`apply_modality_dropout` inside a training step instead).
+        batch_size: samples per batch; ``shuffle_seed``: reshuffle every epoch from this seed (None: in order).
+
+    Masks are drawn in the order batches are requested, so keep Keras's default single worker for
+    reproducible masks (``workers=1``, ``use_multiprocessing=False``).
+    """
+
+    def __init__(
+        self,
+        x: Mapping[str, Any],
+        y: Any,
+        dropout: ModalityDropout,
+        *,
+        batch_size: int = 32,
+        shuffle_seed: int | None = None,
+        train_means: Mapping[str, Any] | None = None,
+        tokens: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(dropout, ModalityDropout):
+            raise TypeError(f"dropout must be a pdmp.robustness.ModalityDropout, got {type(dropout).__name__}")
+        self.x = {name: np.asarray(value) for name, value in x.items()}
+        self.y = np.asarray(y)
+        lengths = {name: len(value) for name, value in self.x.items()}
+        if any(n != len(self.y) for n in lengths.values()):
+            raise ValueError(f"x has {lengths} samples but y has {len(self.y)}; pass the same samples")
+        unknown = sorted(set(dropout.modalities) - set(self.x))
+        if unknown:
+            raise ValueError(f"dropout drops {unknown}, not among the inputs {sorted(self.x)}")
+        self.dropout = dropout
+        self.batch_size = check_positive_int(batch_size, name="batch_size")
+        self.train_means, self.tokens = train_means, tokens
+        self._rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
+        self._order = self._rng.permutation(len(self.y)) if self._rng is not None else np.arange(len(self.y))
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        batch = {name: value[rows] for name, value in self.x.items()}
+        dropped = drop_modalities(
+            batch,
+            self.dropout.mask(len(rows)),
+            replacement=self.dropout.replacement,
+            train_means=self.train_means,
+            tokens=self.tokens,
+        )
+        return dropped, self.y[rows]
+
+    def on_epoch_end(self) -> None:
+        if self._rng is not None:
+            self._order = self._rng.permutation(len(self.y))
