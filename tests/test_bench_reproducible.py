@@ -20,7 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from benchmarks.protocol import environment  # noqa: E402
-from benchmarks.reproduce import fingerprint, numbers  # noqa: E402
+from benchmarks.reproduce import fingerprint, first_difference, numbers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,3 +73,12 @@ def test_the_environment_records_what_changes_the_arithmetic() -> None:
     assert info["torch_interop_threads"] >= 1
     assert isinstance(info["torch_cpu_capability"], str) and info["torch_cpu_capability"]
     assert {"cpu", "cpu_features", "cpus", "numpy", "frameworks"} <= set(info)
+
+
+def test_first_difference_names_the_epoch_and_the_environments() -> None:
+    mine = {"history": [{"train_loss": 2.0}, {"train_loss": 1.5}], "environment": {"torch_threads": 1}}
+    committed = {"history": [{"train_loss": 2.0}, {"train_loss": 1.25}], "environment": {"torch_threads": 2}}
+    report = first_difference(mine, committed)
+    assert report.startswith("epoch 1: training loss 1.5 here, 1.25 there (relative difference 2.0e-01)")
+    assert "torch_threads: 1 here, 2 there" in report
+    assert first_difference(mine, mine).startswith("identical training losses over 2 epoch(s)")
