@@ -341,8 +341,8 @@ def combine_rankings(rankings: Sequence[Ranking], *, warn: bool = True) -> Ranki
             "pass [ranking] or use the ranking itself"
         )
     check_bool(warn, name="warn")
-    items = list(check_sequence(rankings, name="rankings", example="[ranking_seed0, ranking_seed1]"))
-    if not all(isinstance(item, Ranking) for item in items):
+    items = list(check_sequence(rankings, name="rankings", example="[ranking_seed0, ranking_seed1]", allow_empty=True))
+    if not items or not all(isinstance(item, Ranking) for item in items):
         raise TypeError(
             f"combine_rankings needs a non-empty list of pdmp.Ranking (one per training seed), got {rankings!r}"
         )
