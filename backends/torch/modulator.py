@@ -594,11 +594,13 @@ class Modulator:
         """
         self._check_open("step()")
         self._check_hooks_ran()
-        self._attach_unfrozen(in_step=True)
+        stepped = self.optimizer is None or self._optimizer_steps != self._steps_seen
+        if stepped:  # after a micro-batch the optimizer's pre-step hook still attaches (and fixes) them
+            self._attach_unfrozen(in_step=True)
         self._check_overflow()
         self._check_epoch_given()
         if self.optimizer is not None:
-            if self._optimizer_steps == self._steps_seen:
+            if not stepped:
                 if self._scaler_skipped():
                     self._end_step(taken=False)  # GradScaler skipped the step without calling the optimizer
                 else:
