@@ -183,24 +183,34 @@ def mean_std(values: Sequence[float]) -> str:
     return f"{array.mean():.2f} ± {array.std(ddof=1):.2f}"
 
 
-#: Environment variables that set the thread pools of OpenMP, MKL, OpenBLAS and TensorFlow at start-up.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+#: Environment variables that change a run's arithmetic: the thread pools of OpenMP, MKL, OpenBLAS and
+#: TensorFlow, and the kernel selection of ATen and oneDNN (each moves the first epoch's loss on its own).
+ARITHMETIC_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "TF_ENABLE_ONEDNN_OPTS",
+)
 
 
 def environment() -> dict[str, Any]:
     """:func:`pdmp.run_environment` (CPU, core count, versions) plus what else selects a run's arithmetic,
     recorded in every run's JSON: torch's intra- and inter-op thread counts and its CPU kernel level
-    (``torch_cpu_capability``, e.g. AVX2 or AVX512), TensorFlow's thread counts, the thread environment
-    variables that are set, and the GPU.
+    (``torch_cpu_capability``, e.g. AVX2 or AVX512), TensorFlow's thread counts, the environment
+    variables of :data:`ARITHMETIC_VARIABLES` that are set, and the GPU.
 
     The same code, configuration and seed give bit-identical runs only where these agree: the thread
-    count splits each convolution's sums differently (the audio-dominant joint run of seed 1 gave 66.4 at
-    2 threads and 53.4 at 1, see ``benchmarks/reproduce.py``).
+    count and the kernel level change each convolution's summation order (the committed audio-dominant
+    joint runs of seed 1 part in the first epoch's loss and end at 66.4 with 2 threads and 53.4 with 1;
+    see ``benchmarks/reproduce.py``).
     """
     info = run_environment()
-    variables = {name: os.environ[name] for name in THREAD_VARIABLES if name in os.environ}
+    variables = {name: os.environ[name] for name in ARITHMETIC_VARIABLES if name in os.environ}
     if variables:
-        info["thread_variables"] = variables
+        info["arithmetic_variables"] = variables
     torch = sys.modules.get("torch")
     if torch is not None:
         info["torch_threads"] = torch.get_num_threads()
