@@ -14,7 +14,8 @@ Four of the methods PDMP is compared against do not fit :class:`~pdmp.transforms
 A :class:`RebalancingPolicy` declares what it needs with capability flags (``uses_prototypes``,
 ``uses_parameter_events``, ``uses_training_passes``, ``uses_fusion_weights``, ``needs_held_out_losses``)
 and decides every number here, in NumPy; an adapter only computes the losses it is told to and applies the
-weights, mixes and projections it is given. It scales no encoder gradient, and :meth:`modulation` refuses to
+weights, mixes and projections it is given. It scales no encoder gradient, and
+:meth:`RebalancingPolicy.modulation` refuses to
 be asked (a loop that applies only coefficients would silently train joint learning under the method's
 name). ``uses_unimodal_losses`` stays False:
 the unimodal terms come through :meth:`RebalancingPolicy.loss_terms`, whose ``fused`` weight may differ
@@ -211,7 +212,8 @@ class RebalancingPolicy(CoefficientPolicy):
     uses_training_passes: ClassVar[bool] = False
     #: The adapter's prediction is ``sum_m fusion_weights(...)[m] * logits_m`` (unimodal logits of a shared head).
     uses_fusion_weights: ClassVar[bool] = False
-    #: The adapter must measure every term's mean loss on training and held-out data at :meth:`checkpoint_due` epochs.
+    #: The adapter must measure every term's mean loss on training and held-out data at the epochs the
+    #: policy's ``checkpoint_due`` names (:meth:`GBlending.checkpoint_due`).
     needs_held_out_losses: ClassVar[bool] = False
 
     def modulation(self, *, step: int, epoch: int, scores: Mapping[str, float] | None = None) -> Modulation:
