@@ -5,6 +5,9 @@ metrics. Framework adapters live in :mod:`pdmp.backends.torch` and :mod:`pdmp.ba
 imported only when asked for.
 """
 
+# rebalancing registers G-Blending, PMR, D&R and MLA so their configs load (core only: the adapters do
+# not apply them yet).
+from pdmp import rebalancing as rebalancing
 from pdmp.adaptive import AdaptivePDMP
 from pdmp.baselines import AGM, ARL, InfoReg, MMPareto, mono_modal_responses, shapley_responses
 from pdmp.compare import Candidate, Study, StudyError, compare, default_candidates, run_environment
