@@ -168,6 +168,28 @@ def test_a_skipped_micro_batch_is_left_out_of_the_accumulated_step() -> None:
     assert_same_outcome(outcome(skipped), outcome(never_seen))
 
 
+def test_ogmge_counts_taken_steps_and_a_skipped_step_leaves_its_coefficients() -> None:
+    """OGM-GE scales each micro-batch by its own logits (as the torch hooks do), but counts taken steps only; a
+    skipped batch writes no coefficients (its logits are NaN)."""
+    x, y = make_data(TWO, N)
+    accumulated = ModulatedModel(
+        keras_model(TWO, initial_weights(TWO)), encoder_layers(TWO), pdmp.OGMGE(NAMES), modality_logits=DECOMPOSED
+    )
+    trained(accumulated, keras.optimizers.SGD(2.0**-5, gradient_accumulation_steps=2), x, y, 4, epochs=1)
+    assert accumulated.step_count == 4 == int(accumulated.optimizer.iterations.numpy())
+    poisoned, y_all, _, _ = _with_a_bad_batch(x, y, batch=8, bad=1)
+    model = ModulatedModel(
+        keras_model(TWO, initial_weights(TWO)), encoder_layers(TWO), pdmp.OGMGE(NAMES), modality_logits=DECOMPOSED
+    )
+    after: list[dict[str, float]] = []
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: after.append(model.coefficients))
+    model.compile(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(2.0**-5)), loss=LOSS)
+    model.fit(poisoned, y_all, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[record])
+    assert model.step_count == 3
+    assert after[1] == after[0] and all(np.isfinite(list(row.values())).all() for row in after)
+    assert after[2] != after[0]
+
+
 # -- wiring a policy needs -------------------------------------------------------------------------------------------
 
 
@@ -283,3 +305,17 @@ def test_get_weights_holds_no_empty_state_and_the_inner_models_weights_come_firs
     for got, want in zip(values, inner, strict=False):
         np.testing.assert_array_equal(got, want)
     assert {v.name for v in model.pdmp_variables} >= {"pdmp_coefficients", "pdmp_step", "pdmp_epoch"}
+
+
+def test_a_file_with_the_former_empty_state_variable_still_loads() -> None:
+    """Stateless policies used to keep a zero-size pdmp_policy_state; such saved variables load into the model."""
+    saved = wrap("MMPareto")
+    saved.pdmp_step.assign(5)
+    store: dict[str, Any] = {}
+    saved.save_own_variables(store)
+    values = [store[str(i)] for i in range(len(store))]
+    position = [v.name for v in saved._trainable_variables + saved._non_trainable_variables].index("pdmp_epoch") + 1
+    values.insert(position, np.zeros((0,)))  # where the empty state variable was
+    model = wrap("MMPareto")
+    model.load_own_variables({str(i): value for i, value in enumerate(values)})
+    assert model.step_count == 5
