@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from keras_helpers import keras, single_threaded
+from keras_helpers import keras, single_threaded, tf
 
 single_threaded()
 
@@ -319,3 +319,21 @@ def test_a_file_with_the_former_empty_state_variable_still_loads() -> None:
     model = wrap("MMPareto")
     model.load_own_variables({str(i): value for i, value in enumerate(values)})
     assert model.step_count == 5
+
+
+def test_a_custom_loops_skipped_step_does_not_feed_the_learning_policy() -> None:
+    """A loop of its own: observe(), a step the LossScaleOptimizer skips, step() -> False; the batch's scores are
+    dropped (before, they were folded into AdaptivePDMP at the next coefficient update)."""
+    inner = keras_model(TWO, initial_weights(TWO))
+    policy = pdmp.AdaptivePDMP(NAMES, {"audio": 0.9, "image": 0.4}, horizon=3.0)
+    model = ModulatedModel(inner, encoder_layers(TWO), policy, modality_logits=DECOMPOSED)
+    model.compile(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(2.0**-5)), loss=LOSS)
+    model.set_epoch(0)
+    x, y = make_data(TWO, 8)
+    features = keras.Model(inner.inputs, {name: inner.get_layer(f"{name}_fc2").output for name in NAMES})(x)
+    model.observe(pdmp.backends.keras.concat_head_logits(inner.get_layer("head"), features), y)
+    variables = model.trainable_weights
+    model.optimizer.apply_gradients(zip([tf.fill(v.shape, np.nan) for v in variables], variables, strict=True))
+    assert model.step() is False and model.step_count == 0
+    state = model.state_dict()
+    assert state["policy_state"]["updates"] == 0 and state["pending_scores"] is None
