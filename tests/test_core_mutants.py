@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -22,8 +24,10 @@ from pdmp.compare import (
     Candidate,
     Study,
     StudyError,
+    _cpu,
     compare,
     environment_signature,
+    run_environment,
 )
 from pdmp.policies import NoModulation
 from pdmp.search import gamma_grid, search_gammas
@@ -177,7 +181,7 @@ def test_twenty_differences_are_enumerated(monkeypatch):
 
 def test_student_t_quantile_refusals_and_symmetry():
     for bad in (0.0, 1.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match="probability must be in"):
+        with pytest.raises(ValueError, match=rf"^probability must be in \(0, 1\), got {bad!r}$"):
             student_t_quantile(bad, 3)
     for bad_df in (0, -1):
         with pytest.raises(ValueError, match="degrees of freedom"):
@@ -212,7 +216,7 @@ def test_paired_difference_refusals():
             paired_difference([0.1, 0.2, 0.3], [0.0, 0.0, 0.0], confidence=confidence)
     with pytest.raises(ValueError, match="1-D and paired"):
         paired_difference([[0.1, 0.2]], [[0.1, 0.2]])
-    with pytest.raises(ValueError, match="no paired results to compare: a and b are empty"):
+    with pytest.raises(ValueError, match=r"^no paired results to compare: a and b are empty$"):
         paired_difference([], [])
     with pytest.raises(ValueError, match=r"confidence must be in \(0, 1\), e.g. 0.95, got 2"):
         paired_difference([0.1, 0.2, 0.3], [0.0, 0.0, 0.0], confidence=2)
@@ -540,6 +544,7 @@ def test_which_candidates_applied_nothing():
             study.runs[(name, seed)] = run
     # joint (no options) is joint training by definition; unrecorded returned no record.
     assert study.applied_nothing() == ["joint_lr", "bare"]
+    assert "**Applied nothing:** joint_lr, bare kept every coefficient at 1" in study.to_markdown()
 
 
 def test_the_default_eta_keeps_a_third_and_the_score_is_the_last_rungs(capsys):
@@ -564,7 +569,7 @@ def test_search_refusals_name_the_problem(tmp_path):
             search_gammas(train, families, [0], metric=metric, budgets=(1,), progress=False)
     with pytest.raises(ValueError, match=r"choose gammas on validation .*, never on the test split"):
         search_gammas(train, families, [0], metric="Test_acc", budgets=(1,), progress=False)
-    with pytest.raises(ValueError, match="budgets"):
+    with pytest.raises(ValueError, match=r"^budgets "):
         search_gammas(train, families, [0], metric="val_acc", budgets=(0, 1), progress=False)
     with pytest.raises(ValueError, match=r"budgets must be a non-empty increasing sequence.*got \[1.0, 1.0\]"):
         search_gammas(train, families, [0], metric="val_acc", budgets=(1, 1), progress=False)
@@ -574,7 +579,10 @@ def test_search_refusals_name_the_problem(tmp_path):
         with pytest.raises(ValueError, match="eta must be an integer >= 2"):
             search_gammas(train, families, [0], metric="val_acc", budgets=(1,), eta=eta, progress=False)
     for bad in (["uniform"], {}):
-        with pytest.raises(ValueError, match=r"families must be a non-empty dict: family name -> candidates"):
+        with pytest.raises(
+            ValueError,
+            match=r"^families must be a non-empty dict: family name -> candidates \(see pdmp.search.gamma_grid\)$",
+        ):
             search_gammas(train, bad, [0], metric="val_acc", budgets=(1,), progress=False)
     folder = tmp_path / "search"
     joint = {"joint_lr": families["joint_lr"]}
@@ -630,7 +638,7 @@ def test_a_candidate_with_no_seed_in_common_with_the_reference_gets_no_differenc
     row = study.rows("acc")[1]
     assert (row["n"], row["difference"], row["seeds_needed"], row["relative_wall_time"]) == (2, None, None, 3.0)
     assert "| pdmp | 2 | 60.0 ± 0.0 | — | — | 3.00x |" in study.to_markdown().split("\n")
-    with pytest.raises(ValueError, match="the study has no finished runs yet"):
+    with pytest.raises(ValueError, match=r"^the study has no finished runs yet$"):
         Study(candidates, [0]).to_markdown()
     with pytest.raises(ValueError, match="unknown metric 'f1'; the train function returned acc"):
         study.to_markdown("f1")
@@ -667,6 +675,11 @@ def test_gamma_grid_passes_the_schedule_to_every_policy_and_names_bad_values():
     configs = {family: [c.policy.get_config() for c in candidates] for family, candidates in grid.items()}
     # gamma_p below 1 is a legitimate grid point: PDMP is built with allow_inverse.
     assert configs["pdmp"][0]["allow_inverse"] is True and configs["pdmp"][0]["gamma_p"] == 0.5
+    assert (configs["pdmp"][0]["gamma_r"], configs["inverse"][0]["gamma_p"], configs["inverse"][0]["gamma_r"]) == (
+        0.1,
+        0.5,
+        0.1,
+    )
     for family in ("pdmp", "uniform", "inverse"):
         assert (configs[family][0]["warmup"], configs[family][0]["ramp"]) == (1, 2), family
     assert grid["joint_lr"][0].options == {"lr_scale": 3.0}
@@ -690,6 +703,7 @@ def test_default_candidates_share_one_schedule():
         assert (configs[name]["warmup"], configs[name]["ramp"]) == (0, 3), name
     custom = {c.name: c.policy.get_config() for c in pdmp.default_candidates(RANKING, gamma_p=4.0, gamma_r=0.25)}
     assert (custom["inverse"]["gamma_p"], custom["inverse"]["gamma_r"], custom["uniform"]["gamma"]) == (4.0, 0.25, 4.0)
+    assert (custom["pdmp"]["gamma_p"], custom["pdmp"]["gamma_r"]) == (4.0, 0.25)
 
 
 def test_environments_are_listed_in_seed_order():
@@ -703,6 +717,7 @@ def test_environments_are_listed_in_seed_order():
         ("CPU-A (avx+avx2), 8 cpus, numpy 2.0, torch 2.5", [("a", 1)]),
         ("unrecorded", [("b", 1)]),
     ]
+    assert environment_signature({"cpus": 2}) == "?, 2 cpus, numpy ?"
     assert environment_signature({"cpu": "C", "frameworks": {"torch": "2.5", "jax": "0.4"}}) == (
         "C, ? cpus, numpy ?, jax 0.4 torch 2.5"
     )
@@ -768,3 +783,347 @@ def test_runs_saved_without_train_options_are_counted_in_the_note(tmp_path):
         "these cannot be checked; they are reused as they are"
     )
     assert messages[1] == f"resuming '{path}': 4 run(s) already finished, 0 to go"
+
+
+# -- the study file -----------------------------------------------------------------------------------------
+
+
+def test_a_saved_study_prints_the_same_table_after_loading(tmp_path):
+    study = four_candidate_study()
+    study.reference = "uniform"  # not the first candidate: the file must keep it
+    study.candidates[1] = Candidate(
+        "pdmp", study.candidates[1].policy, controls=("uniform", "inverse"), tuned_on=(7, 8)
+    )
+    path = study.save(tmp_path / "new" / "folder" / "study.json")  # folders are created
+    saved = json.loads(path.read_text())
+    assert [(run["candidate"], run["seed"]) for run in saved["runs"][:6]] == [
+        ("inverse", 0),
+        ("joint", 0),
+        ("lr", 0),
+        ("pdmp", 0),
+        ("uniform", 0),
+        ("inverse", 1),
+    ]
+    loaded = Study.load(path)
+    assert loaded.reference == "uniform" and loaded.candidate("pdmp").tuned_on == (7, 8)
+    assert loaded.runs == study.runs
+    assert loaded.to_markdown("test_acc") == study.to_markdown("test_acc")
+    assert "**Applied nothing:** lr" in loaded.to_markdown("test_acc")
+    with pytest.raises(ValueError, match="unknown candidate 'x'; candidates: joint, pdmp, uniform, inverse, lr"):
+        loaded.candidate("x")
+
+
+def test_a_candidate_saved_before_options_and_tuned_on_existed_loads():
+    policy = NoModulation(RANKING.order).get_config()
+    candidate = Candidate.from_dict({"name": "joint", "policy": policy})
+    assert (candidate.options, candidate.tuned_on, candidate.controls) == ({}, (), ())
+    with pytest.raises(TypeError, match=r"a candidate must be a dict, got \['joint'\]"):
+        Candidate.from_dict(["joint"])
+
+
+def study_file(tmp_path, edit) -> str:
+    path = tmp_path / "study.json"
+    compare(constant_train, pdmp.default_candidates(RANKING)[:2], [0], path=path, progress=False)
+    saved = json.loads(path.read_text())
+    edit(saved)
+    path.write_text(json.dumps(saved))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.update(format="other"), "ValueError(\"not a pdmp study (format 'other')\")"),
+        (lambda s: s.update(runs={}), "ValueError('runs must be a list, got dict')"),
+        (lambda s: s["runs"].append(3), "ValueError('a run must be a dict, got 3')"),
+        (lambda s: s["runs"][0].update(seed=-1), "ValueError('run seed must be an integer >= 0, got -1')"),
+        (
+            lambda s: s["runs"][0]["metrics"].update(acc="high"),
+            "StudyError(\"train(...) for candidate 'joint', seed 0 returned acc='high', which is not a number\")",
+        ),
+        (lambda s: s["runs"][0].update(wall_time_s=-1.0), "ValueError(\"run ('joint', 0): wall_time_s must be"),
+        (lambda s: s["runs"][0].update(applied=[1]), "StudyError(\"run ('joint', 0): 'applied' must be"),
+    ],
+)
+def test_a_corrupt_study_file_is_named_with_what_is_wrong(tmp_path, edit, message):
+    path = study_file(tmp_path, edit)
+    with pytest.raises(ValueError) as refused:
+        Study.load(path)
+    assert str(refused.value).startswith(f"cannot read study file '{path}': {message}")
+    assert str(refused.value).endswith("; fix the entry named there, or move the file away to start the study afresh")
+
+
+def test_a_study_file_that_is_not_a_dict_or_has_a_zero_wall_time(tmp_path):
+    listed = tmp_path / "list.json"
+    listed.write_text("[]")
+    with pytest.raises(ValueError, match=r"not a pdmp study \(format None\)"):
+        Study.load(listed)
+    path = study_file(tmp_path, lambda s: s["runs"][0].update(wall_time_s=0))
+    assert Study.load(path).runs[("joint", 0)]["wall_time_s"] == 0.0
+
+
+# -- what a run records about its environment -------------------------------------------------------------
+
+
+def test_the_cpu_is_read_from_the_first_model_name_and_flags(monkeypatch):
+    import io
+
+    cpuinfo = (
+        "processor\t: 0\nmodel name\t: Vendor CPU @ 2.20GHz: rev 2\nflags\t\t: fpu avx2 sse4_2 avx512f\n\n"
+        "processor\t: 1\nmodel name\t: Other CPU\nflags\t\t: fpu\n"
+    )
+    module = sys.modules["pdmp.compare"]  # pdmp.compare is also the name of the function
+    monkeypatch.setattr(module, "open", lambda *args, **kwargs: io.StringIO(cpuinfo), raising=False)
+    assert _cpu() == ("Vendor CPU @ 2.20GHz: rev 2", ["sse4_2", "avx2", "avx512f"])
+    arm = "processor\t: 0\nFeatures\t: fp asimd sve\nCPU part\t: 0xd0c\n"
+    monkeypatch.setattr(module, "open", lambda *args, **kwargs: io.StringIO(arm), raising=False)
+    monkeypatch.setattr("platform.processor", lambda: "proc")
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    assert _cpu() == ("proc", ["asimd", "sve"])
+    monkeypatch.setattr("platform.processor", lambda: "")
+    assert _cpu() == ("aarch64", ["asimd", "sve"])
+
+
+def test_a_run_records_the_frameworks_already_imported(monkeypatch):
+    import platform
+    import types
+
+    monkeypatch.setitem(sys.modules, "jax", types.SimpleNamespace(__version__="0.4.1"))
+    monkeypatch.setitem(sys.modules, "lightning", types.SimpleNamespace())
+    monkeypatch.setattr("os.cpu_count", lambda: None)
+    environment = run_environment()
+    assert set(environment) == {"cpu", "cpu_features", "cpus", "platform", "python", "numpy", "frameworks", "host"}
+    assert environment["frameworks"]["jax"] == "0.4.1" and environment["frameworks"]["lightning"] == "unknown"
+    assert environment["cpus"] == 0
+    assert (environment["platform"], environment["python"]) == (platform.platform(), platform.python_version())
+
+
+# -- the comparison harness: its messages, its refusals, what a run records ---------------------------------
+
+
+class FakeClock:
+    """time.perf_counter for compare(): each run takes 2 s more than the one before (2, 4, 6, ...)."""
+
+    def __init__(self) -> None:
+        self.now, self.calls = 100.0, 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        if self.calls % 2 == 0:  # the reading after train(...)
+            self.now += self.calls
+        return self.now
+
+
+def test_compare_reports_each_run_and_records_its_wall_time(monkeypatch, capsys):
+    monkeypatch.setattr(sys.modules["pdmp.compare"].time, "perf_counter", FakeClock())
+    record = AppliedRecord()
+    record.update({"audio": 1.0, "image": 1.0})
+
+    def train(policy, seed, **options):
+        return {APPLIED_KEY: record.to_dict(), "acc": 0.5 + 0.125 * seed, "f1": 0.25}
+
+    candidates = pdmp.default_candidates(RANKING)[:2]
+    study = compare(train, candidates, [0, 1])
+    assert [run["wall_time_s"] for run in study.runs.values()] == [2.0, 4.0, 6.0, 8.0]
+    assert study.runs[("joint", 0)]["applied"] == record.to_dict()
+    assert study.runs[("joint", 0)]["metrics"] == {"acc": 0.5, "f1": 0.25}
+    assert capsys.readouterr().err.split("\n") == [
+        "[1/4] joint, seed 0: acc=0.5, f1=0.25 (2.0 s)",
+        "[2/4] pdmp, seed 0: acc=0.5, f1=0.25 (4.0 s)",
+        "[3/4] joint, seed 1: acc=0.625, f1=0.25 (6.0 s)",
+        "[4/4] pdmp, seed 1: acc=0.625, f1=0.25 (8.0 s)",
+        "",
+    ]
+
+
+def test_a_resume_from_another_environment_says_so_only_when_runs_are_left(tmp_path):
+    path = tmp_path / "study.json"
+    candidates = pdmp.default_candidates(RANKING)[:2]
+    compare(constant_train, candidates, [0], path=path, progress=False)
+    saved = json.loads(path.read_text())
+    for run in saved["runs"]:
+        run["environment"] = ENV_B if run["candidate"] == "joint" else ENV_A
+    path.write_text(json.dumps(saved))
+    messages: list[str] = []
+    compare(constant_train, candidates, [0], path=path, progress=messages.append)
+    assert messages == [f"resuming '{path}': 2 run(s) already finished, 0 to go"]
+    messages.clear()
+    compare(constant_train, candidates, [0, 1], path=path, progress=messages.append)
+    here = environment_signature(run_environment())
+    assert messages[1] == (
+        "note: finished runs come from another environment (CPU-A (avx+avx2), 8 cpus, numpy 2.0, torch 2.5; CPU-B, "
+        f"4 cpus, numpy 2.1) than this one ({here}); "
+        "the same seed can give other numbers there, so the table will say the runs are mixed"
+    )
+
+
+def test_a_train_function_that_raises_is_reported_with_what_is_saved(tmp_path):
+    def train(policy, seed, **options):
+        if seed == 1:
+            raise RuntimeError("out of memory")
+        return {"acc": 0.5}
+
+    candidates = pdmp.default_candidates(RANKING)[:1]
+    path = tmp_path / "study.json"
+    with pytest.raises(StudyError) as failed:
+        compare(train, candidates, [0, 1], path=path, progress=False)
+    assert str(failed.value) == (
+        f"train(...) raised for candidate 'joint', seed 1: RuntimeError('out of memory'); the 1 finished run(s) "
+        f"are saved in '{path}'"
+    )
+    with pytest.raises(StudyError) as failed:
+        compare(train, candidates, [1], progress=False)
+    assert str(failed.value) == "train(...) raised for candidate 'joint', seed 1: RuntimeError('out of memory')"
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        ([0.5], "returned [0.5]; it must return a non-empty dict of metric name -> number, e.g. {'val_acc': 0.81, "
+         "'test_acc': 0.79}"),
+        ({1: 0.5}, "returned a metric named 1; metric names must be strings"),
+        ({"acc": [0.5]}, "returned acc=[0.5], which is not a number"),
+        ({"acc": True}, "returned acc=True, which is not a number"),
+        ({"acc": float("nan")}, "returned acc=nan; metrics must be finite (a diverged run should report its "
+         "accuracy, not a NaN loss)"),
+        ({APPLIED_KEY: {}}, "returned no metric beside 'applied'; return e.g. {'val_acc': 0.81}"),
+    ],
+)  # fmt: skip
+def test_unusable_metrics_are_refused_with_the_run_named(returned, message):
+    candidates = pdmp.default_candidates(RANKING)[:1]
+    with pytest.raises(StudyError) as refused:
+        compare(lambda policy, seed: returned, candidates, [3], progress=False)
+    assert str(refused.value) == f"train(...) for candidate 'joint', seed 3 {message}"
+
+
+def test_the_applied_record_may_come_first():
+    def train(policy, seed, **options):
+        return {APPLIED_KEY: {"coefficients": {"audio": [1.0, 1.0]}}, "acc": 0.5}
+
+    study = compare(train, pdmp.default_candidates(RANKING)[:1], [0], progress=False)
+    assert study.runs[("joint", 0)]["metrics"] == {"acc": 0.5}
+
+
+def test_compare_refusals_name_the_problem(tmp_path):
+    candidates = pdmp.default_candidates(RANKING)
+    with pytest.raises(TypeError, match=r"^train must be a function train\(policy, seed, \*\*options\) -> metrics"):
+        compare("train", candidates, [0], progress=False)
+    for options in (["budget"], {1: 2}):
+        with pytest.raises(TypeError, match=r"^train_options must be a dict with string keys, e.g. \{'budget': 10\}"):
+            compare(constant_train, candidates, [0], progress=False, train_options=options)
+    with pytest.raises(TypeError, match=r"^train_options \{'lr': nan\} are not JSON-serialisable .*; use numbers"):
+        compare(constant_train, candidates, [0], progress=False, train_options={"lr": float("nan")})
+    tuned = [candidates[0], Candidate("tuned", candidates[1].policy, tuned_on=(1, 2))]
+    with pytest.raises(ValueError) as refused:
+        compare(constant_train, tuned, [0, 1, 2], progress=False)
+    assert str(refused.value) == (
+        "candidate 'tuned' was tuned on seed(s) [1, 2], which are also evaluation seeds; evaluate on seeds it was "
+        "not tuned on (its tuning runs are optimistically biased)"
+    )
+    with pytest.raises(ValueError, match=r"^no candidates to compare; e.g. pdmp.default_candidates\(ranking\)$"):
+        compare(constant_train, [], [0], progress=False)
+    with pytest.raises(ValueError, match=r"^no seeds given; pass e.g. seeds=range\(5\) \(3-10 seeds for a verdict\)$"):
+        compare(constant_train, candidates, [], progress=False)
+    with pytest.raises(ValueError, match=r"^seed must be an integer >= 0, got -1"):
+        compare(constant_train, candidates, [-1], progress=False)
+    with pytest.raises(
+        ValueError, match=r"^unknown reference candidate 'x'; candidates: joint, pdmp, uniform, inverse$"
+    ):
+        compare(constant_train, candidates, [0], reference="x", progress=False)
+    path = tmp_path / "study.json"
+    compare(constant_train, candidates[:2], [0], path=path, progress=False)
+    changed = [candidates[0], Candidate("pdmp", candidates[2].policy)]
+    with pytest.raises(ValueError) as refused:
+        compare(constant_train, changed, [0], path=path, progress=False)
+    assert str(refused.value) == (
+        f"study file '{path}' holds another candidate set (differs in: pdmp); resume with the same candidates "
+        "(new ones may be added), or use a new path"
+    )
+
+
+def test_the_same_configuration_is_announced_whatever_the_order_of_its_options():
+    twins = [
+        Candidate("a", NoModulation(RANKING.order), {"lr_scale": 2.0, "wd": 0.1}),
+        Candidate("b", NoModulation(RANKING.order), {"wd": 0.1, "lr_scale": 2.0}),
+    ]
+    assert json.loads(twins[0].configuration()) == {
+        "policy": NoModulation(RANKING.order).get_config(),
+        "options": {"lr_scale": 2.0, "wd": 0.1},
+    }
+    messages: list[str] = []
+    with pytest.warns(UserWarning) as warned:
+        compare(constant_train, twins, [0], progress=messages.append)
+    text = (
+        "candidates 'a', 'b' have the same policy and options: each is trained separately and they differ only "
+        "by run-to-run noise; drop all but one unless that is the point"
+    )
+    assert [str(w.message) for w in warned] == [text]
+    assert messages[0] == f"note: {text}"
+
+
+def test_a_candidate_keeps_its_own_copies_and_refuses_bad_fields():
+    options = {"lr_scale": 2.0}
+    candidate = Candidate("joint", NoModulation(RANKING.order), options, tuned_on=[3], controls=["other"])
+    options["lr_scale"] = 5.0
+    assert (candidate.options, candidate.tuned_on, candidate.controls) == ({"lr_scale": 2.0}, (3,), ("other",))
+    policy = NoModulation(RANKING.order)
+    refusals = [
+        ({"name": "  "}, ValueError, "candidate name must be a non-empty string, got '  '"),
+        ({"name": 5}, ValueError, "candidate name must be a non-empty string, got 5"),
+        ({"policy": "joint"}, TypeError, "candidate 'c': policy must be a pdmp policy (e.g. pdmp.PDMP(...), "
+         "pdmp.NoModulation(...)), got str"),
+        ({"options": ["lr_scale"]}, TypeError, "candidate 'c': options must be a dict with string keys, got "
+         "['lr_scale']"),
+        ({"options": {"lr": float("nan")}}, TypeError, "candidate 'c': options {'lr': nan} are not "
+         "JSON-serialisable ("),
+        ({"tuned_on": "01"}, TypeError, "candidate 'c': tuned_on must be a sequence of seeds, got '01'"),
+        ({"tuned_on": [-1]}, ValueError, "c tuned_on seed must be an integer >= 0, got -1"),
+        ({"controls": ("",)}, ValueError, "candidate 'c': controls must name other candidates of the study, got ('',)"),
+        ({"controls": (5,)}, ValueError, "candidate 'c': controls must name other candidates of the study, got (5,)"),
+        ({"controls": ("c",)}, ValueError, "candidate 'c': controls must name other candidates"),
+    ]  # fmt: skip
+    for fields, error, message in refusals:
+        with pytest.raises(error) as refused:
+            Candidate(**{"name": "c", "policy": policy, **fields})
+        assert str(refused.value).startswith(message), fields
+    with pytest.raises(TypeError) as refused:  # json's own words in between differ between Python versions
+        Candidate("c", policy, {"lr": float("nan")})
+    assert str(refused.value).endswith("); use numbers, strings, lists and dicts")
+
+
+def test_student_t_cdf_at_zero_is_one_half():
+    from pdmp.stats import student_t_cdf
+
+    for df in (1, 4, 30):
+        assert student_t_cdf(0.0, df) == 0.5
+    assert student_t_cdf(T_4, 4) == pytest.approx(0.975, abs=1e-12)
+    assert student_t_cdf(-T_4, 4) == pytest.approx(0.025, abs=1e-12)
+
+
+def test_an_applied_range_keeps_its_minimum():
+    def train(policy, seed, **options):
+        return {"acc": 0.5, APPLIED_KEY: {"coefficients": {"audio": [0.5, 1.0]}}}
+
+    study = compare(train, [Candidate("lowered", NoModulation(RANKING.order), {"x": 1})], [0], progress=False)
+    assert study.runs[("lowered", 0)]["applied"] == {"coefficients": {"audio": [0.5, 1.0]}}
+    assert study.applied_nothing() == []
+
+
+def test_recorded_train_options_are_sorted_and_a_silent_search_prints_nothing(capsys):
+    study = compare(
+        constant_train, pdmp.default_candidates(RANKING)[:1], [0], progress=False, train_options={"b": 1, "a": 2}
+    )
+    assert list(study.runs[("joint", 0)]["train_options"]) == ["a", "b"]
+    families = search_families()
+    search_gammas(scripted_train(families, []), families, [0], metric="val_acc", budgets=(1,), progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_wall_time_of_a_candidate_without_runs_is_nan_without_a_warning():
+    study = Study(pdmp.default_candidates(RANKING), [0])
+    study.runs[("joint", 0)] = {"metrics": {"acc": 0.5, "f1": 0.5}, "wall_time_s": 1.0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(study.wall_time("pdmp"))
+    with pytest.raises(ValueError, match=r"^unknown metric 'x'; the train function returned acc, f1$"):
+        study.values("pdmp", "x")

@@ -3,10 +3,10 @@
 Runs in the session's venv (it imports mutmut 3.8). Writes ``summary.json`` (counts, score, every mutant
 that was not killed, with its diff) and ``summary.md`` (the same for people) into ``--out``.
 
-The score is mutmut's: (killed + timeout) / (all mutants - skipped). A mutant that survives but cannot
-change anything observable is listed with its reason from ``notes.json`` beside the report
-(``{"mutant name": {"diff": "<one-line diff>", "reason": "..."}}``); a note whose diff no longer matches
-its mutant (the source moved) is reported as stale instead of being applied.
+The score is mutmut's: (killed + timeout) / (all mutants - skipped). A surviving mutant explained in
+``notes.json`` beside the report (``{"mutant name": {"diff": "<one-line diff>", "kind": "equivalent" or
+"no verdict", "reason": "..."}}``) is listed under its kind with the reason; a note whose diff no longer
+matches its mutant (the source moved) is reported as stale, and the mutant as not explained.
 """
 
 from __future__ import annotations
@@ -75,21 +75,26 @@ def collect() -> dict:
     return {"files": files, "mutants": others}
 
 
+NOTE_KINDS = {
+    "equivalent": "Equivalent mutants: no observable change",
+    "no verdict": "Surviving mutants that change no verdict (what they change is named)",
+}
+
+
 def summarise(data: dict, notes: dict) -> dict:
     total: Counter[str] = Counter()
     for counts in data["files"].values():
         total.update(counts)
-    all_mutants = sum(total.values())
-    tested = all_mutants - total["skipped"]
+    tested = sum(total.values()) - total["skipped"]
     score = (total["killed"] + total["timeout"]) / tested if tested else 0.0
     for mutant in data["mutants"]:
         note = notes.get(mutant["name"])
-        if note is None:
+        if note is None or mutant["status"] != "survived":
             continue
-        if note.get("diff") == mutant["diff"]:
-            mutant["equivalent"] = note["reason"]
+        if note.get("diff") == mutant["diff"] and note.get("kind") in NOTE_KINDS:
+            mutant["note_kind"], mutant["note"] = note["kind"], note["reason"]
         else:
-            mutant["stale_note"] = note["reason"]
+            mutant["stale_note"] = note.get("reason", "")
     return {
         "tool": "mutmut 3.8.1",
         "partial": total["not checked"] > 0,
@@ -100,6 +105,10 @@ def summarise(data: dict, notes: dict) -> dict:
     }
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("`", "'")
+
+
 def markdown(report: dict) -> str:
     counts = report["counts"]
     lines = [
@@ -107,7 +116,7 @@ def markdown(report: dict) -> str:
         "",
         "`nox -s mutation` (mutmut 3.8.1) mutates `pdmp/stats.py`, `pdmp/compare.py` and `pdmp/search.py`",
         "and runs the core tests that exercise them (`[tool.mutmut]` in pyproject.toml) against each mutant.",
-        "Written by `tools/mutation_report.py`; the same data is in `summary.json`.",
+        "Written by `tools/mutation_report.py` (the same data: `summary.json`; the reasons: `notes.json`).",
         "",
     ]
     if report["partial"]:
@@ -115,7 +124,7 @@ def markdown(report: dict) -> str:
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
     tested = sum(counts.values()) - counts.get("skipped", 0)
     lines += [
-        f"**Score: {100 * report['score']:.1f}%** ({killed} of {tested} mutants killed; "
+        f"**Score: {100 * report['score']:.1f}%** ({killed} of {tested} mutants killed or timed out; "
         + ", ".join(f"{n} {status}" for status, n in counts.items())
         + ").",
         "",
@@ -124,38 +133,34 @@ def markdown(report: dict) -> str:
     ]
     for path, file_counts in report["files"].items():
         lines.append(f"| `{path}` | " + " | ".join(str(file_counts.get(status, 0)) for status in counts) + " |")
-    survivors = [
-        m for m in report["mutants"] if m["status"] not in ("not checked", "no tests") and "equivalent" not in m
-    ]
-    equivalent = [m for m in report["mutants"] if "equivalent" in m]
-    untested = Counter(function_of(m["name"]) for m in report["mutants"] if m["status"] == "no tests")
 
-    def row(m: dict) -> str:
-        where = f"{m['file']}:{m['line']}" if m["line"] else m["file"]
-        diff = m["diff"].replace("|", "\\|").replace("`", "'")
-        return f"| `{m['name']}` | {where} | {m['status']} | `{diff}` |"
+    def where(m: dict) -> str:
+        return f"{m['file']}:{m['line']}" if m["line"] else m["file"]
 
-    lines += ["", f"## Surviving mutants not explained ({len(survivors)})", ""]
-    if survivors:
-        lines += ["| mutant | where | status | change |", "|---|---|---|---|", *map(row, survivors)]
-        stale = [m for m in survivors if "stale_note" in m]
+    survived = [m for m in report["mutants"] if m["status"] not in ("not checked", "no tests")]
+    unexplained = [m for m in survived if "note_kind" not in m]
+    lines += ["", f"## Surviving mutants not explained ({len(unexplained)})", ""]
+    if unexplained:
+        lines += ["| mutant | where | status | change |", "|---|---|---|---|"]
+        lines += [f"| `{m['name']}` | {where(m)} | {m['status']} | `{_cell(m['diff'])}` |" for m in unexplained]
+        stale = [m for m in unexplained if "stale_note" in m]
         if stale:
             lines += ["", f"{len(stale)} of them carry a note in notes.json whose diff no longer matches (stale)."]
     else:
         lines.append("None.")
+    for kind, title in NOTE_KINDS.items():
+        explained = [m for m in survived if m.get("note_kind") == kind]
+        lines += ["", f"## {title} ({len(explained)})", ""]
+        if explained:
+            lines += ["| mutant | where | change | why |", "|---|---|---|---|"]
+            lines += [f"| `{m['name']}` | {where(m)} | `{_cell(m['diff'])}` | {m['note']} |" for m in explained]
+        else:
+            lines.append("None.")
+    untested = Counter(function_of(m["name"]) for m in report["mutants"] if m["status"] == "no tests")
     lines += ["", f"## Mutants in code that no selected test runs ({sum(untested.values())})", ""]
     if untested:
         lines += ["| function | mutants |", "|---|---|"]
         lines += [f"| `{function}` | {count} |" for function, count in sorted(untested.items())]
-    else:
-        lines.append("None.")
-    lines += ["", f"## Equivalent mutants ({len(equivalent)}): no observable change", ""]
-    if equivalent:
-        lines += ["| mutant | where | change | why it changes nothing |", "|---|---|---|---|"]
-        for m in equivalent:
-            where = f"{m['file']}:{m['line']}" if m["line"] else m["file"]
-            diff = m["diff"].replace("|", "\\|").replace("`", "'")
-            lines.append(f"| `{m['name']}` | {where} | `{diff}` | {m['equivalent']} |")
     else:
         lines.append("None.")
     return "\n".join(lines) + "\n"
