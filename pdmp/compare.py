@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from pdmp._validation import check_non_negative_int
+from pdmp._validation import check_non_negative_int, check_number, check_sequence, parse_json
 from pdmp.controls import InversePDMP, UniformScaling
 from pdmp.policies import PDMP, CoefficientPolicy, NoModulation, policy_from_config
 from pdmp.ranking import Ranking
@@ -175,7 +175,13 @@ def default_candidates(
 
 
 def _check_candidates(candidates: Iterable[Candidate]) -> list[Candidate]:
-    result = list(candidates)
+    if isinstance(candidates, Candidate):
+        raise TypeError(
+            f"candidates must be a list of pdmp.Candidate objects; for one candidate write [{candidates.name!r} ...]"
+        )
+    result = list(
+        check_sequence(candidates, name="candidates", example="pdmp.default_candidates(ranking)", allow_empty=True)
+    )
     if not result:
         raise ValueError("no candidates to compare; e.g. pdmp.default_candidates(ranking)")
     for candidate in result:
@@ -197,7 +203,10 @@ def _same_configuration(candidates: Sequence[Candidate]) -> list[list[str]]:
 
 
 def _check_seeds(seeds: Iterable[int]) -> list[int]:
-    result = [check_non_negative_int(seed, name="seed") for seed in seeds]
+    result = [
+        check_non_negative_int(seed, name="seed")
+        for seed in check_sequence(seeds, name="seeds", example="range(5)", allow_empty=True)
+    ]
     if not result:
         raise ValueError("no seeds given; pass e.g. seeds=range(5) (3-10 seeds for a verdict)")
     if len(set(result)) != len(result):
@@ -221,9 +230,11 @@ def _check_metrics(metrics: Any, candidate: str, seed: int) -> dict[str, float]:
         if isinstance(value, bool | str):
             raise StudyError(f"{where} returned {key}={value!r}, which is not a number")
         try:
-            number = float(value)
-        except (TypeError, ValueError):
+            number = check_number(value, name=f"metric {key}")
+        except TypeError:
             raise StudyError(f"{where} returned {key}={value!r}, which is not a number") from None
+        except ValueError as error:  # beyond float range
+            raise StudyError(f"{where} returned {key}: {error}") from None
         if not math.isfinite(number):
             raise StudyError(
                 f"{where} returned {key}={value!r}; metrics must be finite (a diverged run should report its "
@@ -296,6 +307,10 @@ def _applied_nothing(applied: Mapping[str, Mapping[str, Sequence[float]]]) -> bo
     return all(low == high == 1.0 for low, high in coefficients.values()) and all(
         low == high == 0.0 for low, high in weights.values()
     )
+
+
+#: The fields a saved run may have (anything else means the file is not what it claims to be).
+_RUN_FIELDS = frozenset({"candidate", "seed", "metrics", "wall_time_s", "environment", "train_options", "applied"})
 
 
 class Study:
@@ -464,6 +479,8 @@ class Study:
         """
         metric = self._default_metric(metric)
         reference = self.reference if reference is None else self.candidate(reference).name
+        scale = check_number(scale, name="scale")
+        digits = check_non_negative_int(digits, name="digits")
         header = (
             f"| candidate | seeds | {metric} | minus {reference} [95% paired t-interval] | "
             "seeds for a verdict | wall time |"
@@ -602,7 +619,7 @@ class Study:
         """Read a study written by :meth:`save`; a corrupt file raises ValueError naming it."""
         source = Path(path)
         try:
-            data = json.loads(source.read_text())
+            data = parse_json(source.read_text(), source=str(source))
             if not isinstance(data, dict) or data.get("format") != STUDY_FORMAT:
                 raise ValueError(
                     f"not a pdmp study (format {data.get('format') if isinstance(data, dict) else None!r})"
@@ -613,8 +630,15 @@ class Study:
             for run in data["runs"]:
                 if not isinstance(run, dict):
                     raise ValueError(f"a run must be a dict, got {run!r}")
+                unknown = sorted(set(run) - _RUN_FIELDS)
+                if unknown:
+                    raise ValueError(f"a run has unknown field(s) {unknown}; known: {sorted(_RUN_FIELDS)}")
                 key = (run["candidate"], check_non_negative_int(run["seed"], name="run seed"))
                 candidate = study.candidate(key[0])
+                if key[1] not in study.seeds:
+                    raise ValueError(
+                        f"run of {key[0]!r} on seed {key[1]}, which the study's seeds {study.seeds} do not list"
+                    )
                 if key in study.runs:  # merged files can hold this; which copy is right cannot be told
                     raise ValueError(f"candidate {key[0]!r}, seed {key[1]} appears twice; keep one of the two runs")
                 if key[1] in candidate.tuned_on:
@@ -752,6 +776,13 @@ def _check_resumable(
         )
 
 
+def _check_progress(progress: Any) -> None:
+    if not (isinstance(progress, bool) or callable(progress)):
+        raise TypeError(
+            f"progress must be True (print to stderr), False (silent) or a function taking a message, got {progress!r}"
+        )
+
+
 def _report(message: str, progress: bool | Callable[[str], None]) -> None:
     if progress is True:
         print(message, file=sys.stderr, flush=True)
@@ -784,6 +815,7 @@ def compare(
     """
     if not callable(train):
         raise TypeError(f"train must be a function train(policy, seed, **options) -> metrics, got {train!r}")
+    _check_progress(progress)
     candidates = _check_candidates(candidates)
     seeds = _check_seeds(seeds)
     for candidate in candidates:

@@ -28,6 +28,7 @@ from pdmp._validation import (
     check_non_negative_int,
     check_positive_finite,
     check_same_modalities,
+    check_state_keys,
 )
 from pdmp.diagnostics import modality_scores
 from pdmp.ranking import Ranking
@@ -98,8 +99,7 @@ class Clock:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore both counters, or neither: both are checked before either is assigned."""
-        if not isinstance(state, Mapping):
-            raise TypeError(f"Clock state must be a dict with 'step' and 'epoch', got {type(state).__name__}")
+        check_state_keys(state, required=(), optional=("step", "epoch"), where="Clock state")
         step = check_non_negative_int(state.get("step"), name="state['step']")
         epoch = check_non_negative_int(state.get("epoch"), name="state['epoch']")
         self.step, self.epoch = step, epoch
@@ -136,8 +136,7 @@ class CoefficientPolicy(ABC):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output; stateless policies accept only an empty dict."""
-        if state:
-            raise ValueError(f"{type(self).__name__} has no training state, got {dict(state)!r}")
+        check_state_keys(state, required=(), where=f"{type(self).__name__} state")
 
     def __init__(self, modalities: Sequence[str]) -> None:
         self.modalities: tuple[str, ...] = check_modality_names(modalities, where=f"{type(self).__name__} modalities")

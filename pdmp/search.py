@@ -27,8 +27,18 @@ from typing import Any
 
 import numpy as np
 
-from pdmp._validation import check_positive_finite
-from pdmp.compare import Candidate, Study, StudyError, TrainFunction, _check_candidates, _check_seeds, _report, compare
+from pdmp._validation import check_bool, check_file_name, check_positive_finite, check_sequence
+from pdmp.compare import (
+    Candidate,
+    Study,
+    StudyError,
+    TrainFunction,
+    _check_candidates,
+    _check_progress,
+    _check_seeds,
+    _report,
+    compare,
+)
 from pdmp.controls import InversePDMP, UniformScaling
 from pdmp.policies import PDMP, NoModulation
 from pdmp.ranking import Ranking
@@ -189,15 +199,21 @@ def search_gammas(
             f"metric {metric!r} looks like a test metric; choose gammas on validation (e.g. 'val_acc'), "
             "never on the test split"
         )
-    budgets = tuple(check_positive_finite(b, name="budgets") for b in budgets)
+    _check_progress(progress)
+    budgets = tuple(
+        check_positive_finite(b, name="budgets")
+        for b in check_sequence(budgets, name="budgets", example="(3, 10)", allow_empty=True)
+    )
     if not budgets or any(b2 <= b1 for b1, b2 in itertools.pairwise(budgets)):
         raise ValueError(f"budgets must be a non-empty increasing sequence, e.g. (3, 10) epochs; got {list(budgets)}")
-    if not isinstance(higher_is_better, bool):
-        raise TypeError(f"higher_is_better must be True or False, got {higher_is_better!r}")
+    higher_is_better = check_bool(higher_is_better, name="higher_is_better")
     if isinstance(eta, bool) or not isinstance(eta, int) or eta < 2:
         raise ValueError(f"eta must be an integer >= 2 (keep the best 1/eta each rung), got {eta!r}")
     if not isinstance(families, Mapping) or not families:
         raise ValueError("families must be a non-empty dict: family name -> candidates (see pdmp.search.gamma_grid)")
+    for family in families:
+        if folder is not None or not isinstance(family, str):  # family names become file names
+            check_file_name(family, name=f"family name {family!r}")
     grids = {family: _check_candidates(candidates) for family, candidates in families.items()}
     seeds = tuple(_check_seeds(tuning_seeds))
     best: dict[str, Candidate] = {}

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from pdmp._validation import check_finite_array
+from pdmp._validation import check_bool, check_finite_array, check_state_keys
 
 __all__ = ["MIN_SEEDS_FOR_VERDICT", "PairedDifference", "paired_difference", "seeds_needed", "student_t_quantile"]
 
@@ -179,6 +179,12 @@ class PairedDifference:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PairedDifference:
         """Inverse of :meth:`to_dict`."""
+        check_state_keys(
+            data,
+            required=("mean", "sd", "n", "confidence", "interval", "p_sign_flip", "verdict"),
+            optional=("reason",),
+            where="PairedDifference dict",
+        )
         interval = data["interval"]
         return cls(
             data["mean"],
@@ -226,8 +232,7 @@ def paired_difference(
         raise ValueError("no paired results to compare: a and b are empty")
     if not (isinstance(confidence, float | int) and 0.0 < confidence < 1.0):
         raise ValueError(f"confidence must be in (0, 1), e.g. 0.95, got {confidence!r}")
-    if not isinstance(higher_is_better, bool):
-        raise TypeError(f"higher_is_better must be True or False, got {higher_is_better!r}")
+    higher_is_better = check_bool(higher_is_better, name="higher_is_better")
     d = first - second
     n, level = int(d.size), float(confidence)
     mean = float(d.mean())

@@ -8,9 +8,8 @@ names. The mechanisms live in ``pdmp._validation`` (``parse_json``, ``check_numb
 ``check_mapping``, ``check_state_keys``, ``check_file_name``); each probe below failed (silently or with
 an unclear error) before them. NumPy only.
 
-``ELSEWHERE`` holds the probes of the same categories whose fix belongs to modules this suite's author
-does not own (``pdmp.compare``, ``pdmp.search``, ``pdmp.stats``, ``pdmp.policies``): they are expected
-failures until those modules use the shared checks, and turn into plain probes then.
+``ELSEWHERE`` holds the probes of the same categories in ``pdmp.compare``, ``pdmp.search``,
+``pdmp.stats`` and ``pdmp.policies`` (each failed before those modules used the shared checks).
 """
 
 from __future__ import annotations
@@ -594,7 +593,7 @@ ELSEWHERE: list[tuple[str, str, Callable[[Path], Any], tuple[type[Exception], ..
 
 @pytest.mark.parametrize(
     ("probe", "errors", "message"),
-    [pytest.param(*p[2:], marks=pytest.mark.xfail(reason=p[1], strict=False)) for p in ELSEWHERE],
+    [pytest.param(*p[2:]) for p in ELSEWHERE],
     ids=[p[0] for p in ELSEWHERE],
 )
 def test_bad_input_elsewhere(workdir: Path, probe, errors, message) -> None:
