@@ -705,7 +705,7 @@ def run_environment() -> dict[str, Any]:
         name: str(getattr(sys.modules[name], "__version__", "unknown")) for name in _FRAMEWORKS if name in sys.modules
     }
     cpu, features = _cpu()
-    return {
+    environment: dict[str, Any] = {
         "cpu": cpu,
         "cpu_features": features,
         "cpus": os.cpu_count() or 0,
@@ -714,7 +714,48 @@ def run_environment() -> dict[str, Any]:
         "numpy": np.__version__,
         "frameworks": frameworks,
         "host": platform.node(),
+        "arithmetic_variables": {name: os.environ[name] for name in _ARITHMETIC_VARIABLES if name in os.environ},
     }
+    environment.update(_framework_threads())
+    return environment
+
+
+#: Environment variables that change a run's arithmetic when set (thread pools, kernel selection).
+_ARITHMETIC_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "TF_ENABLE_ONEDNN_OPTS",
+)
+
+
+def _framework_threads() -> dict[str, Any]:
+    """Thread counts and kernel level of the frameworks the train function imported (never imported here):
+    the same seed gives other rounding, and after ten epochs other accuracies, at another thread count
+    or kernel level (``benchmarks.reproduce`` measured both)."""
+    found: dict[str, Any] = {}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            found["torch_threads"] = int(torch.get_num_threads())
+            found["torch_interop_threads"] = int(torch.get_num_interop_threads())
+            found["torch_cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
+        except Exception:  # a partial or mocked torch: record what could be read
+            pass
+    tensorflow = sys.modules.get("tensorflow")
+    if tensorflow is not None:
+        try:
+            threading = tensorflow.config.threading
+            found["tf_threads"] = [
+                int(threading.get_intra_op_parallelism_threads()),
+                int(threading.get_inter_op_parallelism_threads()),
+            ]
+        except Exception:
+            pass
+    return found
 
 
 def environment_signature(environment: Mapping[str, Any] | None) -> str:
@@ -729,6 +770,13 @@ def environment_signature(environment: Mapping[str, Any] | None) -> str:
         f"{environment.get('cpus', '?')} cpus",
         f"numpy {environment.get('numpy', '?')}",
     ]
+    # Recorded only by newer runs; where recorded they select other kernels or summation orders.
+    if "torch_threads" in environment:
+        parts.append(f"torch {environment['torch_threads']} thread(s), {environment.get('torch_cpu_capability', '?')}")
+    if "tf_threads" in environment:
+        parts.append(f"tensorflow threads {environment['tf_threads']}")
+    if environment.get("arithmetic_variables"):
+        parts.append(" ".join(f"{k}={v}" for k, v in sorted(dict(environment["arithmetic_variables"]).items())))
     return ", ".join(parts + ([frameworks] if frameworks else []))
 
 

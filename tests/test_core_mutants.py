@@ -892,7 +892,9 @@ def test_a_run_records_the_frameworks_already_imported(monkeypatch):
     monkeypatch.setitem(sys.modules, "lightning", types.SimpleNamespace())
     monkeypatch.setattr("os.cpu_count", lambda: None)
     environment = run_environment()
-    assert set(environment) == {"cpu", "cpu_features", "cpus", "platform", "python", "numpy", "frameworks", "host"}
+    assert set(environment) == {
+        "cpu", "cpu_features", "cpus", "platform", "python", "numpy", "frameworks", "host", "arithmetic_variables"
+    }  # fmt: skip
     assert environment["frameworks"]["jax"] == "0.4.1" and environment["frameworks"]["lightning"] == "unknown"
     assert environment["cpus"] == 0
     assert (environment["platform"], environment["python"]) == (platform.platform(), platform.python_version())

@@ -268,3 +268,29 @@ def test_runs_record_their_train_options_and_old_files_resume_with_a_note(tmp_pa
         compare(noisy_train(), default_candidates(RANKING), seeds=[0, 1], path=path, progress=messages.append,
                 train_options={"budget": 5})  # fmt: skip
     assert any("8 run(s)" in m and "saved without their train_options" in m for m in messages), messages
+
+
+def test_a_run_records_thread_counts_kernel_level_and_arithmetic_variables(monkeypatch):
+    """The same seed gives other numbers at another thread count or kernel level (benchmarks.reproduce):
+    both are recorded and name the environment, so a study mixing them says so."""
+    import sys
+    import types
+
+    from pdmp.compare import environment_signature, run_environment
+
+    fake_torch = types.SimpleNamespace(
+        __version__="2.14.1",
+        get_num_threads=lambda: 2,
+        get_num_interop_threads=lambda: 1,
+        backends=types.SimpleNamespace(cpu=types.SimpleNamespace(get_cpu_capability=lambda: "AVX512")),
+    )
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    environment = run_environment()
+    assert environment["torch_threads"] == 2 and environment["torch_interop_threads"] == 1
+    assert environment["torch_cpu_capability"] == "AVX512"
+    assert environment["arithmetic_variables"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    one_thread = {**environment, "torch_threads": 1}
+    assert environment_signature(environment) != environment_signature(one_thread)
+    assert "torch 2 thread(s), AVX512" in environment_signature(environment)
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in environment_signature(environment)
