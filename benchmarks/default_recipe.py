@@ -387,6 +387,15 @@ def variant_regrets(root: Path) -> list[str]:
     return lines
 
 
+def confirmation(out: Path) -> Study | None:
+    """The confirmation seeds' study, restricted to the seeds every candidate finished (None before)."""
+    path = out / "confirm.json"
+    if not path.exists():
+        return None
+    stored = Study.load(path)
+    return finished_part(stored) if complete_seeds(stored) else None
+
+
 def report(root: Path) -> str:
     lines = [
         "# Default recipe: every setting",
@@ -400,6 +409,7 @@ def report(root: Path) -> str:
         "| goal met | wall vs joint |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    verdicts: list[str] = []
     for name in SETTINGS_ALL:
         out = root / name
         text, study = setting_summary(name, out) if out.exists() else ([], None)
@@ -408,9 +418,21 @@ def report(root: Path) -> str:
         if study is None or "recipe" not in study.names:
             lines.append(f"| {name} | not run | | | | | | | | |")
             continue
-        goal, _ = goal_lines(study)
+        goal, outcome = goal_lines(study)
         for row in goal[2:]:
             lines.append(f"| {name} | {len(study.seeds)} " + row + f" {wall_ratio(study)} |")
+        confirmed = confirmation(out)
+        if confirmed is None:
+            verdicts.append(
+                f"{name}: seeds 5-9 not run (evaluation seeds: {'met' if outcome['test_acc'] else 'not met'})"
+            )
+            continue
+        confirm_goal, confirm_outcome = goal_lines(confirmed)
+        for row in confirm_goal[2:]:
+            lines.append(f"| {name}, seeds 5-9 | {len(confirmed.seeds)} " + row + f" {wall_ratio(confirmed)} |")
+        met = outcome["test_acc"] and confirm_outcome["test_acc"]
+        verdicts.append(f"{name}: {'met' if met else 'not met'} (seeds 0-4 and 5-9 must both meet it)")
+    lines += ["", "Goal by the decision rule (final-epoch test accuracy): " + "; ".join(verdicts) + "."]
     lines += ["", "## The variant's choice (tuning seed, validation accuracy)", "", *variant_regrets(root)]
     return "\n".join(lines) + "\n"
 
