@@ -17,6 +17,8 @@ x0.5, x1, x2, x5, x10 at the full budget (the tuned learning rate: best mean val
 recipe's variants (:data:`pdmp.recipes.VARIANTS`; one is chosen across the settings and fixed in
 :data:`pdmp.recipes.DEFAULT` before any evaluation seed runs) and, for MSLR, each modality's unimodal model
 at those scales (each modality's best scale is its learning-rate factor, :meth:`pdmp.MSLR.choose_scales`).
+In the lr 1e-3 settings (their candidates include no tuned learning rate, and the variant was fixed
+before they ran) select trains joint and the unimodal models only.
 
 ``evaluate`` (default seeds 0-4): joint; joint at the tuned learning rate; PDMP at its defaults (10,
 0.5, one warm-up epoch); uniform scaling x10 and tuned (the gamma search's committed choice,
@@ -177,7 +179,12 @@ def unimodal_candidates(ranking: pdmp.Ranking, scales: Sequence[float] = (1.0,))
 
 
 def select_candidates(setting: RecipeSetting, ranking: pdmp.Ranking) -> list[Candidate]:
+    """joint at every learning-rate scale, the recipe's variants and the unimodal models at every scale
+    (for MSLR); in a reduced setting (lr 1e-3, chosen after the variant was fixed and without a tuned
+    learning rate among its candidates) joint and the unimodal models only."""
     names = ranking.order
+    if setting.reduced:
+        return [Candidate("joint", pdmp.NoModulation(names)), *unimodal_candidates(ranking, LR_SCALES)]
     joint = [Candidate("joint", pdmp.NoModulation(names))]
     joint += [Candidate(f"joint[lr*{s:g}]", pdmp.NoModulation(names), {"lr_scale": s}) for s in LR_SCALES if s != 1.0]
     variants = [Candidate(f"recipe_{name}", pdmp.recipe(ranking, name)) for name in VARIANTS]
