@@ -144,5 +144,5 @@ def test_bad_scores_and_state_are_refused_before_anything_changes():
     with pytest.raises(ValueError, match="MSLR state"):
         policy.load_state_dict({"factors": {}})
     assert policy.state_dict() == before
-    with pytest.raises(ValueError, match="no training state"):
+    with pytest.raises(ValueError, match="MSLR state"):  # "keep" learns nothing: it has no state to load
         pdmp.MSLR(["a", "b"]).load_state_dict(before)
