@@ -136,7 +136,11 @@ class CoefficientPolicy(ABC):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output; stateless policies accept only an empty dict."""
-        check_state_keys(state, required=(), where=f"{type(self).__name__} state")
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{type(self).__name__} state must be a dict (from state_dict()), got {state!r}")
+        if state:
+            name = type(self).__name__
+            raise ValueError(f"{name} state: unknown key(s) {sorted(map(str, state))}; {name} has no training state")
 
     def __init__(self, modalities: Sequence[str]) -> None:
         self.modalities: tuple[str, ...] = check_modality_names(modalities, where=f"{type(self).__name__} modalities")

@@ -86,7 +86,7 @@ def test_control_configs_are_literal_and_round_trip_behaviour(policy, config):
 
 
 def test_controls_refuse_bad_gammas():
-    with pytest.raises(ValueError, match="UniformScaling gamma must be a finite number > 0, got 0.0"):
+    with pytest.raises(ValueError, match=r"UniformScaling gamma must be a finite number > 0, got 0\.0"):
         UniformScaling(["a", "b"], 0.0)
     with pytest.raises(ValueError, match="unknown modality 'z'"):
         InversePDMP(["a", "b"], "z")
