@@ -25,6 +25,7 @@ from pdmp.compare import (
     Study,
     StudyError,
     _cpu,
+    _framework_threads,
     compare,
     environment_signature,
     run_environment,
@@ -1129,3 +1130,57 @@ def test_wall_time_of_a_candidate_without_runs_is_nan_without_a_warning():
         assert math.isnan(study.wall_time("pdmp"))
     with pytest.raises(ValueError, match=r"^unknown metric 'x'; the train function returned acc, f1$"):
         study.values("pdmp", "x")
+
+
+# -- names that become files, and fields a study file may hold -------------------------------------------------
+
+
+def test_family_names_are_checked_where_they_become_file_names(tmp_path):
+    families = search_families()
+    train = scripted_train(families, [])
+    with pytest.raises(ValueError, match=r"^family name '\.\./x' '\.\./x' contains '/'"):
+        search_gammas(train, {"../x": families["joint_lr"]}, [0], metric="val_acc", budgets=(1,), folder=tmp_path)
+    with pytest.raises(TypeError, match=r"^family name 3 must be a string"):
+        search_gammas(train, {3: families["joint_lr"]}, [0], metric="val_acc", budgets=(1,), progress=False)
+    # Without a folder no file is named after a family: any string will do.
+    result = search_gammas(
+        train, {"lr/joint": families["joint_lr"]}, [0], metric="val_acc", budgets=(1,), progress=False
+    )
+    assert result.best["lr/joint"].name == "joint[lr*2]"
+    with pytest.raises(TypeError, match=r"^budgets must be a list or tuple such as \(3, 10\), got int 5"):
+        search_gammas(train, families, [0], metric="val_acc", budgets=5, progress=False)
+
+
+def test_a_study_file_with_an_unknown_field_or_an_unlisted_seed_is_refused(tmp_path):
+    path = study_file(tmp_path / "extra", lambda s: s["runs"][0].update(extra=1))
+    with pytest.raises(
+        ValueError, match=r"a run has unknown field\(s\) \['extra'\]; known: \['applied', 'candidate', "
+    ):
+        Study.load(path)
+    path = study_file(tmp_path / "seed", lambda s: s["runs"][0].update(seed=5))
+    with pytest.raises(ValueError, match=r"run of 'joint' on seed 5, which the study's seeds \[0\] do not list"):
+        Study.load(path)
+    path.write_text("{")
+    with pytest.raises(ValueError) as refused:
+        Study.load(path)
+    assert f"ValueError('{path} is not valid JSON" in str(refused.value)
+
+
+def test_a_metric_beyond_float_range_and_a_partial_difference_dict_are_named():
+    with pytest.raises(StudyError, match=r"^train\(...\) for candidate 'joint', seed 0 returned acc: metric acc must"):
+        compare(lambda policy, seed: {"acc": 10**400}, pdmp.default_candidates(RANKING)[:1], [0], progress=False)
+    with pytest.raises(ValueError, match=r"^PairedDifference dict: missing key\(s\) \['sd'"):
+        PairedDifference.from_dict({"mean": 1.0})
+
+
+def test_a_run_records_tensorflows_thread_pools(monkeypatch):
+    import types
+
+    threading = types.SimpleNamespace(
+        get_intra_op_parallelism_threads=lambda: 2, get_inter_op_parallelism_threads=lambda: 3
+    )
+    monkeypatch.setitem(
+        sys.modules, "tensorflow", types.SimpleNamespace(config=types.SimpleNamespace(threading=threading))
+    )
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    assert _framework_threads() == {"tf_threads": [2, 3]}
