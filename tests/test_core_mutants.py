@@ -1184,3 +1184,49 @@ def test_a_run_records_tensorflows_thread_pools(monkeypatch):
     )
     monkeypatch.delitem(sys.modules, "torch", raising=False)
     assert _framework_threads() == {"tf_threads": [2, 3]}
+
+
+def test_the_table_names_a_bad_scale_or_digits():
+    study = Study(pdmp.default_candidates(RANKING), [0])
+    study.runs[("joint", 0)] = {"metrics": {"acc": 0.5}, "wall_time_s": 1.0}
+    with pytest.raises(TypeError, match=r"^scale must be a number, got str 'x'"):
+        study.to_markdown(scale="x")
+    with pytest.raises(ValueError, match=r"^digits must be an integer >= 0, got -1"):
+        study.to_markdown(digits=-1)
+
+
+def test_thread_counts_and_arithmetic_variables_are_part_of_the_environment_label():
+    environment = {
+        "cpu": "C",
+        "cpus": 2,
+        "numpy": "2",
+        "torch_threads": 4,
+        "torch_cpu_capability": "AVX2",
+        "tf_threads": [2, 3],
+        "arithmetic_variables": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "2"},
+    }
+    assert environment_signature(environment) == (
+        "C, 2 cpus, numpy 2, torch 4 thread(s), AVX2, tensorflow threads [2, 3], MKL_NUM_THREADS=2 OMP_NUM_THREADS=1"
+    )
+    assert environment_signature({"cpu": "C", "cpus": 2, "numpy": "2", "torch_threads": 4}) == (
+        "C, 2 cpus, numpy 2, torch 4 thread(s), ?"
+    )
+
+
+def test_candidates_and_seeds_given_as_a_single_value_are_refused_with_the_fix():
+    joint = pdmp.default_candidates(RANKING)[0]
+    with pytest.raises(TypeError) as refused:
+        compare(constant_train, joint, [0], progress=False)
+    assert (
+        str(refused.value)
+        == "candidates must be a list of pdmp.Candidate objects; for one candidate write ['joint' ...]"
+    )
+    with pytest.raises(TypeError) as refused:
+        compare(constant_train, 5, [0], progress=False)
+    assert str(refused.value).startswith("candidates must be a list or tuple such as pdmp.default_candidates(ranking)")
+    with pytest.raises(TypeError) as refused:
+        compare(constant_train, [joint], 3, progress=False)
+    assert (
+        str(refused.value)
+        == "seeds must be a list or tuple such as range(5), got int 3; for a single value write [value]"
+    )
