@@ -447,7 +447,10 @@ class Study:
                 "n": len(values),
                 "mean": float(np.mean(values)) if values else None,
                 "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
-                "relative_wall_time": self.wall_time(name) / reference_time if reference_time > 0 else None,
+                # None (shown as "—") when either side has no finished run: wall_time is NaN then.
+                "relative_wall_time": self.wall_time(name) / reference_time
+                if reference_time > 0 and values and not math.isnan(self.wall_time(name))
+                else None,
                 "difference": None,
                 "seeds_needed": None,
             }
@@ -808,7 +811,8 @@ def _check_resumable(
             continue
         if run["train_options"] != train_options:
             keys = sorted(set(run["train_options"]) | set(train_options))
-            differing = [k for k in keys if run["train_options"].get(k, "<absent>") != train_options.get(k, "<absent>")]
+            absent = object()  # a sentinel no stored option can equal
+            differing = [k for k in keys if run["train_options"].get(k, absent) != train_options.get(k, absent)]
             raise ValueError(
                 f"study file {str(path)!r}: the run of {name!r} on seed {seed} was made with train_options "
                 f"{run['train_options']!r}, this call passes {dict(train_options)!r} "

@@ -294,3 +294,15 @@ def test_a_run_records_thread_counts_kernel_level_and_arithmetic_variables(monke
     assert environment_signature(environment) != environment_signature(one_thread)
     assert "torch 2 thread(s), AVX512" in environment_signature(environment)
     assert "ONEDNN_MAX_CPU_ISA=AVX2" in environment_signature(environment)
+
+
+def test_a_candidate_without_runs_shows_no_wall_time_ratio():
+    """'nanx' was printed for a candidate with no finished run while the reference had some."""
+    study = Study(default_candidates(RANKING), [0, 1, 2])
+    for seed in (0, 1, 2):
+        for name in ("joint", "pdmp"):
+            study.runs[(name, seed)] = {"metrics": {"test_acc": 0.5 + 0.01 * seed + (name == "pdmp") * 0.001 * seed},
+                                        "wall_time_s": 1.0}  # fmt: skip
+    table = study.to_markdown("test_acc")
+    assert "nan" not in table
+    assert "| uniform | 0 | — | — | — | — |" in table
