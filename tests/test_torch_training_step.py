@@ -14,6 +14,7 @@ from torch import nn  # noqa: E402
 import pdmp  # noqa: E402
 from pdmp.backends.torch import Modulator, concat_head_logits  # noqa: E402
 from pdmp.backends.torch.training import training_step  # noqa: E402
+from pdmp.compare import APPLIED_KEY  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -133,3 +134,35 @@ def test_training_step_says_what_a_policy_needs():
         mod.set_epoch(0)
         with pytest.raises(ValueError, match="MMPareto combines each encoder's fused and unimodal gradients"):
             training_step(mod, optimizer, batch, target, encode=model.encode, fuse=model.fuse, head=model.head)
+
+
+def test_the_modulator_records_what_it_applied_and_compare_flags_a_policy_that_applied_nothing():
+    x, y = data()
+
+    def train_fn(policy, seed):
+        torch.manual_seed(seed)
+        model = Fused()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        with Modulator(dict(model.encoders.items()), policy, optimizer=optimizer) as mod:
+            for epoch in range(2):
+                mod.set_epoch(epoch)
+                for i in range(0, N, 64):
+                    batch, target = {m: v[i : i + 64] for m, v in x.items()}, y[i : i + 64]
+                    training_step(mod, optimizer, batch, target, encode=model.encode, fuse=model.fuse,
+                                  head=model.head)  # fmt: skip
+            applied = mod.applied.to_dict()
+        with torch.no_grad():
+            accuracy = float((model.fuse(model.encode(x)).argmax(1) == y).float().mean())
+        return {"train_acc": accuracy, APPLIED_KEY: applied}
+
+    candidates = [
+        pdmp.Candidate("joint", pdmp.NoModulation(NAMES)),
+        pdmp.Candidate("pdmp", pdmp.PDMP.from_ranking(RANKING, warmup=1)),
+        pdmp.Candidate("uniform_x1", pdmp.UniformScaling(NAMES, 1.0)),  # moves nothing: flagged
+        pdmp.Candidate("arl", pdmp.ARL(NAMES, warmup=1)),
+    ]
+    study = pdmp.compare(train_fn, candidates, seeds=[0, 1], progress=False)
+    assert study.runs[("pdmp", 0)]["applied"]["coefficients"] == {"audio": [1.0, 10.0], "image": [0.5, 1.0]}
+    assert study.runs[("arl", 0)]["applied"]["unimodal_loss_weights"]["audio"][1] > 0
+    assert study.applied_nothing() == ["uniform_x1"]
+    assert "**Applied nothing:** uniform_x1" in study.to_markdown("train_acc")

@@ -155,6 +155,7 @@ import torch
 from torch import nn
 
 from pdmp._validation import check_disjoint_assignment, check_non_negative_int, check_same_modalities
+from pdmp.compare import AppliedRecord
 from pdmp.diagnostics import modality_scores
 from pdmp.policies import (
     OGM_NOISE_EPS,
@@ -348,6 +349,7 @@ class Modulator:
         self._warned: set[str] = set()
         self._generators: dict[str, torch.Generator] = {}
         self._optimizer_steps = 0
+        self._applied = AppliedRecord()
         self._steps_seen = 0
         self._found_inf: list[torch.Tensor] = []
         self._overflow: list[tuple[str, torch.Tensor]] = []
@@ -415,6 +417,14 @@ class Modulator:
             )
             return dict.fromkeys(self.policy.modalities, 1.0)
         return dict(self._factors)
+
+    @property
+    def applied(self) -> AppliedRecord:
+        """The range of every coefficient and unimodal-loss weight applied on the steps taken since this
+        Modulator was built (not restored by :meth:`load_state_dict`). Return ``mod.applied.to_dict()``
+        under :data:`pdmp.compare.APPLIED_KEY` beside a run's metrics and :func:`pdmp.compare` says which
+        candidates never moved a coefficient (a rule that never fired, or a policy not wired in)."""
+        return self._applied
 
     @property
     def unimodal_loss_weights(self) -> dict[str, float]:
@@ -1055,6 +1065,7 @@ class Modulator:
         self._observed = self._weights_read = self._unstepped = False
         self._clear_step_inputs()
         if taken:
+            self._applied.update(self._factors, self._unimodal_weights)
             self.clock.step += 1
         self._step_scale = self._loss_scale_now()
         self._refresh()
