@@ -600,3 +600,36 @@ def test_bad_input_elsewhere(workdir: Path, probe, errors, message) -> None:
     with pytest.raises(errors) as caught:
         probe(workdir)
     assert re.search(message, str(caught.value)), f"{caught.value!s} does not match {message!r}"
+
+
+# -- the torch adapter's constructor and checkpoint arguments ----------------------------------------------
+
+
+def test_torch_adapter_refuses_string_flags_and_foreign_state_keys() -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("lightning")
+    from pdmp.backends.torch import Modulator
+    from pdmp.backends.torch.lightning import PDMPCallback
+
+    encoders = {"a": torch.nn.Linear(2, 2), "b": torch.nn.Linear(2, 2)}
+    policy = NoModulation(["a", "b"])
+    with pytest.raises(TypeError, match="sync must be True or False, got str 'false'"):
+        Modulator(encoders, policy, sync="false")
+    for kwargs, message in (
+        ({"sync": "false"}, "sync must be True or False"),
+        ({"seed": "1"}, "seed"),
+        ({"mode": "gradient"}, "unknown mode 'gradient'"),
+    ):
+        with pytest.raises((TypeError, ValueError), match=message):
+            PDMPCallback({"a": "a", "b": "b"}, policy, **kwargs)
+    optimizer = torch.optim.SGD([p for m in encoders.values() for p in m.parameters()], lr=0.1)
+    with Modulator(encoders, policy, optimizer=optimizer) as mod:
+        state = mod.state_dict()
+        before = copy.deepcopy(state)
+        with pytest.raises(TypeError, match="strict must be True or False"):
+            mod.load_state_dict(state, strict="no")
+        with pytest.raises(ValueError, match=r"unknown key\(s\) \['extra'\]"):
+            mod.load_state_dict({**state, "extra": 1})
+        with pytest.raises(ValueError, match="has no anchors"):
+            mod.load_state_dict({**state, "anchors": "1"})
+        assert mod.state_dict() == before

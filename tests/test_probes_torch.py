@@ -380,7 +380,7 @@ STATE_PROBES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ),
     ("other-mode", lambda s: s.update(mode="lr"), r"saved in mode='lr' but this Modulator uses 'grad'"),
     ("other-version", lambda s: s.update(version=99), r"version 99 is not supported"),
-    ("missing-key", lambda s: s.pop("seed"), r"Modulator state is missing \['seed'\]"),
+    ("missing-key", lambda s: s.pop("seed"), r"Modulator state: missing key\(s\) \['seed'\]"),
     ("not-a-state", lambda s: s.clear(), r"not a Modulator state_dict"),
 ]
 

@@ -50,6 +50,7 @@ except ImportError as error:
         "(or pip install 'lightning>=2.4')"
     ) from error
 
+from pdmp._validation import check_bool, check_non_negative_int
 from pdmp.policies import CoefficientPolicy
 from pdmp.transforms import GradientPolicy
 
@@ -125,6 +126,11 @@ class PDMPCallback(Callback):
             raise TypeError(f"policy must be a pdmp CoefficientPolicy (PDMP, OGMGE, ...), got {type(policy).__name__}")
         if log_every not in ("step", "epoch", None):
             raise ValueError(f"log_every must be 'step', 'epoch' or None (no logging), got {log_every!r}")
+        # Checked here, not when the Modulator is built at fit time: a typo should not cost a setup.
+        if mode not in ("grad", "lr"):
+            raise ValueError(f"unknown mode {mode!r}; use 'grad' (gradients) or 'lr' (per-modality learning rates)")
+        seed = check_non_negative_int(seed, name="seed")
+        sync = check_bool(sync, name="sync")
         self.encoders = encoders
         self.policy = policy
         self.mode: Mode = mode

@@ -154,7 +154,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pdmp._validation import check_disjoint_assignment, check_non_negative_int, check_same_modalities
+from pdmp._validation import (
+    check_bool,
+    check_disjoint_assignment,
+    check_non_negative_int,
+    check_same_modalities,
+    check_state_keys,
+)
 from pdmp.compare import AppliedRecord
 from pdmp.diagnostics import modality_scores
 from pdmp.policies import (
@@ -294,6 +300,7 @@ class Modulator:
         if scaler is not None and not (callable(getattr(scaler, "get_scale", None)) and hasattr(scaler, "is_enabled")):
             raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
         seed = check_non_negative_int(seed, name="seed")
+        sync = check_bool(sync, name="sync")
         params, labels = _resolve_parameters(modalities, policy)
         owner = {id(p): name for name, tensors in params.items() for p in tensors}
         _check_unclaimed(params, labels)
@@ -695,9 +702,13 @@ class Modulator:
             raise ValueError("not a Modulator state_dict (missing 'format'); pass what Modulator.state_dict() returned")
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"Modulator state version {state.get('version')!r} is not supported ({STATE_VERSION})")
-        missing = [key for key in ("mode", "policy", "clock", "coefficients", "seed", "generators") if key not in state]
-        if missing:
-            raise ValueError(f"Modulator state is missing {missing}; pass what Modulator.state_dict() returned")
+        strict = check_bool(strict, name="strict")
+        check_state_keys(
+            state,
+            required=("format", "version", "mode", "policy", "clock", "coefficients", "seed", "generators"),
+            optional=("policy_state", "anchors", "anchor_epoch"),
+            where="Modulator state",
+        )
         try:
             saved_policy = policy_from_config(state["policy"])
         except (TypeError, ValueError) as error:
@@ -745,9 +756,11 @@ class Modulator:
 
     def _saved_anchors(self, saved: Any) -> dict[str, list[torch.Tensor]] | None:
         """Checked copies of a checkpoint's anchors on the parameters' devices (None if the policy has none)."""
-        if self._anchors is None:
-            return None
         where = "Modulator state['anchors']"
+        if self._anchors is None:
+            if saved is not None:  # anchors for a policy that has none: the state is someone else's
+                raise ValueError(f"{where} is {saved!r}, but {type(self.policy).__name__} has no anchors (None)")
+            return None
         if not isinstance(saved, Mapping):
             raise ValueError(
                 f"{where} is {type(saved).__name__}, but {type(self.policy).__name__} pulls towards epoch-start "
