@@ -54,11 +54,13 @@ import numpy as np
 from keras import ops
 
 from pdmp._validation import (
+    check_bool,
     check_disjoint_assignment,
     check_labels,
     check_non_negative_int,
     check_positive_finite,
     check_same_modalities,
+    check_state_keys,
 )
 from pdmp.backends.keras import _ogm, _optimizer_lr, _policy_state, _transforms
 from pdmp.backends.keras._backend import backend_module
@@ -1057,6 +1059,15 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
                 f"state lacks {missing}; pass the dict returned by ModulatedModel.state_dict() (keys policy, mode, "
                 "clock, coefficients, seed)"
             )
+        strict = check_bool(strict, name="strict")
+        check_state_keys(
+            state,
+            required=(),  # the three required keys are named above, with the fix
+            optional=("policy", "mode", "clock", "coefficients", "seed", "scores", "policy_state", "pending_scores"),
+            where="ModulatedModel state",
+        )
+        if state.get("scores") is not None:  # informational (the last batch's scores), but never loosely typed
+            _pending_scores(state["scores"], self.modalities, learning=True, where="state['scores']")
         stored = policy_from_config(state["policy"])
         stored.check_modalities(self.modalities, where="ModulatedModel.load_state_dict")
         if state.get("mode", self.mode) != self.mode:
@@ -1329,15 +1340,17 @@ def _lr_not_applied_message(optimizer: Any) -> str:
     )
 
 
-def _pending_scores(value: Any, modalities: Sequence[str], *, learning: bool) -> dict[str, float] | None:
-    """``state['pending_scores']``: None, or each modality's finite, non-negative batch score."""
+def _pending_scores(
+    value: Any, modalities: Sequence[str], *, learning: bool, where: str = "state['pending_scores']"
+) -> dict[str, float] | None:
+    """``state['pending_scores']`` (or ``where``): None, or each modality's finite, non-negative batch score."""
     if value is None:
         return None
     if not learning:
-        raise ValueError("state['pending_scores'] is only for policies that learn from batch scores; drop it")
+        raise ValueError(f"{where} is only for policies that learn from batch scores; drop it")
     if not isinstance(value, Mapping):
-        raise TypeError(f"state['pending_scores'] must be None or a dict {{modality: score}}, got {value!r}")
-    check_same_modalities(value, modalities, where="state['pending_scores']")
+        raise TypeError(f"{where} must be None or a dict {{modality: score}}, got {value!r}")
+    check_same_modalities(value, modalities, where=where)
     result = {}
     for name in modalities:
         score = value[name]
@@ -1347,7 +1360,7 @@ def _pending_scores(value: Any, modalities: Sequence[str], *, learning: bool) ->
             or not np.isfinite(score)
             or score < 0
         ):
-            raise ValueError(f"state['pending_scores'][{name!r}] is {score!r}; a batch score is a finite number >= 0")
+            raise ValueError(f"{where}[{name!r}] is {score!r}; a batch score is a finite number >= 0")
         result[name] = float(score)
     return result
 
