@@ -457,7 +457,8 @@ class ARL(GradientPolicy):
         self.entropy_floor = check_non_negative_finite(entropy_floor, name="entropy_floor")
 
     def auxiliary_weight(self, epoch: int) -> float:
-        """The unimodal losses' weight in the training loss at ``epoch``: 1 during warm-up, then ``gamma``."""
+        """ARL's name (its paper's gamma) for :meth:`unimodal_loss_weight`, the unimodal losses' weight at
+        ``epoch``: 1 during warm-up, then ``gamma``. Loops read it per modality as ``unimodal_loss_weights``."""
         epoch = check_non_negative_int(epoch, name="epoch")
         return 1.0 if epoch < self.warmup else self.gamma
 

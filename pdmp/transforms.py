@@ -333,9 +333,9 @@ class GradientPolicy(CoefficientPolicy):
         return Modulation({m: self._last.coefficient(m) for m in self.modalities})
 
     def unimodal_loss_weight(self, epoch: int) -> float:
-        """The weight of the unimodal losses in the training loss at ``epoch``: 1 when the policy
-        :attr:`~pdmp.CoefficientPolicy.uses_unimodal_losses` (unless the method sets it, as ARL does), else
-        0; the Keras adapter applies it to ``unimodal_logits``' losses, a torch loop reads it."""
+        """The one weight every modality's unimodal loss gets at ``epoch`` (what
+        :meth:`unimodal_loss_weights` gives per modality, the one name loops should read): 1 when the policy
+        :attr:`~pdmp.CoefficientPolicy.uses_unimodal_losses` (unless the method sets it, as ARL does), else 0."""
         return 1.0 if self.uses_unimodal_losses else 0.0
 
     def unimodal_loss_weights(self, *, step: int = 0, epoch: int = 0) -> dict[str, float]:
