@@ -307,13 +307,16 @@ def goal_lines(study: Study) -> tuple[list[str], dict[str, Any]]:
         recipe_mean = mean_of(study, "recipe", metric)
         cell_best, verdict_best, diff_best = paired_cell(study, "recipe", best, metric)
         cell_uni, verdict_uni, _ = paired_cell(study, "recipe", unimodal, metric)
-        met = (recipe_mean >= mean_of(study, best, metric) or (diff_best >= -2.0 and verdict_best != "worse")) and (
-            verdict_uni != "worse"
-        )
+        met: bool | None = (
+            recipe_mean >= mean_of(study, best, metric) or (diff_best >= -2.0 and verdict_best != "worse")
+        ) and (verdict_uni != "worse")
+        if {verdict_best, verdict_uni} & {None, "too few seeds"}:
+            met = None  # the rule needs paired intervals, which fewer than 3 seeds cannot give
         outcome[metric] = met
+        shown = {True: "yes", False: "no", None: "undecided (too few seeds)"}[met]
         lines.append(
             f"| {metric} | {recipe_mean:.1f} | {best} {mean_of(study, best, metric):.1f} | {cell_best} | "
-            f"{unimodal} {mean_of(study, unimodal, metric):.1f} | {cell_uni} | {'yes' if met else 'no'} |"
+            f"{unimodal} {mean_of(study, unimodal, metric):.1f} | {cell_uni} | {shown} |"
         )
     return lines, outcome
 
@@ -423,22 +426,26 @@ def report(root: Path) -> str:
         if out.exists():
             (out / "summary.md").write_text("\n".join(text) + "\n")
         if study is None or "recipe" not in study.names:
-            lines.append(f"| {name} | not run | | | | | | | | |")
+            started = out / "evaluate.json"
+            status = "not run"
+            if started.exists():  # runs exist, but no seed on which every candidate finished
+                status = f"incomplete ({len(Study.load(started).runs)} runs, no seed complete)"
+            lines.append(f"| {name} | {status} | | | | | | | | |")
             continue
         goal, outcome = goal_lines(study)
         for row in goal[2:]:
             lines.append(f"| {name} | {len(study.seeds)} " + row + f" {wall_ratio(study)} |")
         confirmed = confirmation(out)
         if confirmed is None:
-            verdicts.append(
-                f"{name}: seeds 5-9 not run (evaluation seeds: {'met' if outcome['test_acc'] else 'not met'})"
-            )
+            so_far = {True: "met", False: "not met", None: "undecided"}[outcome["test_acc"]]
+            verdicts.append(f"{name}: seeds 5-9 not run (evaluation seeds: {so_far})")
             continue
         confirm_goal, confirm_outcome = goal_lines(confirmed)
         for row in confirm_goal[2:]:
             lines.append(f"| {name}, seeds 5-9 | {len(confirmed.seeds)} " + row + f" {wall_ratio(confirmed)} |")
-        met = outcome["test_acc"] and confirm_outcome["test_acc"]
-        verdicts.append(f"{name}: {'met' if met else 'not met'} (seeds 0-4 and 5-9 must both meet it)")
+        both = (outcome["test_acc"], confirm_outcome["test_acc"])
+        decided = "not met" if False in both else "undecided" if None in both else "met"
+        verdicts.append(f"{name}: {decided} (seeds 0-4 and 5-9 must both meet it)")
     lines += ["", "Goal by the decision rule (final-epoch test accuracy): " + "; ".join(verdicts) + "."]
     lines += ["", "## The variant's choice (tuning seed, validation accuracy)", "", *variant_regrets(root)]
     return "\n".join(lines) + "\n"
