@@ -312,6 +312,19 @@ class RobustnessTable:
         return "\n".join(lines)
 
 
+def predict_in_batches(
+    forward: Callable[[dict[str, NDArray[Any]]], ArrayLike], inputs: Mapping[str, NDArray[Any]], batch_size: int
+) -> NDArray[np.float64]:
+    """``forward`` over ``batch_size`` samples at a time, its outputs joined as one float64 array: the
+    batching both backends' ``evaluate_robustness`` share (each supplies only the forward pass)."""
+    n = len(next(iter(inputs.values())))
+    outputs = [
+        np.asarray(forward({name: value[start : start + batch_size] for name, value in inputs.items()}), np.float64)
+        for start in range(0, n, batch_size)
+    ]
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0))
+
+
 def evaluate_robustness(
     predict: Callable[[dict[str, NDArray[Any]]], ArrayLike],
     inputs: Mapping[str, ArrayLike],
@@ -458,6 +471,7 @@ __all__ = [
     "drop_modalities",
     "evaluate_robustness",
     "noised",
+    "predict_in_batches",
     "replacement_value",
     "robustness_conditions",
     "training_means",

@@ -17,7 +17,14 @@ import numpy as np
 from keras import ops
 
 from pdmp._validation import check_positive_int
-from pdmp.robustness import Condition, ModalityDropout, RobustnessTable, drop_modalities, replacement_value
+from pdmp.robustness import (
+    Condition,
+    ModalityDropout,
+    RobustnessTable,
+    drop_modalities,
+    predict_in_batches,
+    replacement_value,
+)
 from pdmp.robustness import evaluate_robustness as _evaluate
 
 __all__ = ["ModalityDropoutData", "apply_modality_dropout", "evaluate_robustness"]
@@ -49,14 +56,12 @@ def evaluate_robustness(
     batch_size = check_positive_int(batch_size, name="batch_size")
     model = predict if isinstance(predict, keras.Model) else None
 
+    def forward(batch: dict[str, np.ndarray]) -> np.ndarray:
+        logits = model(batch, training=False) if model is not None else predict(batch)
+        return np.asarray(ops.convert_to_numpy(logits), dtype=np.float64)
+
     def run(altered: dict[str, np.ndarray]) -> np.ndarray:
-        n = len(next(iter(altered.values())))
-        outputs = []
-        for start in range(0, n, batch_size):
-            batch = {name: value[start : start + batch_size] for name, value in altered.items()}
-            logits = model(batch, training=False) if model is not None else predict(batch)
-            outputs.append(np.asarray(ops.convert_to_numpy(logits), dtype=np.float64))
-        return np.concatenate(outputs) if outputs else np.zeros((0, 0))
+        return predict_in_batches(forward, altered, batch_size)
 
     def numpy(values: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None if values is None else {k: np.asarray(ops.convert_to_numpy(v)) for k, v in values.items()}

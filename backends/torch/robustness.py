@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pdmp._validation import check_positive_int
-from pdmp.robustness import Condition, RobustnessTable, replacement_value
+from pdmp.robustness import Condition, RobustnessTable, predict_in_batches, replacement_value
 from pdmp.robustness import evaluate_robustness as _evaluate
 
 __all__ = ["apply_modality_dropout", "evaluate_robustness"]
@@ -62,23 +62,20 @@ def evaluate_robustness(
         first = next(module.parameters(), None) if module is not None else None
         device = first.device if first is not None else torch.device("cpu")
 
+    def forward(batch: dict[str, np.ndarray]) -> np.ndarray:
+        logits = predict(
+            {name: torch.as_tensor(np.ascontiguousarray(value)).to(device) for name, value in batch.items()}
+        )
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(
+                f"predict returned {type(logits).__name__}; it must return the logits tensor "
+                "(for a model returning (logits, ...) pass lambda x: model(x)[0])"
+            )
+        return logits.detach().double().cpu().numpy()
+
     def run(altered: dict[str, np.ndarray]) -> np.ndarray:
-        n = len(next(iter(altered.values())))
-        outputs = []
         with torch.no_grad():
-            for start in range(0, n, batch_size):
-                batch = {
-                    name: torch.as_tensor(np.ascontiguousarray(value[start : start + batch_size])).to(device)
-                    for name, value in altered.items()
-                }
-                logits = predict(batch)
-                if not isinstance(logits, torch.Tensor):
-                    raise TypeError(
-                        f"predict returned {type(logits).__name__}; it must return the logits tensor "
-                        "(for a model returning (logits, ...) pass lambda x: model(x)[0])"
-                    )
-                outputs.append(logits.detach().double().cpu().numpy())
-        return np.concatenate(outputs) if outputs else np.zeros((0, 0))
+            return predict_in_batches(forward, altered, batch_size)
 
     arrays = {name: _numpy(value) for name, value in inputs.items()}
     training = {m: m.training for m in module.modules()} if module is not None else {}
