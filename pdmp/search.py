@@ -109,12 +109,8 @@ def gamma_grid(
 
 def _check_grid(values: Any, name: str) -> tuple[float, ...]:
     """A grid must be a non-empty sequence of numbers: a bare number is refused, not searched as one value."""
-    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
-        raise TypeError(f"{name} must be a sequence of values to search, e.g. {name}=({values!r},), got {values!r}")
-    grid = tuple(values)
-    if not grid:
-        raise ValueError(f"{name} is empty; give at least one value to search")
-    return grid
+    example = f"{name}=({values!r},)" if isinstance(values, int | float) else f"{name}=(2.0, 5.0)"
+    return check_sequence(values, name=name, example=example)
 
 
 @dataclass(frozen=True)

@@ -685,7 +685,7 @@ def test_gamma_grid_passes_the_schedule_to_every_policy_and_names_bad_values():
         assert (configs[family][0]["warmup"], configs[family][0]["ramp"]) == (1, 2), family
     assert grid["joint_lr"][0].options == {"lr_scale": 3.0}
     assert gamma_grid(RANKING, uniform=(2.0,), warmup=0)["uniform"][0].policy.get_config()["warmup"] == 0
-    with pytest.raises(TypeError, match="gamma_r must be a sequence"):
+    with pytest.raises(TypeError, match="gamma_r must be a list or tuple such as"):
         gamma_grid(RANKING, gamma_r=0.5)
     with pytest.raises(ValueError, match=r"^gamma_p "):
         gamma_grid(RANKING, gamma_p=(0.0,))
