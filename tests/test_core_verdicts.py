@@ -203,9 +203,9 @@ def test_a_search_candidate_without_the_metric_is_refused_not_chosen():
 
 
 def test_gamma_grid_refuses_a_bare_number():
-    with pytest.raises(TypeError, match=r"gamma_p must be a list or tuple such as gamma_p=\(10.0,\), got float 10.0"):
+    with pytest.raises(TypeError, match=r"gamma_p must be a list or tuple such as gamma_p=\(10\.0,\), got float 10\.0"):
         gamma_grid(RANKING, gamma_p=10.0)
-    with pytest.raises(TypeError, match="uniform must be a list or tuple such as uniform=\\(2.0, 5.0\\), got str '5'"):
+    with pytest.raises(TypeError, match=r"uniform must be a list or tuple such as uniform=\(2\.0, 5\.0\), got str '5'"):
         gamma_grid(RANKING, uniform="5")
     with pytest.raises(ValueError, match="lr_scales is empty"):
         gamma_grid(RANKING, lr_scales=())
