@@ -13,8 +13,8 @@ from torch import nn
 
 from benchmarks.models_torch import FusionNet, UnimodalNet, make_encoder
 from benchmarks.protocol import TrainConfig, is_new_best, modulation_mode, split_metrics, summarise
-from pdmp import AGM, ARL, CoefficientPolicy, GradientPolicy, mono_modal_responses
-from pdmp.backends.torch import Modulator
+from pdmp import AGM, ARL, CoefficientPolicy, GradientPolicy
+from pdmp.backends.torch import Modulator, training_step
 
 
 def _tensors(split: Any, modalities: Sequence[str], device: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -121,7 +121,7 @@ def train_run(
             if wired_step:
                 assert policy is not None and modulator is not None and isinstance(model, FusionNet)
                 inputs = {name: x[index] for name, x in train_x.items()}
-                logits, loss = baseline_step(model, inputs, y, policy, modulator, loss_fn)
+                logits, loss = baseline_step(model, inputs, y, modulator, loss_fn)
             else:
                 if isinstance(model, FusionNet):
                     logits, per_modality = model({name: x[index] for name, x in train_x.items()})
@@ -186,40 +186,30 @@ def baseline_step(
     model: FusionNet,
     inputs: Mapping[str, torch.Tensor],
     y: torch.Tensor,
-    policy: CoefficientPolicy,
     modulator: Modulator,
     loss_fn: nn.Module,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward and backward for a gradient-transform baseline, wired as its reference code does, or for
-    a policy that adds unimodal losses (``AdaptivePDMP(auxiliary=...)``).
-
-    MMPareto: a unimodal head per encoder, and the fused and unimodal losses handed to the modulator
-    separately. AGM: the fused model's outputs with the other modality's input zeroed (no gradient, eval
-    mode, as the reference's masked passes), combined into mono-modal responses. The others (InfoReg,
-    ARL, the adaptive rule): the fusion head's decomposed logits, whose unimodal losses join the training
-    loss weighted by ``modulator.unimodal_loss_weights`` (ARL's gamma after its warm-up, the adaptive
-    rule's auxiliary weights; a 0 weight's loss is not computed). Returns the fused logits and the fused loss.
+    """Forward and backward for a gradient-transform baseline, or for a policy that adds unimodal losses,
+    through :func:`pdmp.backends.torch.training_step` on the benchmark's model: MMPareto gets the model's
+    unimodal heads, AGM its masked passes, the others (InfoReg, ARL, the adaptive rule, the recipe) the
+    fusion's decomposed logits (``per_modality_logits``, any fusion), whose unimodal losses join the loss
+    weighted by ``modulator.unimodal_loss_weights``. Returns the fused logits and the fused loss.
     """
-    features = model.encode(inputs)
-    logits = model.fuse(features)
-    loss = loss_fn(logits, y)
-    if isinstance(policy, GradientPolicy) and policy.uses_unimodal_gradients:
-        heads = model.unimodal_heads
-        unimodal = {name: loss_fn(heads[name](features[name]), y) for name in model.modalities}
-        modulator.backward(loss, unimodal)
-        return logits, loss
-    if isinstance(policy, AGM):
-        with torch.no_grad():
-            model.eval()
-            responses = mono_modal_responses(lambda masked: model(masked)[0], inputs)
-            model.train()
-        modulator.observe(responses, y)
-        loss.backward()
-        return logits, loss
-    decomposed = model.per_modality_logits(features, detach=False)
-    weights = modulator.unimodal_loss_weights  # fixed for the step before observe() informs the policy
-    modulator.observe({name: value.detach() for name, value in decomposed.items()}, y)
-    (loss + sum(weights[name] * loss_fn(decomposed[name], y) for name in model.modalities if weights[name])).backward()
+    # The library's one step for every policy; the caller zeroes the gradients and steps (its schedule
+    # and coefficient logging sit between optimizer.step() and modulator.step()).
+    logits, loss = training_step(
+        modulator,
+        modulator.optimizer,  # not stepped here (optimizer_step=False)
+        inputs,
+        y,
+        encode=model.encode,
+        fuse=model.fuse,
+        decompose=lambda features: model.per_modality_logits(features, detach=False),
+        unimodal_heads=getattr(model, "unimodal_heads", None),
+        loss_fn=loss_fn,
+        zero_grad=False,
+        optimizer_step=False,
+    )
     return logits, loss
 
 
