@@ -5,8 +5,6 @@ metrics. Framework adapters live in :mod:`pdmp.backends.torch` and :mod:`pdmp.ba
 imported only when asked for.
 """
 
-# rebalancing registers G-Blending, PMR, D&R and MLA so their configs load (core only: the adapters do
-# not apply them yet).
 from pdmp import rebalancing as rebalancing
 from pdmp.adaptive import AdaptivePDMP
 from pdmp.baselines import AGM, ARL, InfoReg, MMPareto, mono_modal_responses, shapley_responses
@@ -38,6 +36,7 @@ from pdmp.ranking import (
     rank_modalities,
     under_optimization,
 )
+from pdmp.rebalancing import MLA, PMR, DiagnosingRelearning, GBlending, RebalancingPolicy
 from pdmp.recipes import Recipe, recipe
 from pdmp.robustness import Condition, ModalityDropout, RobustnessTable, robustness_conditions
 from pdmp.search import SearchResult, gamma_grid, search_gammas
@@ -49,16 +48,20 @@ __version__ = "0.1.0"
 __all__ = [
     "AGM",
     "ARL",
+    "MLA",
     "MSLR",
     "OGMGE",
     "OGM_NOISE_EPS",
     "PDMP",
+    "PMR",
     "AdaptivePDMP",
     "Candidate",
     "Clock",
     "CoefficientPolicy",
     "Condition",
     "Dependency",
+    "DiagnosingRelearning",
+    "GBlending",
     "GradientPolicy",
     "GradientTransform",
     "InfoReg",
@@ -71,6 +74,7 @@ __all__ = [
     "Ranking",
     "RankingFileError",
     "RankingWarning",
+    "RebalancingPolicy",
     "Recipe",
     "RobustnessTable",
     "SearchResult",
