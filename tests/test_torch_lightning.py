@@ -451,6 +451,127 @@ def test_misuse_is_explained() -> None:
         PDMPCallback({"audio": "net.audio"}, "pdmp")  # type: ignore[arg-type]
 
 
+# ---------------------------------------------------------------- RebalancingPolicy: RebalanceCallback
+
+
+def _unpack(batch: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    a, v, y = batch
+    return {"audio": a, "image": v}, y
+
+
+class Rebalanced(LightningModule):
+    """The model contract (encode, fuse, head, unimodal_heads) as a LightningModule; float64."""
+
+    def __init__(self, shared: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.audio = nn.Sequential(nn.Linear(6, 8), nn.ReLU()).double()
+        self.image = nn.Sequential(nn.Linear(5, 8), nn.Tanh()).double()
+        self.head = nn.Linear(8 if shared else 16, 3).double()
+        self.unimodal_heads = nn.ModuleDict({m: nn.Linear(8, 3) for m in MODALITIES}).double()
+        if shared:
+            self.automatic_optimization = False
+
+    def encode(self, inputs: Any) -> dict[str, torch.Tensor]:
+        return {"audio": self.audio(inputs["audio"]), "image": self.image(inputs["image"])}
+
+    def fuse(self, features: Any) -> torch.Tensor:
+        return self.head(torch.cat([features["audio"], features["image"]], dim=1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        from pdmp.backends.torch import training_step
+        from pdmp.backends.torch.lightning import RebalanceCallback
+
+        callback = next(c for c in self.trainer.callbacks if isinstance(c, RebalanceCallback))
+        inputs, y = _unpack(batch)
+        if not self.automatic_optimization:  # MLA: one optimizer step per modality
+            training_step(callback.rebalancer, self.optimizers(), inputs, y, encode=self.encode, fuse=self.fuse)
+            return None
+        return callback.rebalancer.loss(inputs, y)[0]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+def _loader64(seed: int = 1) -> DataLoader:
+    a, v, y = dataset().tensors
+    if seed != 1:
+        y = torch.randint(0, 3, y.shape, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(TensorDataset(a.double(), v.double(), y), batch_size=BATCH, shuffle=False)
+
+
+def _rebalancing_policy(name: str) -> Any:
+    import pdmp
+
+    if name == "pmr":
+        return pdmp.PMR(MODALITIES, alpha=2.0, prototype_fraction=2)
+    if name == "gblending":
+        return pdmp.GBlending(MODALITIES, super_epoch=1)
+    if name == "dr":
+        return pdmp.DiagnosingRelearning(MODALITIES, every=1, count=1)
+    return pdmp.MLA(MODALITIES)
+
+
+@pytest.mark.parametrize("name", ["pmr", "gblending", "dr", "mla"])
+def test_rebalance_callback_same_as_hand_written_loop(name: str) -> None:
+    from pdmp.backends.torch import Rebalancer, training_step
+    from pdmp.backends.torch.lightning import RebalanceCallback
+
+    shared = name == "mla"
+    module = Rebalanced(shared)
+    callback = RebalanceCallback(
+        _rebalancing_policy(name),
+        {"audio": "audio", "image": "image"},
+        num_classes=3,
+        held_out=_loader64(seed=5),
+        unpack=_unpack,
+    )
+    Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, callbacks=[callback],
+            num_sanity_val_steps=0).fit(module, train_dataloaders=_loader64())  # fmt: skip
+
+    hand = Rebalanced(shared)
+    optimizer = hand.configure_optimizers()
+    train = [_unpack(b) for b in _loader64()]
+    held = [_unpack(b) for b in _loader64(seed=5)]
+    parts = {"encode": hand.encode, "fuse": hand.fuse, "head": hand.head, "unimodal_heads": hand.unimodal_heads}
+    reb = Rebalancer(_rebalancing_policy(name), {"audio": hand.audio, "image": hand.image}, num_classes=3, **parts)
+    reb.start(train, held_out=held)
+    for epoch in range(2):
+        reb.set_epoch(epoch)
+        for inputs, y in train:
+            training_step(reb, optimizer, inputs, y, encode=hand.encode, fuse=hand.fuse)
+        reb.end_epoch(epoch, train, held_out=held)
+    assert callback.rebalancer is not None
+    assert callback.rebalancer.events == reb.events  # the same boundary work at the same epochs
+    assert reb.events or name == "mla"  # (MLA has none)
+    assert callback.rebalancer.step_count == reb.step_count == 8
+    for (key, got), want in zip(module.state_dict().items(), hand.state_dict().values(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12, msg=key)
+
+
+def test_rebalance_callback_misuse_is_explained() -> None:
+    import pdmp
+    from pdmp.backends.torch.lightning import RebalanceCallback
+
+    def trainer(callback: Any) -> Trainer:
+        return Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                       enable_checkpointing=False, callbacks=[callback], num_sanity_val_steps=0)  # fmt: skip
+
+    with pytest.raises(ValueError, match=r"automatic_optimization = False.*training_step\(callback.rebalancer"):
+        module = Rebalanced()  # automatic optimization
+        module.head = nn.Linear(8, 3).double()
+        trainer(RebalanceCallback(pdmp.MLA(MODALITIES), {"audio": "audio", "image": "image"}, num_classes=3,
+                                  unpack=_unpack)).fit(module, train_dataloaders=_loader64())  # fmt: skip
+    with pytest.raises(ValueError, match=r"held_out=<a DataLoader.*val_dataloader\(\)"):
+        trainer(RebalanceCallback(pdmp.GBlending(MODALITIES), {"audio": "audio", "image": "image"}, num_classes=3,
+                                  unpack=_unpack)).fit(Rebalanced(), train_dataloaders=_loader64())  # fmt: skip
+    with pytest.raises(TypeError, match="RebalanceCallback"):
+        PDMPCallback({"audio": "audio", "image": "image"}, pdmp.PMR(MODALITIES))
+    with pytest.raises(TypeError, match="PDMPCallback"):
+        RebalanceCallback(make_policy("pdmp"), {"audio": "audio", "image": "image"}, num_classes=3)
+
+
 # ----------------------------------------------------------------------------------------- DDP
 
 

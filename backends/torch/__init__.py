@@ -11,6 +11,8 @@
 * :func:`training_log`: the values to log (coefficients, dependency shares) in a hand-written loop.
 * :func:`training_step`: one forward/backward/step that is right for every shipped policy (what each
   reads: decomposed logits, mono-modal responses, unimodal heads), so a loop need not branch.
+* :class:`Rebalancer`: G-Blending, PMR, Diagnosing & Re-learning and MLA (``pdmp.rebalancing``), which
+  change the loss, the parameters or the step rather than gradients; its step is ``training_step``'s too.
 * :class:`~pdmp.backends.torch.lightning.PDMPCallback`: the same in a Lightning ``Trainer``; imported
   on first use, so this package does not need lightning.
 
@@ -22,12 +24,13 @@ from .heads import concat_head_logits, sum_head_logits
 from .logs import training_log
 from .modulator import Mode, Modulator
 from .ranking import TrainingCurve, UnimodalReport, rank_unimodal
+from .rebalancing import Rebalancer
 from .robustness import apply_modality_dropout, evaluate_robustness
 from .training import StepOutput, training_step
 
 __all__ = ["Mode", "Modulator", "concat_head_logits", "rank_unimodal", "sum_head_logits"]
 __all__ += ["TrainingCurve", "UnimodalReport", "dependency_shares"]
-__all__ += ["StepOutput", "training_step"]
+__all__ += ["Rebalancer", "StepOutput", "training_step"]
 __all__ += ["apply_modality_dropout", "evaluate_robustness"]
 __all__ += ["training_log"]  # not PDMPCallback: a star import must not need lightning
 
@@ -38,4 +41,8 @@ def __getattr__(name: str) -> object:
         from .lightning import PDMPCallback
 
         return PDMPCallback
+    if name == "RebalanceCallback":
+        from .lightning import RebalanceCallback
+
+        return RebalanceCallback
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

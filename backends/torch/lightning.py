@@ -31,13 +31,19 @@ from the Trainer; every coefficient is still decided by the core policy and appl
 * **Logs**: :func:`~pdmp.backends.torch.training_log`'s values (``pdmp/coef_<modality>``, and
   ``pdmp/share_<modality>`` when logits were stored) through ``LightningModule.log``.
 
+:class:`RebalanceCallback` is the sibling for a :class:`~pdmp.rebalancing.RebalancingPolicy`
+(G-Blending, PMR, Diagnosing & Re-learning, MLA): it builds a
+:class:`~pdmp.backends.torch.Rebalancer` and runs the epoch-boundary work from the Trainer's hooks;
+``training_step`` uses :attr:`RebalanceCallback.rebalancer` (see its docstring). :class:`PDMPCallback`
+refuses these policies and names it.
+
 Needs the ``lightning`` package (``pip install "pdmp[lightning]"``); the standalone
 ``pytorch_lightning`` package has its own ``Callback`` class and is not supported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import torch
@@ -50,12 +56,14 @@ except ImportError as error:
         "(or pip install 'lightning>=2.4')"
     ) from error
 
-from pdmp._validation import check_bool, check_non_negative_int
+from pdmp._validation import check_bool, check_non_negative_int, check_positive_int
 from pdmp.policies import CoefficientPolicy
+from pdmp.rebalancing import RebalancingPolicy
 from pdmp.transforms import GradientPolicy
 
 from .logs import training_log
 from .modulator import Mode, Modulator, ParameterSource
+from .rebalancing import Rebalancer
 
 #: The LightningModule attribute that carries ``(per_modality_logits, labels)`` from ``training_step``.
 LOGITS_ATTRIBUTE = "pdmp_logits"
@@ -124,6 +132,11 @@ class PDMPCallback(Callback):
             )
         if not isinstance(policy, CoefficientPolicy):
             raise TypeError(f"policy must be a pdmp CoefficientPolicy (PDMP, OGMGE, ...), got {type(policy).__name__}")
+        if isinstance(policy, RebalancingPolicy):
+            raise TypeError(
+                f"{type(policy).__name__} is a RebalancingPolicy (it changes the loss, the parameters or the step, not "
+                "gradient coefficients): use pdmp.backends.torch.lightning.RebalanceCallback instead of PDMPCallback"
+            )
         if log_every not in ("step", "epoch", None):
             raise ValueError(f"log_every must be 'step', 'epoch' or None (no logging), got {log_every!r}")
         # Checked here, not when the Modulator is built at fit time: a typo should not cost a setup.
@@ -285,23 +298,7 @@ class PDMPCallback(Callback):
     # ---------------------------------------------------------------------------------- internals
 
     def _resolve_encoders(self, pl_module: Any) -> Mapping[str, ParameterSource]:
-        if not isinstance(self.encoders, Mapping):
-            modalities = self.encoders(pl_module)
-            if not isinstance(modalities, Mapping):
-                raise TypeError(
-                    f"PDMPCallback encoders function returned {type(modalities).__name__}; "
-                    "it must return a dict modality -> encoder module or parameters"
-                )
-            return modalities
-        resolved: dict[str, ParameterSource] = {}
-        for modality, path in self.encoders.items():
-            if not isinstance(path, str):
-                raise TypeError(
-                    f"PDMPCallback encoders[{modality!r}] must be an attribute path (str) of the LightningModule, "
-                    f"got {type(path).__name__}; pass a function module -> encoders to give modules directly"
-                )
-            resolved[modality] = _attribute(pl_module, path, modality)
-        return resolved
+        return _resolve_encoders(self.encoders, pl_module, "PDMPCallback")
 
     def _require_modulator(self, hook: str) -> Modulator:
         if self.modulator is None or not self.modulator.active:
@@ -318,7 +315,196 @@ class PDMPCallback(Callback):
         self._observed = None
 
 
-def _attribute(module: Any, path: str, modality: str) -> Any:
+Unpack = Callable[[Any], tuple[Mapping[str, torch.Tensor], torch.Tensor]]
+
+
+class RebalanceCallback(Callback):
+    """Train a :class:`~pdmp.rebalancing.RebalancingPolicy` (G-Blending, PMR, Diagnosing & Re-learning, MLA)
+    in a ``lightning.Trainer``: a :class:`~pdmp.backends.torch.Rebalancer` built when fitting starts, its
+    epoch-boundary work run from the Trainer's hooks (``start`` in ``on_train_start``, ``set_epoch`` in
+    ``on_train_epoch_start``, ``end_epoch`` in ``on_train_epoch_end``, over the Trainer's training
+    dataloader and the held-out batches).
+
+    Args:
+        policy: the core policy; its modality names must equal the keys of ``encoders``.
+        encoders: each modality's encoder module in the LightningModule, as for :class:`PDMPCallback`
+            (attribute paths or a function ``module -> {modality: module}``).
+        num_classes: the number of classes.
+        held_out: held-out batches for G-Blending's checkpoints and Diagnosing & Re-learning's diagnosis
+            (a DataLoader); if None, the LightningModule's own ``val_dataloader()``.
+        unpack: ``batch -> (inputs, target)``, ``inputs`` a dict modality -> tensor; default: the batch is
+            that pair already.
+
+    The LightningModule follows the model contract of :func:`~pdmp.backends.torch.training_step`:
+    methods ``encode(inputs) -> {modality: features}`` and ``fuse(features) -> logits``, and the attributes
+    ``head`` (MLA's shared ``nn.Linear``) and ``unimodal_heads`` (G-Blending's classifier per encoder) where
+    the policy needs them. Under automatic optimization (G-Blending, PMR, Diagnosing & Re-learning),
+    ``training_step`` returns the policy's loss::
+
+        def training_step(self, batch, batch_idx):
+            inputs, y = batch
+            loss, logits, fused_loss = self.rebalance.rebalancer.loss(inputs, y)   # self.rebalance: the callback
+            return loss
+
+    MLA takes one optimizer step per modality inside a training step, which automatic optimization cannot
+    do: set ``self.automatic_optimization = False`` and in ``training_step`` call
+    ``training_step(self.rebalance.rebalancer, self.optimizers(), inputs, y, encode=self.encode, fuse=self.fuse)``
+    (:func:`pdmp.backends.torch.training_step`); MLA under automatic optimization is refused at fit start.
+    Predict with ``callback.rebalancer.predict(inputs)`` (MLA's fusion weights). The Trainer must have one
+    optimizer and 32-bit precision; the policy's state is not saved in Lightning checkpoints (a resumed fit
+    would restart the method), so train these methods without ``ckpt_path``.
+    """
+
+    def __init__(
+        self,
+        policy: RebalancingPolicy,
+        encoders: EncoderSpec,
+        *,
+        num_classes: int,
+        held_out: Iterable[Any] | None = None,
+        unpack: Unpack | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(policy, RebalancingPolicy):
+            raise TypeError(
+                "RebalanceCallback applies a pdmp.rebalancing.RebalancingPolicy (GBlending, PMR, "
+                f"DiagnosingRelearning, MLA), got {type(policy).__name__}; use PDMPCallback for coefficient and "
+                "gradient policies"
+            )
+        if not (callable(encoders) or isinstance(encoders, Mapping)):
+            raise TypeError(
+                "encoders must be a dict modality -> attribute path of its encoder in the LightningModule "
+                f"(e.g. {{'audio': 'audio'}}) or a function module -> {{modality: encoder}}, got {encoders!r}"
+            )
+        if unpack is not None and not callable(unpack):
+            raise TypeError(f"unpack must be a function batch -> (inputs, target), got {unpack!r}")
+        self.policy = policy
+        self.encoders = encoders
+        self.num_classes = check_positive_int(num_classes, name="num_classes")
+        self.held_out = held_out
+        self.unpack = unpack
+        #: The Rebalancer of the running ``fit`` (None before it).
+        self.rebalancer: Rebalancer | None = None
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if len(list(trainer.optimizers)) != 1:
+            raise ValueError(
+                f"RebalanceCallback needs exactly one optimizer, found {len(list(trainer.optimizers))}; return a "
+                "single optimizer from configure_optimizers"
+            )
+        if self.policy.uses_training_passes and pl_module.automatic_optimization:
+            raise ValueError(
+                f"{type(self.policy).__name__} takes one optimizer step per training pass inside a step, which "
+                "Lightning's automatic optimization cannot do: set self.automatic_optimization = False in the "
+                "LightningModule and in training_step call pdmp.backends.torch.training_step(callback.rebalancer, "
+                "self.optimizers(), inputs, y, encode=self.encode, fuse=self.fuse)"
+            )
+        if not callable(getattr(pl_module, "encode", None)):
+            raise ValueError(
+                f"{type(pl_module).__name__} has no encode method: RebalanceCallback needs the model contract "
+                "encode(inputs) -> {modality: features} and fuse(features) -> logits on the LightningModule"
+            )
+        encoders = _resolve_encoders(self.encoders, pl_module, "RebalanceCallback")
+        if not all(isinstance(e, torch.nn.Module) for e in encoders.values()):
+            raise TypeError("RebalanceCallback encoders must resolve to nn.Module encoders (not parameter lists)")
+        self.rebalancer = Rebalancer(
+            self.policy,
+            encoders,
+            num_classes=self.num_classes,
+            encode=pl_module.encode,
+            fuse=getattr(pl_module, "fuse", None),
+            head=getattr(pl_module, "head", None),
+            unimodal_heads=getattr(pl_module, "unimodal_heads", None),
+        )
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._require("on_train_start").start(self._train(trainer, pl_module), held_out=self._held(pl_module))
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._require("on_train_epoch_start").set_epoch(trainer.current_epoch)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if pl_module.automatic_optimization:  # manual: training_step counted its own step
+            self._require("on_train_batch_end").advance()
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._require("on_train_epoch_end").end_epoch(
+            trainer.current_epoch, self._train(trainer, pl_module), held_out=self._held(pl_module)
+        )
+
+    def _require(self, hook: str) -> Rebalancer:
+        if self.rebalancer is None:
+            raise RuntimeError(
+                f"RebalanceCallback.{hook} outside Trainer.fit (no Rebalancer); pass the callback to "
+                "lightning.Trainer(callbacks=[...]) and train with trainer.fit"
+            )
+        return self.rebalancer
+
+    def _train(self, trainer: Any, pl_module: Any) -> _Batches:
+        return _Batches(trainer.train_dataloader, self.unpack, pl_module)
+
+    def _held(self, pl_module: Any) -> _Batches | None:
+        policy = self.policy
+        if not (policy.needs_held_out_losses or policy.uses_parameter_events):
+            return None
+        source = self.held_out
+        if source is None:
+            try:
+                source = pl_module.val_dataloader()
+            except Exception as error:  # Lightning's default hook raises when the module defines none
+                raise ValueError(
+                    f"{type(policy).__name__} needs held-out batches: pass RebalanceCallback(..., held_out=<a "
+                    "DataLoader of validation batches>) or define val_dataloader() in the LightningModule"
+                ) from error
+        return _Batches(source, self.unpack, pl_module)
+
+
+class _Batches:
+    """A dataloader's batches as ``(inputs, target)`` on the module's device; re-iterable, with a length."""
+
+    def __init__(self, source: Any, unpack: Unpack | None, pl_module: Any) -> None:
+        if source is None:
+            raise ValueError("RebalanceCallback: the Trainer has no training dataloader")
+        self.source, self.unpack, self.pl_module = source, unpack, pl_module
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __iter__(self) -> Iterator[tuple[Mapping[str, torch.Tensor], torch.Tensor]]:
+        from lightning.pytorch.utilities import move_data_to_device
+
+        for batch in self.source:
+            batch = move_data_to_device(batch, self.pl_module.device)
+            pair = self.unpack(batch) if self.unpack is not None else batch
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], Mapping)):
+                raise TypeError(
+                    "RebalanceCallback reads batches as (inputs, target) with inputs a dict modality -> tensor; "
+                    f"got {type(batch).__name__}: pass unpack=<function batch -> (inputs, target)>"
+                )
+            yield pair[0], pair[1]
+
+
+def _resolve_encoders(encoders: EncoderSpec, pl_module: Any, owner: str) -> Mapping[str, ParameterSource]:
+    if not isinstance(encoders, Mapping):
+        modalities = encoders(pl_module)
+        if not isinstance(modalities, Mapping):
+            raise TypeError(
+                f"{owner} encoders function returned {type(modalities).__name__}; "
+                "it must return a dict modality -> encoder module or parameters"
+            )
+        return modalities
+    resolved: dict[str, ParameterSource] = {}
+    for modality, path in encoders.items():
+        if not isinstance(path, str):
+            raise TypeError(
+                f"{owner} encoders[{modality!r}] must be an attribute path (str) of the LightningModule, "
+                f"got {type(path).__name__}; pass a function module -> encoders to give modules directly"
+            )
+        resolved[modality] = _attribute(pl_module, path, modality, owner)
+    return resolved
+
+
+def _attribute(module: Any, path: str, modality: str, owner: str = "PDMPCallback") -> Any:
     """``module.a.b`` for ``"a.b"``, with an error naming the missing part and what exists there."""
     parts = path.split(".")
     for depth, part in enumerate(parts):
@@ -327,11 +513,11 @@ def _attribute(module: Any, path: str, modality: str) -> Any:
             children = [name for name, _ in module.named_children()] if isinstance(module, torch.nn.Module) else []
             known = f"; its submodules are {children}" if children else ""
             raise AttributeError(
-                f"PDMPCallback encoders[{modality!r}] = {path!r}: {where} has no attribute {part!r}{known}. "
+                f"{owner} encoders[{modality!r}] = {path!r}: {where} has no attribute {part!r}{known}. "
                 "Name the attribute that holds the modality's encoder"
             )
         module = getattr(module, part)
     return module
 
 
-__all__ = ["LOGITS_ATTRIBUTE", "PDMPCallback"]
+__all__ = ["LOGITS_ATTRIBUTE", "PDMPCallback", "RebalanceCallback"]

@@ -172,6 +172,7 @@ from pdmp.policies import (
     check_modulation,
     policy_from_config,
 )
+from pdmp.rebalancing import RebalancingPolicy
 from pdmp.transforms import (
     GRADIENT_STATISTICS,
     LOGIT_STATISTICS,
@@ -266,6 +267,13 @@ class Modulator:
         # Every check comes before the first hook is registered: a refused Modulator leaves nothing behind.
         if not isinstance(policy, CoefficientPolicy):
             raise TypeError(f"policy must be a pdmp CoefficientPolicy (PDMP, OGMGE, ...), got {type(policy).__name__}")
+        if isinstance(policy, RebalancingPolicy):
+            # Before any hook: the core's own refusal would come only after hooks and guards were installed.
+            raise TypeError(
+                f"{type(policy).__name__} is a RebalancingPolicy: it changes the loss, the parameters or the step, "
+                "not gradient coefficients; train it with pdmp.backends.torch.Rebalancer (and training_step), "
+                "not a Modulator"
+            )
         if not isinstance(modalities, Mapping):
             raise TypeError(
                 f"modalities must be a dict modality name -> module or parameters, got {type(modalities).__name__}"

@@ -21,6 +21,11 @@ Per-modality logits come from ``head``, the linear head applied to the features 
 encoders' order (:func:`concat_head_logits`), or from ``decompose(features) -> {modality: logits}``
 for any other fusion whose output is a sum of per-modality terms. ``unimodal_heads`` (a classifier per
 encoder) is needed by MMPareto only.
+
+A :class:`~pdmp.rebalancing.RebalancingPolicy` (G-Blending, PMR, Diagnosing & Re-learning, MLA) is driven
+by a :class:`~pdmp.backends.torch.Rebalancer` instead of a Modulator; pass the Rebalancer as the first
+argument and the step is the policy's (weighted loss terms, prototype losses, MLA's training passes), so
+the loop keeps one call per batch (the epoch-boundary work is the Rebalancer's ``start``/``end_epoch``).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from pdmp.transforms import GradientPolicy
 
 from .heads import concat_head_logits
 from .modulator import Modulator
+from .rebalancing import Rebalancer
 
 __all__ = ["StepOutput", "training_step"]
 
@@ -51,7 +57,7 @@ class StepOutput(NamedTuple):
 
 
 def training_step(
-    modulator: Modulator,
+    modulator: Modulator | Rebalancer,
     optimizer: torch.optim.Optimizer,
     inputs: Mapping[str, torch.Tensor],
     target: torch.Tensor,
@@ -68,7 +74,8 @@ def training_step(
     """Forward, backward and (unless ``optimizer_step=False``) the optimizer step for ``modulator.policy``.
 
     Args:
-        modulator: the :class:`Modulator` applying the policy (created with ``optimizer=optimizer``).
+        modulator: the :class:`Modulator` applying the policy (created with ``optimizer=optimizer``), or the
+            :class:`~pdmp.backends.torch.Rebalancer` of a RebalancingPolicy (its step: module docstring).
         optimizer: the optimizer over the whole model.
         inputs: modality -> batch input; ``target``: the labels.
         encode, fuse: the model split at the fusion (see the module docstring).
@@ -83,6 +90,20 @@ def training_step(
     Raises:
         ValueError: the policy needs ``head``/``decompose`` or ``unimodal_heads`` and it was not given.
     """
+    if isinstance(modulator, Rebalancer):
+        logits, fused_loss = modulator.step(
+            optimizer,
+            inputs,
+            target,
+            encode=encode,
+            fuse=fuse,
+            head=head,
+            unimodal_heads=unimodal_heads,
+            loss_fn=loss_fn,
+            zero_grad=zero_grad,
+            optimizer_step=optimizer_step,
+        )
+        return StepOutput(logits, fused_loss)
     policy = modulator.policy
     gradient_policy = policy if isinstance(policy, GradientPolicy) else None
     if zero_grad:
