@@ -390,3 +390,138 @@ def test_a_step_the_loss_scale_optimizer_skips_changes_no_policy_state_on_jax() 
     assert got["updates"] == want["updates"] == 2 and got["ema"] == pytest.approx(want["ema"], rel=1e-6)
     for key, value in weights(never_seen).items():
         np.testing.assert_allclose(weights(skipped)[key], value, **F32, err_msg=key)
+
+
+# -- GradientPolicies (AGM, MMPareto, InfoReg, ARL) on JAX -------------------------------------------------------
+#
+# float32 here; the float64 step-by-step parity with TensorFlow (every transform and parameter) is
+# tests/test_parity_jax.py.
+
+
+class _WithUnimodalHeads(keras.Model):
+    """The fused model plus a unimodal head on each encoder (MMPareto's unimodal losses), trained with it."""
+
+    def __init__(self, fused: keras.Model) -> None:
+        super().__init__(name="with_heads")
+        self.fused = fused
+        self.features = keras.Model(fused.inputs, {m: fused.get_layer(layer).output for m, layer in ENCODERS.items()})
+        self.unimodal_heads = {m: keras.layers.Dense(3, name=f"{m}_unimodal") for m in NAMES}
+        for head in self.unimodal_heads.values():
+            head.build((None, 8))  # before fit(): JAX's step carries the variables that exist when it starts
+
+    def call(self, inputs: object, training: object = None) -> object:
+        return self.fused(inputs, training=training)
+
+
+def _unimodal_head_logits(model: keras.Model, x: object, training: bool) -> dict[str, object]:
+    features = model.features(x, training=training)
+    return {m: model.unimodal_heads[m](value) for m, value in features.items()}
+
+
+def _masked_responses(model: keras.Model, x: object, training: bool) -> dict[str, object]:
+    import pdmp
+
+    by_modality = {"audio": x["a"], "image": x["v"]}  # type: ignore[index]
+    responses = pdmp.mono_modal_responses(
+        lambda inputs: model({"a": inputs["audio"], "v": inputs["image"]}, training=False), by_modality
+    )
+    return {m: keras.ops.stop_gradient(value) for m, value in responses.items()}
+
+
+def gradient_policy_model(name: str) -> ModulatedModel:
+    """Each GradientPolicy wired as the README's baselines table says."""
+    import pdmp
+
+    if name == "MMPareto":
+        inner = _WithUnimodalHeads(build())
+        x, _ = data(2)
+        inner(x)
+        encoders = {m: inner.fused.get_layer(layer) for m, layer in ENCODERS.items()}
+        return ModulatedModel(inner, encoders, pdmp.MMPareto(NAMES), unimodal_logits=_unimodal_head_logits)
+    if name == "AGM":
+        return ModulatedModel(build(), ENCODERS, pdmp.AGM(NAMES), modality_logits=_masked_responses)
+    policy = pdmp.InfoReg(NAMES, window=1) if name == "InfoReg" else pdmp.ARL(NAMES, gamma=1.0, warmup=1)
+    return ModulatedModel(build(), ENCODERS, policy, modality_logits=SPEC, unimodal_logits=SPEC)
+
+
+@pytest.mark.parametrize("name", ["AGM", "MMPareto", "InfoReg", "ARL"])
+def test_gradient_policies_train_on_jax_with_the_cores_transform(name: str) -> None:
+    """Were refused on JAX. Now ``fit()`` calls the core's transform once per taken step (the host call is
+    ``jax.pure_callback``), the reported coefficients are that transform's, and the policy's state lives in the
+    model's variables."""
+    model = compile_(gradient_policy_model(name), keras.optimizers.SGD(2.0**-4, momentum=0.9))
+    before = weights(model)
+    calls: list[int] = []
+    transform = model.policy.transform
+
+    def counted(**kwargs: object) -> object:
+        calls.append(int(kwargs["step"]))  # type: ignore[call-overload]
+        return transform(**kwargs)
+
+    model.policy.transform = counted  # type: ignore[method-assign]
+    x, y = data()
+    model.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0)
+    assert model.step_count == 12 and calls == list(range(12)), calls
+    last = model.policy.last_transform
+    assert model.coefficients == pytest.approx({m: last.coefficient(m) for m in NAMES}, rel=1e-6)
+    after = weights(model)
+    for key, value in after.items():
+        assert np.isfinite(value).all(), key
+    for layer in ENCODERS.values():
+        assert not np.allclose(after[f"{layer}/kernel"], before[f"{layer}/kernel"]), layer
+    if name == "AGM":
+        state = model.state_dict()["policy_state"]
+        model.policy.reset()  # the variable, not the Python object, holds the state
+        assert model.state_dict()["policy_state"] == state
+
+
+def test_anchors_hold_copies_not_the_encoders_own_arrays() -> None:
+    """Defect: InfoReg's anchors were taken with ``anchor.assign(variable)``, which on JAX makes both variables
+    hold one array; Keras's jitted step donates every variable's buffer and failed: "Attempt to donate the same
+    buffer twice". The anchors must be copies, at construction and at every epoch start."""
+    import pdmp
+
+    model = compile_(ModulatedModel(build(), ENCODERS, pdmp.InfoReg(NAMES), modality_logits=SPEC, unimodal_logits=SPEC))
+    for epoch in (None, 1):
+        if epoch is not None:
+            model.set_epoch(epoch)
+        for name, anchors in model._anchors.value.items():
+            for anchor, variable in zip(anchors, model.modality_variables[name], strict=True):
+                assert anchor.value is not variable.value, f"{anchor.path} shares {variable.path}'s array"
+                assert anchor.value.unsafe_buffer_pointer() != variable.value.unsafe_buffer_pointer()
+                np.testing.assert_array_equal(np.asarray(anchor.value), np.asarray(variable.value))
+    fit(model, epochs=2)  # raised before
+    assert model.step_count == 8
+
+
+def test_a_saved_inforeg_model_resumes_like_the_uninterrupted_run_on_jax(tmp_path: object) -> None:
+    """The policy's state and its epoch-start anchors are variables, so a ``.keras`` file resumes the run."""
+    import os
+
+    import pdmp
+
+    def make() -> ModulatedModel:
+        policy = pdmp.InfoReg(NAMES, window=2)
+        return compile_(ModulatedModel(build(), ENCODERS, policy, modality_logits=SPEC, unimodal_logits=SPEC))
+
+    whole = make()
+    fit(whole, epochs=3)
+    first = make()
+    fit(first, epochs=2)
+    path = os.path.join(str(tmp_path), "model.keras")
+    first.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, ModulatedModel) and loaded.state_dict() == first.state_dict()
+    fit(loaded, epochs=3, initial_epoch=2)
+    resumed, uninterrupted = loaded.state_dict()["policy_state"], whole.state_dict()["policy_state"]
+    assert resumed["epoch"] == uninterrupted["epoch"] == 2
+    assert resumed["history"] == pytest.approx(uninterrupted["history"], rel=1e-5)
+    assert resumed["history"][-1] > 0  # InfoReg measured its trace in the resumed epoch
+    for key, value in weights(whole).items():
+        np.testing.assert_allclose(weights(loaded)[key], value, **F32, err_msg=key)
+
+
+def test_a_gradient_policy_with_gradient_accumulation_is_refused_on_jax_naming_the_fix() -> None:
+    model = gradient_policy_model("ARL")
+    with pytest.raises(NotImplementedError, match=r"ARL with gradient_accumulation_steps=2.*KERAS_BACKEND=tensorflow"):
+        compile_(model, keras.optimizers.SGD(0.1, gradient_accumulation_steps=2))

@@ -6,7 +6,9 @@ there too): each case is trained with :func:`parity_models.train_keras` (``Modul
 unshuffled, the same NumPy weights and batches) and every step's parameters and coefficients come
 back. This process trains the same cases on TensorFlow. Both must follow the core's coefficients and
 agree with each other step by step. TensorFlow is checked against torch in ``test_parity_training.py``
-and ``test_parity_adaptive.py``, so this closes the loop core - torch - TF - JAX.
+and ``test_parity_adaptive.py``, so this closes the loop core - torch - TF - JAX. The GradientPolicies (AGM,
+MMPareto, InfoReg, ARL) are trained on both backends as ``test_parity_transforms.py`` trains them against torch,
+and every step's transform and parameters compared.
 
 The model is the two-MLP one with ReLU encoders: on JAX, Keras 3.15 computes ``tanh`` (the float64
 input promotes through float32) and ``GlobalAveragePooling2D`` of a float64 model to float32 precision
@@ -41,10 +43,19 @@ try:
 except RuntimeError:  # already initialised by another test module
     pass
 
-from parity_models import Trace, compare_traces, flatten, initial_weights, make_data, names_of  # noqa: E402
+from parity_models import (  # noqa: E402
+    Trace,
+    compare_traces,
+    flatten,
+    initial_weights,
+    make_data,
+    names_of,
+    train_keras_transform,
+    unimodal_head_weights,
+)
 from parity_models import train_keras as train_keras_tf  # noqa: E402
 
-from pdmp import OGMGE, PDMP, AdaptivePDMP, policy_from_config  # noqa: E402
+from pdmp import AGM, ARL, OGMGE, PDMP, AdaptivePDMP, InfoReg, MMPareto, policy_from_config  # noqa: E402
 
 EPOCHS, BATCH, N = 4, 16, 96  # 24 steps
 LR = 2.0**-5
@@ -65,23 +76,42 @@ CASES: dict[str, tuple[Any, dict[str, Any]]] = {
     ),
 }
 
+#: GradientPolicies (trained with parity_models.train_keras_transform, wired as in test_parity_transforms.py):
+#: (policy, epochs). InfoReg runs three epochs with a one-epoch window, so its anchors are retaken and it stops.
+TRANSFORM_CASES: dict[str, tuple[Any, int]] = {
+    "AGM": (AGM(NAMES), 2),
+    "MMPareto": (MMPareto(NAMES), 2),
+    "InfoReg": (InfoReg(NAMES, window=1), 3),
+    "ARL": (ARL(NAMES, gamma=1.0, warmup=1), 2),
+}
+TRANSFORM_N = 64  # 4 steps per epoch
+
 # Runs in the subprocess: trains every case on Keras-on-JAX and pickles the traces.
 JAX_RUNNER = """
 import json, pickle, sys
 import jax, keras
 assert keras.backend.backend() == "jax" and jax.config.jax_enable_x64
-from parity_models import initial_weights, make_data, train_keras
+from parity_models import initial_weights, make_data, train_keras, train_keras_transform, unimodal_head_weights
 from pdmp import policy_from_config
 given, out = json.loads(sys.stdin.read()), sys.argv[1]
 TWO, cases = [(name, kind, tuple(shape)) for name, kind, shape in given["spec"]], given["cases"]
 traces = {}
 for name, (config, options) in cases.items():
     x, y = make_data(TWO, options.pop("n"))
-    trace = train_keras(TWO, initial_weights(TWO), x, y, policy_from_config(config), **options)
-    traces[name] = (trace.params, trace.coefficients, trace.unimodal_weights)
+    if options.pop("transform", False):
+        weights = {**initial_weights(TWO), **unimodal_head_weights(TWO)}
+        trace = train_keras_transform(TWO, weights, x, y, policy_from_config(config), **options)
+    else:
+        trace = train_keras(TWO, initial_weights(TWO), x, y, policy_from_config(config), **options)
+    traces[name] = (trace.params, trace.coefficients, trace.unimodal_weights, trace.transforms)
 with open(out, "wb") as handle:
     pickle.dump(traces, handle)
 """
+
+
+def transform_options(case: str) -> dict[str, Any]:
+    return {"epochs": TRANSFORM_CASES[case][1], "batch_size": BATCH, "n": TRANSFORM_N, "lr": LR,
+            "activation": ACTIVATION}  # fmt: skip
 
 
 def options(case: str) -> dict[str, Any]:
@@ -99,6 +129,8 @@ def jax_traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trace]:
         "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
     }
     cases = {name: (policy.get_config(), options(name)) for name, (policy, _) in CASES.items()}
+    for name, (policy, _) in TRANSFORM_CASES.items():
+        cases[f"transform-{name}"] = (policy.get_config(), {**transform_options(name), "transform": True})
     result = subprocess.run(
         [sys.executable, "-c", JAX_RUNNER, str(out)],
         input=json.dumps({"spec": TWO, "cases": cases}),
@@ -108,8 +140,8 @@ def jax_traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trace]:
     with open(out, "rb") as handle:
         raw = pickle.load(handle)
     return {
-        name: Trace(params, coefficients, unimodal_weights=unimodal)
-        for name, (params, coefficients, unimodal) in raw.items()
+        name: Trace(params, coefficients, transforms=transforms, unimodal_weights=unimodal)
+        for name, (params, coefficients, unimodal, transforms) in raw.items()
     }
 
 
@@ -170,3 +202,34 @@ def test_auxiliary_unimodal_losses_on_jax_weigh_and_train_like_tensorflow(jax_tr
         "the auxiliary loss must change training"
     )
     compare_traces(jax_trace, reference, **EXACT, what="adaptive with auxiliary losses: keras-jax vs keras-tensorflow")
+
+
+@pytest.mark.parametrize("case", list(TRANSFORM_CASES))
+def test_gradient_policies_on_jax_transform_and_train_like_tensorflow(case: str, jax_traces: dict) -> None:
+    """AGM, MMPareto, InfoReg and ARL on Keras-JAX (the host call is ``jax.pure_callback``): every step's
+    transform, the coefficients it reports (magnitude * fused) and every parameter equal the TensorFlow run's
+    to float64 rounding.
+
+    Defect guarded: GradientPolicies were refused on JAX; enabling them, InfoReg's anchors (taken with
+    ``anchor.assign(variable)``) shared the encoders' buffers, and Keras's jitted step, which donates its
+    state, failed with "Attempt to donate the same buffer twice".
+    """
+    policy, _ = TRANSFORM_CASES[case]
+    settings = transform_options(case)
+    x, y = make_data(TWO, settings.pop("n"))
+    weights = {**initial_weights(TWO), **unimodal_head_weights(TWO)}
+    reference = train_keras_transform(TWO, weights, x, y, policy_from_config(policy.get_config()), **settings)
+    jax_trace = jax_traces[f"transform-{case}"]
+    want, got = np.stack(reference.transforms), np.stack(jax_trace.transforms)
+    assert got.shape == want.shape == (len(reference.params), len(NAMES), 5), (got.shape, want.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=f"{case}: the transform of every step")
+    np.testing.assert_allclose(
+        flatten(jax_trace.coefficients, NAMES), flatten(reference.coefficients, NAMES), rtol=1e-9, atol=0,
+        err_msg=f"{case}: coefficients (magnitude * fused) of every step",
+    )  # fmt: skip
+    compare_traces(jax_trace, reference, **EXACT, what=f"{case}: keras-jax vs keras-tensorflow")
+    # The comparison must exercise what the policy does, not the identity transform.
+    column = want[:, :, {"AGM": 0, "MMPareto": 1, "InfoReg": 2, "ARL": 0}[case]]
+    assert (column != (0.0 if case in ("MMPareto", "InfoReg") else 1.0)).any(), f"{case} never transformed"
+    moved = max(np.abs(reference.params[-1][k] - reference.params[0][k]).max() for k in reference.params[0])
+    assert moved > 0.01, "the run must actually train for the comparison to mean anything"

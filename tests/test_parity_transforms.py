@@ -6,16 +6,11 @@ batches, each policy wired as the README's baselines example does (:func:`parity
 :func:`parity_models.keras_transform_model`): AGM from masked passes, MMPareto with a unimodal head per
 encoder whose gradients are kept apart, InfoReg (three epochs, a one-epoch window, so its anchors are
 retaken and its window closes) and ARL from the fusion head's decomposed logits. Every step's transform,
-coefficients and parameters must agree to float64 rounding. On Keras's JAX backend GradientPolicies are
-refused (checked in a subprocess: Keras fixes its backend at import).
+coefficients and parameters must agree to float64 rounding. Keras on JAX is compared with Keras on
+TensorFlow for the same four in ``test_parity_jax.py``.
 """
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,26 +76,3 @@ def test_same_transforms_coefficients_and_weights_every_step(case: str) -> None:
         per_epoch = column.reshape(epochs, -1, len(NAMES))
         assert (per_epoch[1] != 0).any(), "InfoReg must pull towards the epoch-1 anchor"
         assert (per_epoch[2] == 0).all(), "InfoReg's window must close in epoch 2"
-
-
-JAX_REFUSAL = """
-import keras
-assert keras.backend.backend() == "jax"
-import pdmp
-from parity_models import TWO, encoder_layers, initial_weights, keras_model, names_of
-from pdmp.backends.keras import ModulatedModel
-try:
-    ModulatedModel(keras_model(TWO, initial_weights(TWO), "relu"), encoder_layers(TWO), pdmp.MMPareto(names_of(TWO)))
-except NotImplementedError as error:
-    print(error)
-"""
-
-
-def test_gradient_policies_are_refused_on_jax_naming_the_backend_that_applies_them() -> None:
-    pytest.importorskip("jax")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(Path(__file__).resolve().parent)}
-    result = subprocess.run(
-        [sys.executable, "-c", JAX_REFUSAL], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "MMPareto is a GradientPolicy" in result.stdout and "KERAS_BACKEND=tensorflow" in result.stdout

@@ -109,6 +109,13 @@ def _where(condition: Any, value: Any, otherwise: Any) -> Any:
     return ops.where(condition, value, ops.convert_to_tensor(otherwise))
 
 
+def _copy_of(variable: Any) -> Any:
+    """A copy of ``variable``'s value in a buffer of its own. On JAX, ``anchor.assign(variable)`` would make the
+    anchor hold the very array the encoder variable holds, and Keras's jitted step, which donates every
+    variable's buffer, then fails: "Attempt to donate the same buffer twice" (``tests/test_keras_jax.py``)."""
+    return ops.copy(ops.convert_to_tensor(variable))
+
+
 class _Hidden:
     """Holds Python objects that Keras's attribute tracking must not walk (or save twice)."""
 
@@ -186,7 +193,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
                                         ``uses_unimodal_losses`` / ``uses_unimodal_gradients`` -> ``U``
     ==================================  ===================================================================
 
-    GradientPolicies run in ``mode="grad"`` on Keras's TensorFlow backend (refused on JAX and in lr mode).
+    GradientPolicies run in ``mode="grad"`` on TensorFlow and JAX (refused in lr mode).
     Every coefficient a policy returns is checked (:func:`pdmp.policies.check_modulation`) and every
     transform (:func:`pdmp.transforms.check_transform`) before it is applied: NaN, inf or a negative value
     stops ``fit()`` with an error naming the policy, step, modality and value, and no variable is updated.
@@ -224,26 +231,27 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
     GradientPolicies (:class:`pdmp.transforms.GradientPolicy`: :class:`pdmp.AGM`, :class:`pdmp.MMPareto`,
     :class:`pdmp.InfoReg`, :class:`pdmp.ARL`, your own), ``mode="grad"`` only, in ``fit()`` and
     ``train_on_batch``: the step computes what the policy declares it uses (the logit statistics of
-    ``modality_logits``, summed over replicas; ``U`` apart from ``G`` from ``unimodal_logits``; the
-    gradient statistics), calls the core's ``policy.transform`` once on the host (``tf.numpy_function``,
-    so the step runs without XLA: ``jit_compile`` is set to False) and applies
-    :func:`pdmp.transforms.apply_transform`'s formula to the encoders' gradients
-    (:mod:`pdmp.backends.keras._transforms`). TensorFlow only for now (refused on JAX). The policy's
-    state is kept in a variable (none for a stateless policy), and so are the
-    anchors (``uses_anchor``): a copy of the encoders taken at :meth:`set_epoch` (epoch 0: the initial
-    weights), kept when a restored model re-announces the anchors' epoch; ``coefficients`` report
-    ``magnitude * fused`` of the last step. Under ``tf.distribute`` the encoders' gradients are summed
-    over the replicas before the transform (one all-reduce more per step). For AGM, pass its masked
-    passes as ``modality_logits=lambda model, x, training: {m: ops.stop_gradient(v) for m, v in
+    ``modality_logits``, summed over replicas; ``U`` apart from ``G`` from ``unimodal_logits``; the gradient
+    statistics), calls the core's ``policy.transform`` once on the host (TensorFlow: ``tf.numpy_function``, so
+    the step runs without XLA: ``jit_compile`` is set to False; JAX: ``jax.pure_callback`` inside the jitted
+    step) and applies :func:`pdmp.transforms.apply_transform`'s formula to the encoders' gradients
+    (:mod:`pdmp.backends.keras._transforms`). The policy's state is kept in a variable (none for a stateless
+    policy), and so are the anchors (``uses_anchor``): a copy of the encoders taken at :meth:`set_epoch` (epoch
+    0: the initial weights), kept when a restored model re-announces the anchors' epoch; ``coefficients`` report
+    ``magnitude * fused`` of the last step. Under ``tf.distribute`` the encoders' gradients are summed over the
+    replicas before the transform (one all-reduce more per step). For AGM, pass its masked passes as
+    ``modality_logits=lambda model, x, training: {m: ops.stop_gradient(v) for m, v in
     pdmp.mono_modal_responses(lambda inputs: model(inputs, training=False), x).items()}`` (a registered
     function, to save the model).
 
     On JAX (``KERAS_BACKEND=jax``): the same, through Keras's stateless JAX step (``fit()``,
     ``train_on_batch``, ``evaluate``, ``predict``, ``.keras`` files). Without ``jax_enable_x64`` JAX has
     no float64, so coefficients and scores are float32 and the counters int32 (a learning policy's state
-    is still kept exactly, as float64 bit patterns in an int32 variable). TensorFlow only:
-    ``tf.distribute`` (on JAX ``keras.distribution`` is refused) and the loop of your own above
-    (``tf.GradientTape``).
+    is still kept exactly, as float64 bit patterns in an int32 variable). GradientPolicies train there
+    too (float64 parity with TensorFlow under ``jax_enable_x64``: ``tests/test_parity_jax.py``). TensorFlow
+    only: ``tf.distribute`` (on JAX ``keras.distribution`` is refused), the loop of your own above
+    (``tf.GradientTape``), and a GradientPolicy under ``gradient_accumulation_steps`` (its running sums of a
+    step's statistics live outside the state Keras's stateless JAX step carries; refused on JAX).
     """
 
     def __init__(
@@ -273,12 +281,6 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             )
         if mode not in ("grad", "lr"):
             raise ValueError(f"mode must be 'grad' or 'lr', got {mode!r}")
-        if isinstance(policy, GradientPolicy) and not _backend_ops.SUPPORTS_GRADIENT_POLICIES:
-            raise NotImplementedError(
-                f"{type(policy).__name__} is a GradientPolicy, which ModulatedModel applies on Keras's TensorFlow "
-                f"backend only (Keras runs on {keras.backend.backend()!r}); set KERAS_BACKEND=tensorflow, or train "
-                "with pdmp.backends.torch. On this backend: PDMP, OGMGE, AdaptivePDMP and NoModulation"
-            )
         if isinstance(policy, GradientPolicy) and mode != "grad":
             raise ValueError(
                 f"{type(policy).__name__} is a GradientPolicy: it transforms each encoder gradient (combining fused "
@@ -371,7 +373,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
                             shape=tuple(variable.shape), initializer="zeros", dtype=variable.dtype, trainable=False,
                             aggregation="only_first_replica", name=f"pdmp_anchor_{position}_{i}",
                         )  # fmt: skip
-                        anchor.assign(variable)
+                        anchor.assign(_copy_of(variable))
                         copies.append(anchor)
                     anchors[name] = tuple(copies)
                 self._anchors = _Hidden(anchors)
@@ -871,7 +873,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             return
         for name in self.modalities:
             for anchor, variable in zip(anchors[name], self._groups.value[name], strict=True):
-                anchor.assign(variable)
+                anchor.assign(_copy_of(variable))
         self.pdmp_anchor_epoch.assign(epoch)
 
     @property
@@ -1158,6 +1160,13 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         not accumulate itself (the logit statistics, each encoder variable's ``U``)."""
         if not isinstance(self.policy, GradientPolicy) or self.optimizer is None or not self._accumulation():
             return None
+        if not _backend_ops.ACCUMULATES_GRADIENT_POLICY_SUMS:
+            raise NotImplementedError(
+                f"{type(self.policy).__name__} with gradient_accumulation_steps={self._accumulation()} on Keras's "
+                f"{keras.backend.backend()!r} backend: the step's running sums of the logit statistics and unimodal "
+                "gradients would have to live outside the model's variables, which a stateless JAX step cannot "
+                "update; drop gradient_accumulation_steps (use a larger batch), or use KERAS_BACKEND=tensorflow"
+            )
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)  # the step reads its accumulators
         count = len(self.modalities)

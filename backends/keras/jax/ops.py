@@ -73,9 +73,27 @@ def update_step_may_be_skipped() -> bool:
     return False
 
 
-#: GradientPolicies (AGM, MMPareto, InfoReg, ARL) are not yet applied by the JAX step: ``ModulatedModel``
-#: refuses them here, naming the TensorFlow backend that applies them.
-SUPPORTS_GRADIENT_POLICIES = False
+#: ``jax.pure_callback`` (the host call) runs inside a jitted step.
+HOST_CALL_BLOCKS_XLA = False
+#: Under ``gradient_accumulation_steps`` a GradientPolicy sums a step's logit statistics (and ``U``) over its
+#: micro-batches in variables of its own. Keras's stateless JAX step carries only the model's and the
+#: optimizer's variables from step to step, so the sums would be constants of the trace: refused.
+ACCUMULATES_GRADIENT_POLICY_SUMS = False
+
+
+def host_call(fn: Any, inputs: list[Any], outputs: list[tuple[tuple[int, ...], str]]) -> list[Any]:
+    """``fn(*inputs)`` run by Python on the host in the middle of the (jitted) step; ``outputs``: each result's
+    (shape, dtype). ``jax.pure_callback``: right because ``fn`` is a function of its inputs (a policy's state
+    goes in and comes out as an array), so JAX may run it again or drop an unused call without harm.
+
+    Every output must have at least one element: XLA may alias a zero-size result buffer with another one,
+    and Keras's jitted step, which donates its state, then fails ("donate the same buffer twice"); the model
+    keeps a stateless policy's empty state out of the call for this reason.
+    """
+    if any(0 in shape for shape, _ in outputs):
+        raise ValueError(f"host_call outputs {outputs}: a zero-size output may be aliased by XLA; leave it out")
+    specs = tuple(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in outputs)
+    return list(jax.pure_callback(fn, specs, *inputs))
 
 
 def after(values: list[Any], dependency: Any) -> list[Any]:

@@ -18,6 +18,7 @@ from keras import ops
 from keras.src.distribution import distribution_lib
 
 from pdmp.backends.keras._keras_private import micro_batch_counter
+from pdmp.transforms import GradientPolicy
 
 
 class ModulatedTrainer:
@@ -41,6 +42,8 @@ class ModulatedTrainer:
             )
         trainable, non_trainable, optimizer_values, metrics_values = state
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        gradient_policy = isinstance(self.policy, GradientPolicy)
+        separate = gradient_policy and self.policy.uses_unimodal_gradients
 
         def loss_and_logits(trainable: Any, non_trainable: Any, metrics_values: Any) -> tuple[Any, Any]:
             # call() hands the modality logits of its forward pass over through this dict (see _captured).
@@ -53,6 +56,7 @@ class ModulatedTrainer:
                 )  # fmt: skip
             finally:
                 self._captured.value = None
+            extra: list[Any] = []
             if self._adds_unimodal_losses and captured.get("unimodal") is not None:
                 # The policy's unimodal losses join the loss that is differentiated (not the logged loss, as
                 # on TensorFlow), read at this step's weights and loss scale: the variables' values in `state`.
@@ -62,26 +66,59 @@ class ModulatedTrainer:
                 ]
                 with keras.StatelessScope(state_mapping=mapping):
                     extra = [self.optimizer.scale_loss(u) for u in self._unimodal_losses(captured["unimodal"], y)]
-                loss = loss + sum(ops.cast(u, loss.dtype) for u in extra)
-            return loss, (aux, captured.get("logits"))
+                extra = [ops.cast(u, loss.dtype) for u in extra]
+                loss = loss + sum(extra)
+            # Differentiated: the loss, and (for a policy that keeps U apart) each modality's unimodal loss.
+            outputs = (loss, ops.stack(extra)) if separate else loss
+            return outputs, (aux, captured.get("logits"))
 
-        (_, (aux, modality_logits)), gradients = jax.value_and_grad(loss_and_logits, has_aux=True)(
-            trainable, non_trainable, metrics_values
-        )
+        unimodal_vjp = None
+        if separate:
+            # One forward pass; the gradient of the loss (G + U), then U of each modality's unimodal loss, as
+            # the TensorFlow step's persistent tape does.
+            (loss, unimodal_losses), backward, (aux, modality_logits) = jax.vjp(
+                lambda values: loss_and_logits(values, non_trainable, metrics_values), trainable, has_aux=True
+            )
+            zeros = ops.zeros_like(unimodal_losses)
+            gradients = backward((ops.ones_like(loss), zeros))[0]
+
+            def unimodal_vjp(m: int) -> Any:
+                return backward((ops.zeros_like(loss), ops.one_hot(m, zeros.shape[0], dtype=zeros.dtype)))[0]
+
+        else:
+            (_, (aux, modality_logits)), gradients = jax.value_and_grad(loss_and_logits, has_aux=True)(
+                trainable, non_trainable, metrics_values
+            )
         unscaled_loss, y_pred, non_trainable, metrics_values = aux
         references = self.non_trainable_variables
         mapping = [
             *zip(references, non_trainable, strict=True),
             *zip(self.optimizer.variables, optimizer_values, strict=True),
         ]
+        if gradient_policy:
+            # The anchor term reads the encoders' current values.
+            mapping += list(zip(self.trainable_variables, trainable, strict=True))
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            finite, _ = self._micro_batch_fate(gradients)  # the optimizer itself decides when a step completes
-            scores = None
-            if modality_logits is None:
+            finite, completes = self._micro_batch_fate(gradients)
+            scores = coefficients = None
+            if gradient_policy:
+                unimodal = None
+                if unimodal_vjp is not None:
+                    positions = self._encoder_positions(gradients, self.trainable_variables)
+                    unimodal = []
+                    for m, indices in enumerate(positions):
+                        apart = unimodal_vjp(m) if indices else []
+                        unimodal.append([apart[i] for i in indices])
+                gradients = self._transform_gradients(
+                    gradients, self.trainable_variables, modality_logits, y, unimodal, finite=finite,
+                    completes=completes,
+                )  # fmt: skip
+            elif modality_logits is None:
                 coefficients = ops.convert_to_tensor(self.pdmp_coefficients)
             else:
                 scores, coefficients = self._observe_batch(modality_logits, y, finite=finite)
-            gradients = self.modulate_gradients(gradients, self.trainable_variables, coefficients=coefficients)
+            if not gradient_policy:
+                gradients = self.modulate_gradients(gradients, self.trainable_variables, coefficients=coefficients)
         non_trainable = [scope.get_current_value(v) for v in references]
         # The count of every apply (not the public iterations: under accumulation a tensor, not a variable).
         position = [id(v) for v in self.optimizer.variables].index(id(micro_batch_counter(self.optimizer)))

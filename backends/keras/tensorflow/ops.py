@@ -72,10 +72,10 @@ def update_step_may_be_skipped() -> bool:
     return tf.executing_eagerly()
 
 
-#: The TensorFlow step applies GradientPolicies (AGM, MMPareto, InfoReg, ARL, ...).
-SUPPORTS_GRADIENT_POLICIES = True
 #: ``tf.numpy_function`` (the host call of a GradientPolicy's transform) cannot be XLA-compiled.
 HOST_CALL_BLOCKS_XLA = True
+#: A GradientPolicy's running sums of an accumulating step live in variables the step updates in place.
+ACCUMULATES_GRADIENT_POLICY_SUMS = True
 
 
 def replica_count() -> int:
