@@ -1,4 +1,5 @@
-"""PDMP against the balancing methods it is compared with: OGM-GE, AGM, MMPareto, InfoReg and ARL.
+"""PDMP against the balancing methods it is compared with: OGM-GE, AGM, MMPareto, InfoReg and ARL
+(and, with ``--rebalancing``, G-Blending, PMR, Diagnosing & Re-learning and MLA).
 
     python -m benchmarks.baselines --regime audio_dominant --threads 1
     python -m benchmarks.baselines --regime image_dominant --threads 1
@@ -15,6 +16,16 @@ threshold 0.05) and ARL (T 4, gamma 4). ARL's warm-up is one epoch here, like PD
 modulation (``benchmarks.train_torch.reference_clipping``). Nothing is tuned, so every seed is an
 evaluation seed. Paired differences against PDMP and against joint training, with paired Student-t
 intervals.
+
+``--rebalancing`` also trains the methods that change the loss, the parameters or the step instead of
+scaling gradients (``pdmp.rebalancing``, through ``pdmp.backends.torch.Rebalancer``), into
+``rebalancing.json``, paired with the main study's joint and PDMP runs (same seeds, so the same initial
+encoders and data order): G-Blending (online, MultiBench's weights, a unimodal head per encoder), PMR
+(alpha 1, prototype momentum 0.2, the published code's defaults), Diagnosing & Re-learning (move_lambda
+3, three re-initialisations) and MLA (a shared head, entropy fusion weights, the head projection). Two
+epoch counts are scaled to the 10-epoch budget as ARL's warm-up is: G-Blending re-estimates its weights
+every 2 epochs (MultiBench's 20 would leave the initial equal weights for the whole run) and Diagnosing
+& Re-learning diagnoses every 2 epochs (the reference's 20 would never come).
 
 Written under ``--out`` (default ``results/baselines/<regime>``): ``evaluation.json`` (resumable),
 ``summary.md`` and a plot.
@@ -100,6 +111,23 @@ def candidates(ranking: pdmp.Ranking) -> list[Candidate]:
     ]
 
 
+#: Epoch counts of the rebalancing methods scaled to the 10-epoch budget (module docstring).
+GBLENDING_SUPER_EPOCH = 2
+RELEARNING_EVERY = 2
+
+
+def rebalancing_candidates(ranking: pdmp.Ranking) -> list[Candidate]:
+    """G-Blending, PMR, Diagnosing & Re-learning and MLA at their reference defaults (two epoch counts
+    scaled to the budget, module docstring)."""
+    names = ranking.order
+    return [
+        Candidate("gblending", pdmp.GBlending(names, super_epoch=GBLENDING_SUPER_EPOCH)),
+        Candidate("pmr", pdmp.PMR(names)),
+        Candidate("relearning", pdmp.DiagnosingRelearning(names, every=RELEARNING_EVERY)),
+        Candidate("mla", pdmp.MLA(names)),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, seeds=[0, 1, 2])
@@ -109,14 +137,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also train the unimodal-loss controls (controls.json), paired with the main study's joint runs",
     )
+    parser.add_argument(
+        "--rebalancing",
+        action="store_true",
+        help="also train G-Blending, PMR, Diagnosing & Re-learning and MLA (rebalancing.json), paired with the "
+        "main study's joint and PDMP runs",
+    )
     parser.add_argument("--report-only", action="store_true", help="rebuild summary.md from the saved runs")
     args = parser.parse_args(argv)
     regime = prepare(args, "baselines")
-    controls = None
+    controls = rebalancing = None
     if args.report_only:
         study = finished_part(regime.out / "evaluation.json")
         if (regime.out / "controls.json").exists():
             controls = finished_part(regime.out / "controls.json")
+        if (regime.out / "rebalancing.json").exists():
+            rebalancing = finished_part(regime.out / "rebalancing.json")
     else:
         train = make_train(regime.dataset_name, regime.load_data(args.subset))
         study = compare(
@@ -132,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
                 control_candidates(regime.ranking),
                 args.seeds,
                 path=regime.out / "controls.json",
+                train_options={"budget": args.epochs},
+            )
+        if args.rebalancing:
+            rebalancing = compare(
+                train,
+                rebalancing_candidates(regime.ranking),
+                args.seeds,
+                path=regime.out / "rebalancing.json",
                 train_options={"budget": args.epochs},
             )
     command = " ".join(["python -m benchmarks.baselines", *(argv if argv is not None else sys.argv[1:])])
@@ -159,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if controls is not None:
         lines[-1:-1] = [*control_lines(study, controls), ""]
+    if rebalancing is not None:
+        lines[-1:-1] = [*rebalancing_lines(study, rebalancing), ""]
     write_summary(regime.out, lines, study)
     return 0
 
@@ -166,19 +212,35 @@ def main(argv: list[str] | None = None) -> int:
 def control_lines(study: Study, controls: Study) -> list[str]:
     """The unimodal-loss controls against joint training and against InfoReg and ARL, paired by seed
     across the two study files (same seeds, so the same initial weights and data order)."""
+    title = "## Controls: the unimodal losses alone (controls.json), final-epoch test accuracy"
+    return paired_lines(study, controls, title, "control", ("joint", "inforeg", "arl"))
+
+
+def rebalancing_lines(study: Study, rebalancing: Study) -> list[str]:
+    """G-Blending, PMR, Diagnosing & Re-learning and MLA against joint training and PDMP, paired by seed
+    across the two study files."""
+    title = "## Rebalancing methods (rebalancing.json), final-epoch test accuracy"
+    return paired_lines(study, rebalancing, title, "method", ("joint", "pdmp"))
+
+
+def paired_lines(study: Study, extra: Study, title: str, label: str, references: Sequence[str]) -> list[str]:
+    """A table of ``extra``'s candidates, each paired by seed with the main study's ``references``."""
     lines = [
-        "## Controls: the unimodal losses alone (controls.json), final-epoch test accuracy",
+        title,
         "",
-        "| control | seeds | test_acc | minus joint | minus inforeg | minus arl |",
-        "|---|---|---|---|---|---|",
+        f"| {label} | seeds | test_acc | " + " | ".join(f"minus {r}" for r in references) + " |",
+        "|---|---|---|" + "---|" * len(references),
     ]
-    for candidate in controls.candidates:
-        seeds = [s for s in controls.seeds if (candidate.name, s) in controls.runs and ("joint", s) in study.runs]
+    for candidate in extra.candidates:
+        seeds = [s for s in extra.seeds if (candidate.name, s) in extra.runs and ("joint", s) in study.runs]
         if len(seeds) < 2:
             continue
-        values = [100 * controls.runs[(candidate.name, s)]["metrics"]["test_acc"] for s in seeds]
+        values = [100 * extra.runs[(candidate.name, s)]["metrics"]["test_acc"] for s in seeds]
         cells = []
-        for reference in ("joint", "inforeg", "arl"):
+        for reference in references:
+            if any((reference, s) not in study.runs for s in seeds):
+                cells.append("—")
+                continue
             other = [100 * study.runs[(reference, s)]["metrics"]["test_acc"] for s in seeds]
             d = paired_difference(values, other)
             low, high = d.interval if d.interval is not None else (float("nan"), float("nan"))

@@ -10,10 +10,14 @@ dependency diagnostics need:
 * ``film`` (first modality conditions the others: ``h = gamma(f_0) * f_u + beta(f_0)``) and ``gated``
   (``h = sum_u sigmoid(g_u(f)) * f_u``): not additive, so a modality's decomposed logits are the head
   applied with every other modality's features set to zero (documented approximation).
+* ``shared`` (:class:`SharedHeadNet`, MLA): one ``Linear(width, classes)`` applied to each modality's
+  features alone; the fused prediction is the mean of those logits (MLA's runs predict with its fusion
+  weights through the Rebalancer instead), and each modality's logits are its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -30,6 +34,7 @@ __all__ = [
     "MLPEncoder",
     "ResNetEncoder",
     "ResidualBlock",
+    "SharedHeadNet",
     "TransformerEncoder",
     "UnimodalNet",
     "make_encoder",
@@ -187,6 +192,33 @@ class FusionNet(nn.Module):
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         features = self.encode(inputs)
         return self.fuse(features), self.per_modality_logits(features)
+
+
+class SharedHeadNet(FusionNet):
+    """The same encoders with one head shared by every modality, ``Linear(width, classes)`` (MLA's model)."""
+
+    def __init__(self, encoders: Mapping[str, nn.Module], num_classes: int) -> None:
+        nn.Module.__init__(self)
+        self.modalities = tuple(encoders)
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = "shared"
+        widths = {name: int(encoder.width) for name, encoder in encoders.items()}  # type: ignore[arg-type]
+        if len(set(widths.values())) > 1:
+            raise ValueError(
+                f"a shared head needs encoders of one width (its input size), got {widths}; give every encoder "
+                "the same width"
+            )
+        self.head = nn.Linear(next(iter(widths.values())), num_classes)
+
+    def fuse(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.per_modality_logits(features, detach=False)
+        return sum(logits.values()) / len(logits)  # type: ignore[return-value]
+
+    def per_modality_logits(
+        self, features: Mapping[str, torch.Tensor], *, detach: bool = True
+    ) -> dict[str, torch.Tensor]:
+        with torch.no_grad() if detach else contextlib.nullcontext():
+            return {name: self.head(features[name]) for name in self.modalities}
 
 
 class UnimodalNet(nn.Module):

@@ -1,4 +1,12 @@
-"""One benchmark run in PyTorch: unimodal or multimodal, with a method's policy through the adapter."""
+"""One benchmark run in PyTorch: unimodal or multimodal, with a method's policy through the adapter.
+
+Coefficient and gradient policies run through a :class:`~pdmp.backends.torch.Modulator`; the
+:class:`~pdmp.rebalancing.RebalancingPolicy` methods (G-Blending, PMR, Diagnosing & Re-learning, MLA)
+through a :class:`~pdmp.backends.torch.Rebalancer` (:func:`rebalancing_step`): G-Blending gets unimodal
+heads, MLA the shared-head model (:class:`~benchmarks.models_torch.SharedHeadNet`) and its fusion weights
+for every validation and test prediction; the held-out split of G-Blending's checkpoints and of the
+re-learning diagnosis is the validation split.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.models_torch import FusionNet, UnimodalNet, make_encoder
+from benchmarks.models_torch import FusionNet, SharedHeadNet, UnimodalNet, make_encoder
 from benchmarks.protocol import TrainConfig, is_new_best, modulation_mode, split_metrics, summarise
 from pdmp import AGM, ARL, CoefficientPolicy, GradientPolicy
-from pdmp.backends.torch import Modulator, training_step
+from pdmp.backends.torch import Modulator, Rebalancer, training_step
+from pdmp.rebalancing import RebalancingPolicy
 
 
 def _tensors(split: Any, modalities: Sequence[str], device: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -29,14 +38,22 @@ def _batches(count: int, batch_size: int, generator: torch.Generator | None) -> 
 
 @torch.no_grad()
 def logits_of(
-    model: nn.Module, inputs: Mapping[str, torch.Tensor], count: int, batch_size: int = 512
+    model: nn.Module,
+    inputs: Mapping[str, torch.Tensor],
+    count: int,
+    batch_size: int = 512,
+    predict: Any = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
-    """Fused logits and, for a fused model, per-modality decomposed logits, as NumPy arrays."""
+    """Fused logits and, for a fused model, per-modality decomposed logits, as NumPy arrays.
+    ``predict(inputs) -> fused logits`` replaces the model's own fusion (MLA's fusion weights)."""
     model.eval()
     fused, parts = [], {}
     for index in _batches(count, batch_size, None):
         if isinstance(model, FusionNet):
-            logits, per_modality = model({name: x[index] for name, x in inputs.items()})
+            batch = {name: x[index] for name, x in inputs.items()}
+            logits, per_modality = model(batch)
+            if predict is not None:
+                logits = predict(batch)
             for name, value in per_modality.items():
                 parts.setdefault(name, []).append(value.float().cpu())
         else:
@@ -48,13 +65,18 @@ def logits_of(
     return torch.cat(fused).numpy(), decomposed
 
 
-def evaluate(model: nn.Module, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> dict[str, Any]:
-    fused, per_modality = logits_of(model, inputs, labels.shape[0])
+def evaluate(
+    model: nn.Module, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor, predict: Any = None
+) -> dict[str, Any]:
+    fused, per_modality = logits_of(model, inputs, labels.shape[0], predict=predict)
     return split_metrics(labels.cpu().numpy(), fused, per_modality)
 
 
-def build_model(dataset: Any, modalities: Sequence[str], config: TrainConfig, seed: int) -> FusionNet | UnimodalNet:
-    """Same seed, same initial weights: every method of a seed starts from one initialisation."""
+def build_model(
+    dataset: Any, modalities: Sequence[str], config: TrainConfig, seed: int, *, shared_head: bool = False
+) -> FusionNet | UnimodalNet:
+    """Same seed, same initial weights: every method of a seed starts from one initialisation (the
+    encoders; ``shared_head``: :class:`SharedHeadNet`, the same encoders with MLA's shared head)."""
     torch.manual_seed(seed)
     classes = len(dataset.class_names)
     encoders = {
@@ -63,6 +85,8 @@ def build_model(dataset: Any, modalities: Sequence[str], config: TrainConfig, se
     }
     if len(modalities) == 1:
         return UnimodalNet(encoders[modalities[0]], classes).to(config.device)
+    if shared_head:
+        return SharedHeadNet(encoders, classes).to(config.device)
     return FusionNet(encoders, classes, config.fusion).to(config.device)
 
 
@@ -84,15 +108,28 @@ def train_run(
     (``result["logits"]``), e.g. for the unimodal ensemble (``benchmarks.default_recipe``).
     """
     device = config.device
-    model = build_model(dataset, modalities, config, seed)
+    rebalancing = policy if isinstance(policy, RebalancingPolicy) and len(modalities) > 1 else None
+    shared = rebalancing is not None and (rebalancing.uses_training_passes or rebalancing.uses_fusion_weights)
+    model = build_model(dataset, modalities, config, seed, shared_head=shared)
     train_x, train_y = _tensors(dataset.train, modalities, device)
     val_x, val_y = _tensors(dataset.val, modalities, device)
     test_x, test_y = _tensors(dataset.test, modalities, device)
-    if isinstance(policy, GradientPolicy) and policy.uses_unimodal_gradients and isinstance(model, FusionNet):
+    unimodal_gradients = isinstance(policy, GradientPolicy) and policy.uses_unimodal_gradients
+    weighs_unimodal = rebalancing is not None and rebalancing.needs_held_out_losses  # G-Blending's terms
+    if (unimodal_gradients or weighs_unimodal) and isinstance(model, FusionNet):
         add_unimodal_heads(model, len(dataset.class_names), seed)
     optimizer = make_optimizer(model, config, lr_scale)
     modulator = None
-    if policy is not None and isinstance(model, FusionNet):
+    rebalancer = None
+    predict = None
+    if rebalancing is not None and isinstance(model, FusionNet):
+        rebalancer = make_rebalancer(model, rebalancing, len(dataset.class_names))
+        if rebalancing.uses_fusion_weights:
+            predict = rebalancer.predict
+        boundary = SplitBatches(train_x, train_y, config.batch_size, seed=seed + 104729)  # not the training order
+        held_out = SplitBatches(val_x, val_y, config.batch_size)
+        rebalancer.start(boundary, held_out=held_out)
+    elif policy is not None and isinstance(model, FusionNet):
         mode = modulation_mode(config, policy)
         modulator = Modulator(dict(model.encoders.items()), policy, mode=mode, optimizer=optimizer)
         if isinstance(policy, (AGM, ARL)):
@@ -113,12 +150,20 @@ def train_run(
     for epoch in range(config.epochs):
         if modulator is not None:
             modulator.set_epoch(epoch)
+        if rebalancer is not None:
+            rebalancer.set_epoch(epoch)
+            activity = RebalancingActivity(rebalancer)
         losses, correct, coefficient_sums, steps = 0.0, 0, dict.fromkeys(modalities, 0.0), 0
         for index in _batches(train_y.shape[0], config.batch_size, generator):
             index = index.to(device)
             y = train_y[index]
             optimizer.zero_grad(set_to_none=True)
-            if wired_step:
+            if rebalancer is not None:
+                assert isinstance(model, FusionNet)
+                inputs = {name: x[index] for name, x in train_x.items()}
+                logits, loss = rebalancing_step(model, inputs, y, rebalancer, optimizer, loss_fn)
+                activity.add()
+            elif wired_step:
                 assert policy is not None and modulator is not None and isinstance(model, FusionNet)
                 inputs = {name: x[index] for name, x in train_x.items()}
                 logits, loss = baseline_step(model, inputs, y, modulator, loss_fn)
@@ -131,7 +176,8 @@ def train_run(
                     logits = model(train_x[modalities[0]][index])
                 loss = loss_fn(logits, y)
                 loss.backward()
-            optimizer.step()
+            if rebalancer is None:  # the Rebalancer's step took the optimizer step(s) itself
+                optimizer.step()
             schedule.step()
             if modulator is not None:
                 for name, value in modulator.coefficients.items():
@@ -140,7 +186,10 @@ def train_run(
             losses += float(loss.detach()) * y.shape[0]
             correct += int((logits.detach().argmax(1) == y).sum())
             steps += 1
-        val_fused, val_parts = logits_of(model, val_x, val_y.shape[0])
+        if rebalancer is not None:
+            # Before validation: the epoch's record describes the model that training continues from.
+            rebalancer.end_epoch(epoch, boundary, held_out=held_out)
+        val_fused, val_parts = logits_of(model, val_x, val_y.shape[0], predict=predict)
         record = {
             "epoch": epoch,
             "train_loss": losses / train_y.shape[0],
@@ -152,6 +201,8 @@ def train_run(
             else None,
             "elapsed_s": time.perf_counter() - start,
         }
+        if rebalancer is not None:
+            record["rebalancing"] = activity.record()
         history.append(record)
         if is_new_best(history):
             best_state = copy.deepcopy(model.state_dict())
@@ -159,12 +210,12 @@ def train_run(
             progress.set_postfix(epoch=epoch, val=f"{record['val']['acc']:.3f}", refresh=False)
     if modulator is not None:
         modulator.remove()
-    final_test = evaluate(model, test_x, test_y)
+    final_test = evaluate(model, test_x, test_y, predict)
     final_logits = None
     if return_logits:
-        final_logits = {"val": val_fused, "test": logits_of(model, test_x, test_y.shape[0])[0]}
+        final_logits = {"val": val_fused, "test": logits_of(model, test_x, test_y.shape[0], predict=predict)[0]}
     model.load_state_dict(best_state)
-    best_test = evaluate(model, test_x, test_y)
+    best_test = evaluate(model, test_x, test_y, predict)
     # The last epoch's validation predictions: the ranking stage ranks unimodal runs by these.
     result = summarise(history, start, val_fused.argmax(1), final_test=final_test, best_test=best_test)
     if final_logits is not None:
@@ -211,6 +262,96 @@ def baseline_step(
         optimizer_step=False,
     )
     return logits, loss
+
+
+def make_rebalancer(model: FusionNet, policy: RebalancingPolicy, classes: int) -> Rebalancer:
+    """The Rebalancer of a benchmark model: its encoders, encode/fuse, the shared head (MLA) and the
+    unimodal heads (G-Blending)."""
+    return Rebalancer(
+        policy,
+        dict(model.encoders.items()),
+        num_classes=classes,
+        encode=model.encode,
+        fuse=model.fuse,
+        head=model.head if isinstance(model, SharedHeadNet) else None,
+        unimodal_heads=getattr(model, "unimodal_heads", None),
+    )
+
+
+def rebalancing_step(
+    model: FusionNet,
+    inputs: Mapping[str, torch.Tensor],
+    y: torch.Tensor,
+    rebalancer: Rebalancer,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of a RebalancingPolicy through :func:`pdmp.backends.torch.training_step`, optimizer step(s)
+    included (MLA takes one per modality). Returns the fused logits and the fused loss."""
+    logits, loss = training_step(
+        rebalancer,
+        optimizer,
+        inputs,
+        y,
+        encode=model.encode,
+        fuse=model.fuse,
+        loss_fn=loss_fn,
+    )
+    return logits, loss
+
+
+class SplitBatches:
+    """A split's batches as ``(inputs, target)``, re-iterable with a length, for the Rebalancer's
+    epoch-boundary work: in index order, or (``seed``) in a fresh order from their own generator on every
+    pass, so that the training data order stays the one every method of the seed shares."""
+
+    def __init__(
+        self, x: Mapping[str, torch.Tensor], y: torch.Tensor, batch_size: int, *, seed: int | None = None
+    ) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-int(self.y.shape[0]) // self.batch_size)
+
+    def __iter__(self) -> Any:
+        for index in _batches(int(self.y.shape[0]), self.batch_size, self.generator):
+            index = index.to(self.y.device)
+            yield {name: x[index] for name, x in self.x.items()}, self.y[index]
+
+
+class RebalancingActivity:
+    """What a RebalancingPolicy did in one epoch, for the run record: the mean weight of every loss term
+    it used (``"<kind>/<modality>"``, ``"fused"``), the mean training fusion weights (MLA) and the
+    epoch-boundary events (checkpoints, prototypes, re-initialisations)."""
+
+    def __init__(self, rebalancer: Rebalancer) -> None:
+        self.rebalancer = rebalancer
+        self.first_event = len(rebalancer.events)
+        self.terms: dict[str, float] = {}
+        self.fusion: dict[str, float] = {}
+        self.steps = 0
+
+    def add(self) -> None:
+        self.steps += 1
+        terms = self.rebalancer.last_terms
+        if terms is not None:
+            weights = {"fused": terms.fused}
+            for kind in ("unimodal", "prototype", "prototype_entropy"):
+                weights.update({f"{kind}/{m}": w for m, w in getattr(terms, kind).items()})
+            for key, value in weights.items():
+                self.terms[key] = self.terms.get(key, 0.0) + float(value)
+        for m, w in (self.rebalancer.last_fusion_weights or {}).items():
+            self.fusion[m] = self.fusion.get(m, 0.0) + float(w)
+
+    def record(self) -> dict[str, Any]:
+        steps = max(self.steps, 1)
+        events = self.rebalancer.events[self.first_event :]
+        return {
+            "loss_weights": {key: value / steps for key, value in self.terms.items()},
+            "fusion_weights": {m: value / steps for m, value in self.fusion.items()} or None,
+            "events": [list(event) for event in events],
+        }
 
 
 def reference_clipping(model: FusionNet, policy: GradientPolicy) -> Any:

@@ -116,6 +116,10 @@ class Rebalancer:
         self._n_batches: int | None = None
         self._initial: dict[str, list[torch.Tensor]] | None = None
         self._started = False
+        #: The loss terms of the last step (for MLA: its last pass) and the fusion weights of the last
+        #: prediction (MLA; None for the others): what a run records to show what the method did.
+        self.last_terms: LossTerms | None = None
+        self.last_fusion_weights: dict[str, float] | None = None
         #: What the epoch-boundary work did, in order: ``("checkpoint", epochs_done, weights)``,
         #: ``("prototypes", epoch)``, ``("reinit", epoch, {modality: mix})``. For logs and tests.
         self.events: list[tuple[Any, ...]] = []
@@ -202,6 +206,7 @@ class Rebalancer:
         else:
             terms = self.policy.loss_terms(step=self.step_count, epoch=self.epoch)
         loss = self._combine(terms, fused_loss, features, proto_logits, target, heads, loss_fn)
+        self.last_terms = terms
         return loss, logits.detach(), fused_loss.detach()
 
     def advance(self) -> None:
@@ -322,6 +327,7 @@ class Rebalancer:
             features = {m: self.encoders[m](inputs[m]) for m in training_pass.modalities}
             self._check_shared_width(shared, features)
             loss = self._combine(training_pass.terms, None, features, {}, target, None, loss_fn, shared)
+            self.last_terms = training_pass.terms
             loss.backward()
             for m in training_pass.modalities:
                 pass_logits[m] = shared(features[m]).detach()
@@ -343,6 +349,7 @@ class Rebalancer:
         if self.policy.uses_fusion_weights and set(logits) == set(self.policy.modalities):
             weights = self.policy.fusion_weights({m: _numpy(v) for m, v in logits.items()})
             if weights is not None:
+                self.last_fusion_weights = dict(weights)
                 return sum(weights[m] * logits[m] for m in self.policy.modalities)
         return sum(logits.values()) / len(logits)
 
@@ -351,6 +358,7 @@ class Rebalancer:
         self._check_shared_width(self.head, features)
         logits = {m: self.head(features[m]) for m in self.policy.modalities}
         weights = self.policy.fusion_weights({m: _numpy(v) for m, v in logits.items()})
+        self.last_fusion_weights = None if weights is None else dict(weights)
         if weights is None:
             if self.fuse is None:
                 raise ValueError("the policy gave no fusion weights and the Rebalancer has no fuse=")
