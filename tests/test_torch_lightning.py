@@ -554,9 +554,9 @@ def test_rebalance_callback_misuse_is_explained() -> None:
     import pdmp
     from pdmp.backends.torch.lightning import RebalanceCallback
 
-    def trainer(callback: Any) -> Trainer:
+    def trainer(callback: Any, **options: Any) -> Trainer:
         return Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
-                       enable_checkpointing=False, callbacks=[callback], num_sanity_val_steps=0)  # fmt: skip
+                       enable_checkpointing=False, callbacks=[callback], num_sanity_val_steps=0, **options)  # fmt: skip
 
     with pytest.raises(ValueError, match=r"automatic_optimization = False.*training_step\(callback.rebalancer"):
         module = Rebalanced()  # automatic optimization
@@ -566,6 +566,10 @@ def test_rebalance_callback_misuse_is_explained() -> None:
     with pytest.raises(ValueError, match=r"held_out=<a DataLoader.*val_dataloader\(\)"):
         trainer(RebalanceCallback(pdmp.GBlending(MODALITIES), {"audio": "audio", "image": "image"}, num_classes=3,
                                   unpack=_unpack)).fit(Rebalanced(), train_dataloaders=_loader64())  # fmt: skip
+    scaler = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    mla = RebalanceCallback(pdmp.MLA(MODALITIES), {"audio": "audio", "image": "image"}, num_classes=3, unpack=_unpack)
+    with pytest.raises(ValueError, match=r"cannot apply the 16-mixed GradScaler; use precision='32-true'"):
+        trainer(mla, plugins=[scaler]).fit(Rebalanced(shared=True), train_dataloaders=_loader64())
     with pytest.raises(TypeError, match="RebalanceCallback"):
         PDMPCallback({"audio": "audio", "image": "image"}, pdmp.PMR(MODALITIES))
     with pytest.raises(TypeError, match="PDMPCallback"):

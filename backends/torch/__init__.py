@@ -24,7 +24,7 @@ from .heads import concat_head_logits, sum_head_logits
 from .logs import training_log
 from .modulator import Mode, Modulator
 from .ranking import TrainingCurve, UnimodalReport, rank_unimodal
-from .rebalancing import Rebalancer
+from .rebalancing import Rebalancer as Rebalancer  # public; see the __all__ note below
 from .robustness import apply_modality_dropout, evaluate_robustness
 from .training import StepOutput, training_step
 

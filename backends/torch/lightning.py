@@ -351,8 +351,9 @@ class RebalanceCallback(Callback):
     ``training_step(self.rebalance.rebalancer, self.optimizers(), inputs, y, encode=self.encode, fuse=self.fuse)``
     (:func:`pdmp.backends.torch.training_step`); MLA under automatic optimization is refused at fit start.
     Predict with ``callback.rebalancer.predict(inputs)`` (MLA's fusion weights). The Trainer must have one
-    optimizer and 32-bit precision; the policy's state is not saved in Lightning checkpoints (a resumed fit
-    would restart the method), so train these methods without ``ckpt_path``.
+    optimizer and one device (no DDP yet); MLA refuses ``16-mixed``'s GradScaler. The policy's state is not
+    saved in Lightning checkpoints (a resumed fit would restart the method), so train these methods without
+    ``ckpt_path``.
     """
 
     def __init__(
@@ -398,6 +399,16 @@ class RebalanceCallback(Callback):
                 "Lightning's automatic optimization cannot do: set self.automatic_optimization = False in the "
                 "LightningModule and in training_step call pdmp.backends.torch.training_step(callback.rebalancer, "
                 "self.optimizers(), inputs, y, encode=self.encode, fuse=self.fuse)"
+            )
+        if int(getattr(trainer, "world_size", 1)) > 1:
+            raise ValueError(
+                f"RebalanceCallback does not support data-parallel training yet (world_size={trainer.world_size}): "
+                f"{type(self.policy).__name__}'s epoch-boundary statistics would differ per process; use devices=1"
+            )
+        if self.policy.uses_training_passes and getattr(trainer.precision_plugin, "scaler", None) is not None:
+            raise ValueError(
+                f"{type(self.policy).__name__}'s training passes call backward themselves and cannot apply the "
+                "16-mixed GradScaler; use precision='32-true' (or 'bf16-mixed', which needs no scaler)"
             )
         if not callable(getattr(pl_module, "encode", None)):
             raise ValueError(

@@ -47,6 +47,8 @@ from torch import nn
 from pdmp._validation import check_non_negative_int, check_positive_int
 from pdmp.rebalancing import FUSED, LossTerms, RebalancingPolicy
 
+from ._distributed import is_distributed
+
 __all__ = ["Rebalancer"]
 
 Features = Mapping[str, torch.Tensor]
@@ -130,6 +132,13 @@ class Rebalancer:
         """Before the first epoch: keep the encoders' initial parameters (re-initialisation), compute the
         first prototypes (PMR) and the first held-out checkpoint (G-Blending)."""
         policy = self.policy
+        if is_distributed():
+            # Prototypes, held-out losses and the diagnosis are per-process statistics: each rank would
+            # decide differently and the replicas would drift apart.
+            raise RuntimeError(
+                f"Rebalancer does not support data-parallel training yet ({torch.distributed.get_world_size()} "
+                f"processes): {policy.kind}'s epoch-boundary statistics would differ per rank; train it in one process"
+            )
         self._require_held_out(held_out, "start")
         self._n_batches = _length(train) if policy.uses_training_passes or policy.uses_prototypes else None
         if policy.uses_parameter_events:
