@@ -505,3 +505,58 @@ def test_modulator_refuses_a_rebalancing_policy_before_touching_the_model():
     with Modulator(dict(model.encoders.items()), pdmp.NoModulation(list(NAMES)), optimizer=opt):
         pass
     assert type(opt).step is torch.optim.SGD.step and "step" not in vars(opt)
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+
+@pytest.mark.parametrize("name", ["pmr", "gblending", "dr", "mla"])
+def test_a_resumed_run_continues_exactly(name):
+    """Two epochs straight equal one epoch, a checkpoint (model, optimizer, Rebalancer), one more epoch."""
+    make = {
+        "pmr": lambda: pdmp.PMR(NAMES, alpha=2.0, prototype_fraction=2),
+        "gblending": lambda: pdmp.GBlending(NAMES, super_epoch=1),
+        "dr": lambda: pdmp.DiagnosingRelearning(NAMES, every=1, count=1),
+        "mla": lambda: pdmp.MLA(NAMES),
+    }[name]
+    data, held = batches(11), batches(12, noise_labels=True)
+
+    def epoch_of(model, opt, reb, epoch):
+        reb.set_epoch(epoch)
+        for x, y in data:
+            training_step(reb, opt, x, y, encode=model.encode, fuse=model.fuse)
+        reb.end_epoch(epoch, data, held_out=held)
+
+    straight = Net()
+    opt = sgd(straight)
+    reb = rebalancer(straight, make())
+    reb.start(data, held_out=held)
+    epoch_of(straight, opt, reb, 0)
+    saved = copy.deepcopy((straight.state_dict(), opt.state_dict(), reb.state_dict()))
+    epoch_of(straight, opt, reb, 1)
+
+    resumed = Net()
+    with torch.no_grad():
+        for p in resumed.parameters():
+            p.add_(1.0)  # another starting point: the initial parameters must come from the checkpoint
+    resumed.load_state_dict(saved[0])
+    opt2 = sgd(resumed)
+    opt2.load_state_dict(saved[1])
+    reb2 = rebalancer(resumed, make())
+    reb2.load_state_dict(saved[2])
+    epoch_of(resumed, opt2, reb2, 1)
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert reb2.step_count == reb.step_count == 2 * len(data)
+
+
+def test_a_mismatched_state_is_refused_and_changes_nothing():
+    model, data = Net(), batches(0)
+    reb = rebalancer(model, pdmp.PMR(NAMES))
+    reb.start(data)
+    state = reb.state_dict()
+    dr = rebalancer(model, pdmp.DiagnosingRelearning(NAMES))
+    with pytest.raises(ValueError, match=r"state\['initial'\] is missing.*same policy"):
+        dr.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"unknown|extra|'clock'"):
+        reb.load_state_dict({**state, "clock": 3})

@@ -17,6 +17,9 @@ epoch-boundary work around it::
         rebalancer.end_epoch(epoch, train_loader, held_out=val_loader)
     logits = rebalancer.predict(inputs)                          # MLA: its fusion weights
 
+To resume, save ``rebalancer.state_dict()`` with the model and optimizer, and call
+``rebalancer.load_state_dict(state)`` instead of ``start``.
+
 ``train_loader`` / ``held_out``: re-iterable batches ``(inputs, target)``, ``inputs`` a dict modality ->
 tensor (a ``DataLoader`` or a list). What each method needs from the model:
 
@@ -44,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pdmp._validation import check_non_negative_int, check_positive_int
+from pdmp._validation import check_non_negative_int, check_positive_int, check_same_modalities, check_state_keys
 from pdmp.rebalancing import FUSED, LossTerms, RebalancingPolicy
 
 from ._distributed import is_distributed
@@ -271,6 +274,62 @@ class Rebalancer:
         if self.fuse is None:
             raise ValueError("Rebalancer.predict needs fuse= (features -> logits) given to the Rebalancer")
         return self.fuse(features)
+
+    # -------------------------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs besides the model and the optimizer: the policy's state (weights,
+        prototypes, projector, re-initialisations done), the clock, and the encoders' initial parameters
+        (re-initialisation)."""
+        initial = None
+        if self._initial is not None:
+            initial = {m: [t.clone() for t in tensors] for m, tensors in self._initial.items()}
+        return {
+            "policy": self.policy.state_dict(),
+            "epoch": self.epoch,
+            "step_count": self.step_count,
+            "batch_index": self._batch_index,
+            "n_batches": self._n_batches,
+            "started": self._started,
+            "initial": initial,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (instead of :meth:`start`, which would begin the method afresh)."""
+        keys = ("policy", "epoch", "step_count", "batch_index", "n_batches", "started", "initial")
+        check_state_keys(state, required=keys, where="Rebalancer state")
+        initial = state["initial"]
+        if (initial is None) == self.policy.uses_parameter_events and bool(state["started"]):
+            raise ValueError(
+                f"Rebalancer state['initial'] is {'missing' if initial is None else 'present'} but "
+                f"{self.policy.kind} {'keeps' if self.policy.uses_parameter_events else 'keeps no'} initial "
+                "parameters: pass the state_dict() of a Rebalancer of the same policy"
+            )
+        restored: dict[str, list[torch.Tensor]] | None = None
+        if initial is not None:
+            check_same_modalities(initial.keys(), self.policy.modalities, where="Rebalancer state['initial']")
+            restored = {}
+            for m in self.policy.modalities:
+                params = list(self.encoders[m].parameters())
+                shapes = [tuple(p.shape) for p in params]
+                saved = [tuple(t.shape) for t in initial[m]]
+                if shapes != saved:
+                    raise ValueError(
+                        f"Rebalancer state['initial'][{m!r}] holds shapes {saved}, the encoder {shapes}; "
+                        "load the state of a Rebalancer over the same encoders"
+                    )
+                restored[m] = [
+                    t.detach().to(p.device, p.dtype).clone() for t, p in zip(initial[m], params, strict=True)
+                ]
+        n_batches = state["n_batches"]
+        epoch = check_non_negative_int(state["epoch"], name="state['epoch']")
+        step_count = check_non_negative_int(state["step_count"], name="state['step_count']")
+        batch_index = check_non_negative_int(state["batch_index"], name="state['batch_index']")
+        n_batches = None if n_batches is None else check_positive_int(n_batches, name="state['n_batches']")
+        self.policy.load_state_dict(state["policy"])  # the last check: nothing changes if anything is refused
+        self.epoch, self.step_count, self._batch_index, self._n_batches = epoch, step_count, batch_index, n_batches
+        self._started = bool(state["started"])
+        self._initial = restored
 
     # ---------------------------------------------------------------------------------- internals
 
