@@ -628,3 +628,95 @@ def train_keras_transform(
 
     model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0, callbacks=[Record()])
     return trace
+
+
+# -- RebalancingPolicies (G-Blending, PMR, Diagnosing & Re-learning, MLA) ---------------------------------------
+#
+# G-Blending gets a unimodal head per encoder (as MMPareto); PMR and D&R read the encoders' features
+# (``"<modality>_fc2"``); MLA's model applies one shared head to every encoder's features and sums the logits.
+
+
+def keras_shared_head_model(spec: Spec, weights: Mapping[str, np.ndarray], activation: str = "tanh") -> Any:
+    """MLA's model: the encoders of :func:`keras_model`, one ``Dense(CLASSES)`` head ``"head"`` (kernel
+    ``(WIDTH, CLASSES)``, ``weights["shared_head/kernel"]``) applied to each encoder's features, logits summed."""
+    import keras
+
+    f64 = "float64"
+    inputs = {name: keras.Input(shape, name=name, dtype=f64) for name, _, shape in spec}
+    head = keras.layers.Dense(CLASSES, name="head", dtype=f64)
+    outputs = []
+    for name, kind, _ in spec:
+        if kind != "mlp":  # pragma: no cover - a typo in a test
+            raise ValueError("keras_shared_head_model takes mlp encoders only")
+        h = keras.layers.Dense(HIDDEN, activation=activation, name=f"{name}_fc1", dtype=f64)(inputs[name])
+        outputs.append(head(keras.layers.Dense(WIDTH, activation=activation, name=f"{name}_fc2", dtype=f64)(h)))
+    model = keras.Model(inputs, keras.layers.Add(name="fuse", dtype=f64)(outputs), name="shared")
+    for key, variable in keras_parameters(model).items():
+        variable.assign(weights[key])
+    return model
+
+
+def shared_head_weights(spec: Spec, seed: int = 0) -> dict[str, np.ndarray]:
+    """:func:`initial_weights` with the head resized to one modality's features (``(WIDTH, CLASSES)``)."""
+    weights = initial_weights(spec, seed)
+    rng = np.random.default_rng(seed + 7)
+    limit = math.sqrt(6.0 / (WIDTH + CLASSES))
+    weights["head/kernel"] = rng.uniform(-limit, limit, size=(WIDTH, CLASSES))
+    return weights
+
+
+def keras_rebalancing_model(spec: Spec, policy: Any, activation: str = "tanh", seed: int = 0) -> Any:
+    """``ModulatedModel`` wired for ``policy`` as its capability flags ask (see the comment above)."""
+    from pdmp.backends.keras import ModulatedModel
+
+    names = [name for name, _, _ in spec]
+    features = {name: f"{name}_fc2" for name in names}
+    if policy.uses_training_passes:
+        inner = keras_shared_head_model(spec, shared_head_weights(spec, seed), activation)
+        return ModulatedModel(inner, encoder_layers(spec), policy, modality_features=features, shared_head="head")
+    weights = {**initial_weights(spec, seed), **unimodal_head_weights(spec)}
+    fused = keras_model(spec, weights, activation)
+    if policy.needs_held_out_losses:
+        inner = _with_unimodal_heads(fused, spec, weights)
+        encoders = {m: [inner.fused.get_layer(layer) for layer in layers] for m, layers in encoder_layers(spec).items()}
+        return ModulatedModel(inner, encoders, policy, unimodal_logits=_unimodal_head_logits)
+    return ModulatedModel(fused, encoder_layers(spec), policy, modality_features=features)
+
+
+def train_keras_rebalancing(
+    spec: Spec,
+    x: Mapping[str, np.ndarray],
+    y: np.ndarray,
+    held_out: tuple[Mapping[str, np.ndarray], np.ndarray],
+    policy: Any,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = MOMENTUM,
+    activation: str = "tanh",
+) -> Trace:
+    """Train a RebalancingPolicy through ``ModulatedModel.fit`` (unshuffled); record every step's parameters."""
+    import keras
+
+    model = keras_rebalancing_model(spec, policy, activation)
+    model.compile(
+        optimizer=keras.optimizers.SGD(lr, momentum=momentum),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype="float64"),
+    )
+    inner = model.inner_model
+    named = keras_parameters(getattr(inner, "fused", inner))
+    if policy.needs_held_out_losses:
+        for name, _, _ in spec:
+            head = inner.unimodal_heads[name]
+            named[f"{name}_unimodal/kernel"], named[f"{name}_unimodal/bias"] = head.kernel, head.bias
+    trace = Trace()
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            assert model.step_count > 0  # on JAX: brings the running fit()'s values into the variables
+            trace.params.append({key: np.array(v.numpy()) for key, v in named.items()})
+
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0, callbacks=[Record()],
+              held_out=held_out)  # fmt: skip
+    return trace

@@ -525,3 +525,30 @@ def test_a_gradient_policy_with_gradient_accumulation_is_refused_on_jax_naming_t
     model = gradient_policy_model("ARL")
     with pytest.raises(NotImplementedError, match=r"ARL with gradient_accumulation_steps=2.*KERAS_BACKEND=tensorflow"):
         compile_(model, keras.optimizers.SGD(0.1, gradient_accumulation_steps=2))
+
+
+# -- RebalancingPolicies on JAX ------------------------------------------------------------------------------------
+#
+# float32 here; every parameter after every step against the TensorFlow run (float64) is tests/test_parity_jax.py.
+
+
+@pytest.mark.parametrize("name", ["PMR", "DiagnosingRelearning"])
+def test_rebalancing_policies_train_on_jax_and_do_their_epoch_boundary_work(name: str) -> None:
+    import pdmp
+
+    policy = pdmp.PMR(NAMES, alpha=2.0) if name == "PMR" else pdmp.DiagnosingRelearning(NAMES, every=1, count=1)
+    model = compile_(ModulatedModel(build(), ENCODERS, policy, modality_features=ENCODERS))
+    plain = compile_(ModulatedModel(build(), ENCODERS, pdmp.DiagnosingRelearning(NAMES, count=0),
+                                    modality_features=ENCODERS))  # fmt: skip
+    x, y = data()
+    held = data(16, seed=3)
+    for each in (model, plain):
+        each.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, held_out=held)
+    assert model.step_count == 8
+    if name == "PMR":
+        for i, m in enumerate(NAMES):
+            np.testing.assert_allclose(np.asarray(model.pdmp_prototypes[i].value), model.policy.prototypes()[m],
+                                       rtol=1e-6)  # fmt: skip
+    else:
+        assert model.policy.state_dict() == {"done": 1}
+    assert any(not np.allclose(weights(model)[k], weights(plain)[k]) for k in weights(plain))

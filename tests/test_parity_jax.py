@@ -50,12 +50,26 @@ from parity_models import (  # noqa: E402
     initial_weights,
     make_data,
     names_of,
+    train_keras_rebalancing,
     train_keras_transform,
     unimodal_head_weights,
 )
 from parity_models import train_keras as train_keras_tf  # noqa: E402
 
-from pdmp import AGM, ARL, OGMGE, PDMP, AdaptivePDMP, InfoReg, MMPareto, policy_from_config  # noqa: E402
+from pdmp import (  # noqa: E402  # noqa: E402
+    AGM,
+    ARL,
+    MLA,
+    OGMGE,
+    PDMP,
+    PMR,
+    AdaptivePDMP,
+    DiagnosingRelearning,
+    GBlending,
+    InfoReg,
+    MMPareto,
+    policy_from_config,
+)
 
 EPOCHS, BATCH, N = 4, 16, 96  # 24 steps
 LR = 2.0**-5
@@ -85,6 +99,13 @@ TRANSFORM_CASES: dict[str, tuple[Any, int]] = {
     "ARL": (ARL(NAMES, gamma=1.0, warmup=1), 2),
 }
 TRANSFORM_N = 64  # 4 steps per epoch
+#: RebalancingPolicies (parity_models.train_keras_rebalancing), each with its epoch-boundary work due within the run.
+REBALANCING_CASES: dict[str, Any] = {
+    "GBlending": GBlending(NAMES, super_epoch=1),
+    "PMR": PMR(NAMES, alpha=2.0, prototype_fraction=2),
+    "DiagnosingRelearning": DiagnosingRelearning(NAMES, every=1, count=1),
+    "MLA": MLA(NAMES),
+}
 
 # Runs in the subprocess: trains every case on Keras-on-JAX and pickles the traces.
 JAX_RUNNER = """
@@ -92,13 +113,17 @@ import json, pickle, sys
 import jax, keras
 assert keras.backend.backend() == "jax" and jax.config.jax_enable_x64
 from parity_models import initial_weights, make_data, train_keras, train_keras_transform, unimodal_head_weights
+from parity_models import train_keras_rebalancing
 from pdmp import policy_from_config
 given, out = json.loads(sys.stdin.read()), sys.argv[1]
 TWO, cases = [(name, kind, tuple(shape)) for name, kind, shape in given["spec"]], given["cases"]
 traces = {}
 for name, (config, options) in cases.items():
     x, y = make_data(TWO, options.pop("n"))
-    if options.pop("transform", False):
+    if options.pop("rebalancing", False):
+        held = make_data(TWO, options.pop("held"), seed=4)
+        trace = train_keras_rebalancing(TWO, x, y, held, policy_from_config(config), **options)
+    elif options.pop("transform", False):
         weights = {**initial_weights(TWO), **unimodal_head_weights(TWO)}
         trace = train_keras_transform(TWO, weights, x, y, policy_from_config(config), **options)
     else:
@@ -107,6 +132,10 @@ for name, (config, options) in cases.items():
 with open(out, "wb") as handle:
     pickle.dump(traces, handle)
 """
+
+
+def rebalancing_options() -> dict[str, Any]:
+    return {"epochs": 3, "batch_size": BATCH, "n": 48, "held": 30, "lr": LR, "activation": ACTIVATION}
 
 
 def transform_options(case: str) -> dict[str, Any]:
@@ -131,6 +160,8 @@ def jax_traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trace]:
     cases = {name: (policy.get_config(), options(name)) for name, (policy, _) in CASES.items()}
     for name, (policy, _) in TRANSFORM_CASES.items():
         cases[f"transform-{name}"] = (policy.get_config(), {**transform_options(name), "transform": True})
+    for name, policy in REBALANCING_CASES.items():
+        cases[f"rebalancing-{name}"] = (policy.get_config(), {**rebalancing_options(), "rebalancing": True})
     result = subprocess.run(
         [sys.executable, "-c", JAX_RUNNER, str(out)],
         input=json.dumps({"spec": TWO, "cases": cases}),
@@ -231,5 +262,25 @@ def test_gradient_policies_on_jax_transform_and_train_like_tensorflow(case: str,
     # The comparison must exercise what the policy does, not the identity transform.
     column = want[:, :, {"AGM": 0, "MMPareto": 1, "InfoReg": 2, "ARL": 0}[case]]
     assert (column != (0.0 if case in ("MMPareto", "InfoReg") else 1.0)).any(), f"{case} never transformed"
+    moved = max(np.abs(reference.params[-1][k] - reference.params[0][k]).max() for k in reference.params[0])
+    assert moved > 0.01, "the run must actually train for the comparison to mean anything"
+
+
+@pytest.mark.parametrize("case", list(REBALANCING_CASES))
+def test_rebalancing_policies_on_jax_train_like_tensorflow(case: str, jax_traces: dict) -> None:
+    """G-Blending (held-out checkpoints every epoch), PMR (prototypes), Diagnosing & Re-learning (a re-initialisation
+    after epoch 1) and MLA (two passes per step, the projected shared head): every parameter after every step
+    equals the TensorFlow run's (``tests/test_keras_rebalancing.py`` checks that run against the core by hand)."""
+    settings = rebalancing_options()
+    x, y = make_data(TWO, settings.pop("n"))
+    held = make_data(TWO, settings.pop("held"), seed=4)
+    policy = policy_from_config(REBALANCING_CASES[case].get_config())
+    reference = train_keras_rebalancing(TWO, x, y, held, policy, **settings)
+    jax_trace = jax_traces[f"rebalancing-{case}"]
+    assert len(reference.params) == 9
+    # G-Blending's fused term is Keras's float32 compiled loss (see test_keras_rebalancing.py): its weight and the
+    # checkpoints' losses carry float32 rounding, which the two backends' float32 arithmetic need not share.
+    tolerance = {"rtol": 1e-6, "atol": 1e-9} if case in ("GBlending", "PMR", "DiagnosingRelearning") else EXACT
+    compare_traces(jax_trace, reference, **tolerance, what=f"{case}: keras-jax vs keras-tensorflow")
     moved = max(np.abs(reference.params[-1][k] - reference.params[0][k]).max() for k in reference.params[0])
     assert moved > 0.01, "the run must actually train for the comparison to mean anything"

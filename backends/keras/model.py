@@ -62,7 +62,7 @@ from pdmp._validation import (
     check_same_modalities,
     check_state_keys,
 )
-from pdmp.backends.keras import _ogm, _optimizer_lr, _policy_state, _transforms
+from pdmp.backends.keras import _ogm, _optimizer_lr, _policy_state, _rebalancing, _transforms
 from pdmp.backends.keras._backend import backend_module
 from pdmp.backends.keras._keras_private import (
     accumulated_gradient,
@@ -83,6 +83,7 @@ from pdmp.policies import (
     check_modulation,
     policy_from_config,
 )
+from pdmp.rebalancing import ParameterEvent, RebalancingPolicy
 from pdmp.transforms import LOGIT_STATISTICS, GradientPolicy
 
 Mode = Literal["grad", "lr"]
@@ -169,6 +170,25 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             differ; each is reproducible). Under ``tf.distribute`` it is added to each replica's
             gradient before the optimizer sums them, with that replica's gradient's standard deviation
             (the single-device reference adds it once, after reduction).
+        modality_features: for a :class:`pdmp.rebalancing.RebalancingPolicy` whose flags read encoder
+            features (``uses_prototypes``, ``uses_parameter_events``, ``uses_training_passes``,
+            ``uses_fusion_weights``): ``{modality: feature layer name}`` of a functional model, or
+            ``fn(model, x, training) -> {modality: features}``.
+        shared_head: for ``uses_training_passes`` / ``uses_fusion_weights`` (MLA): the name of the ``Dense``
+            layer applied to every modality's features; each modality's own logits are ``head(z_m)``.
+
+    RebalancingPolicies (:class:`pdmp.GBlending`, :class:`pdmp.PMR`, :class:`pdmp.DiagnosingRelearning`,
+    :class:`pdmp.MLA`; TensorFlow and JAX, ``fit()`` only) act by their capability flags alone
+    (:mod:`pdmp.backends.keras._rebalancing`): every step's loss is the policy's ``LossTerms`` (one host call)
+    over the compiled (fused) loss, ``unimodal_logits``' or the shared head's per-modality losses and PMR's
+    prototype terms; ``fit()`` adds a :class:`~pdmp.backends.keras._rebalancing.RebalancingCallback` for the
+    epoch-boundary work on ``fit()``'s training data and ``fit(..., held_out=(x_val, y_val))`` (default
+    ``validation_data``); MLA's passes each take one optimizer step on the pass's encoder and the shared head
+    only (SGD-exact; Adam's bias correction counts the optimizer's iterations, which advance once per pass);
+    ``predict``/``evaluate`` of a policy with fusion weights return ``sum_m w[m] * head(z_m)``. The logged
+    ``loss`` is the compiled loss (MLA: the passes' losses summed). Resuming from a file keeps the weights,
+    the prototypes and the initial encoders, but not the policy's Python state (G-Blending's last checkpoint,
+    MLA's projector).
 
     Policies accepted, and what each needs (``M``: ``modality_logits=``, ``U``: ``unimodal_logits=``;
     anything missing is refused at construction, naming the argument):
@@ -264,6 +284,8 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         modality_logits: LayerLogits | LogitsFn | None = None,
         unimodal_logits: LayerLogits | LogitsFn | None = None,
         seed: int = 0,
+        modality_features: Mapping[str, str] | SumHeads | LogitsFn | None = None,
+        shared_head: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -292,6 +314,10 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
                 f"modalities must be a dict {{name: layer(s)/variable(s)}}, got {type(modalities).__name__}"
             )
         policy.check_modalities(list(modalities), where="ModulatedModel modalities")
+        rebalancing = isinstance(policy, RebalancingPolicy)
+        features_spec = _check_rebalancing_wiring(
+            policy, model, mode, modality_logits, unimodal_logits, modality_features, shared_head
+        )
         self.inner_model = model
         self.policy = policy
         self.mode: Mode = mode
@@ -317,7 +343,9 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         self._adds_unimodal_losses = _takes_unimodal_logits(policy)
         self._logits = _Hidden(spec)
         self._unimodal_logits = _Hidden(unimodal)
-        tapped = [s for s in (spec, unimodal) if hasattr(s, "taps")]
+        self._features_spec = _Hidden(features_spec)
+        self._shared_head = _Hidden(None if shared_head is None else model.get_layer(shared_head))
+        tapped = [s for s in (spec, unimodal, features_spec) if hasattr(s, "taps")]
         self._tap_model = _Hidden(_tap_model(model, tapped) if tapped else None)
         count = len(self.modalities)
         # float64: the core computes coefficients and scores in float64; a float64 model then trains with
@@ -403,15 +431,225 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         # step(): the optimizer's iteration count at the last counted step, to tell skipped steps apart.
         self._iterations_seen = _Hidden(None)
         self._epoch_was_set = False
+        self._rebalancing_state = _Hidden({})
+        if rebalancing:
+            self._set_up_rebalancing(groups)
         self.built = True
         self.update_coefficients()
+
+    # -- a RebalancingPolicy (G-Blending, PMR, D&R, MLA): what its capability flags ask for ------------------
+
+    def _set_up_rebalancing(self, groups: Mapping[str, tuple[keras.Variable, ...]]) -> None:
+        """The variables and host calls a RebalancingPolicy's flags need (see :mod:`._rebalancing`)."""
+        policy = self.policy
+        assert isinstance(policy, RebalancingPolicy)
+        classes = _output_width(self.inner_model)
+        if classes is None and policy.uses_prototypes:
+            raise ValueError(
+                f"{type(policy).__name__} keeps one prototype per class: the model's output width (the number of "
+                "classes) must be known; wrap a functional model with one (batch, classes) output"
+            )
+        self._classes = _Hidden(classes)  # else read from the first prediction (num_classes)
+        unimodal = self._unimodal_logits.value is not None or self._shared_head.value is not None
+        available = {"fused": True, "unimodal": unimodal, "prototype": policy.uses_prototypes,
+                     "prototype_entropy": policy.uses_prototypes}  # fmt: skip
+        self._host_terms = _Hidden(_rebalancing.host_loss_terms(policy, available, _WIDE_FLOAT))
+        if policy.uses_prototypes:
+            # The prototypes the step reads (written at the epoch boundaries from the policy's): variables, so the
+            # compiled step never retraces and a saved model keeps them.
+            dims = _feature_dims(self.inner_model, self._features_spec.value, self.modalities)
+            self.pdmp_prototypes = [
+                self.add_weight(shape=(classes, dims[m]), initializer="zeros", dtype=_WIDE_FLOAT, trainable=False,
+                                aggregation="only_first_replica", name=f"pdmp_prototypes_{i}")
+                for i, m in enumerate(self.modalities)
+            ]  # fmt: skip
+        if policy.uses_parameter_events:
+            # Each encoder's trainable weights before training (saved with the model): the re-initialisation's target.
+            initial: dict[str, tuple[keras.Variable, ...]] = {}
+            for position, name in enumerate(self.modalities):
+                copies = []
+                for i, variable in enumerate(v for v in groups[name] if v.trainable):
+                    copy = self.add_weight(
+                        shape=tuple(variable.shape), initializer="zeros", dtype=variable.dtype, trainable=False,
+                        aggregation="only_first_replica", name=f"pdmp_initial_{position}_{i}",
+                    )  # fmt: skip
+                    copy.assign(_copy_of(variable))
+                    copies.append(copy)
+                initial[name] = tuple(copies)
+            self._initial = _Hidden(initial)
+        if policy.uses_training_passes:
+            head = self._shared_head.value
+            self._passes = _Hidden(tuple(policy.training_passes(step=0, epoch=0)))
+            passes_available = {"fused": False, "unimodal": True, "prototype": False, "prototype_entropy": False}
+            self._host_passes = _Hidden(_rebalancing.host_pass_terms(policy, self._passes.value, passes_available,
+                                                                     _WIDE_FLOAT))  # fmt: skip
+            dim = int(head.kernel.shape[0])
+            self._host_projection = _Hidden(_rebalancing.host_projection(policy, self._rebalancing_state.value, dim))
+            # The batch's index within its epoch (MLA's projection regulariser), reset by set_epoch().
+            self.pdmp_batch = self.add_weight(
+                shape=(), initializer="zeros", dtype=_WIDE_INT, trainable=False, aggregation="only_first_replica",
+                name="pdmp_batch",
+            )  # fmt: skip
+        if policy.uses_fusion_weights:
+            self._host_fusion = _Hidden(_rebalancing.host_fusion_weights(policy, _WIDE_FLOAT))
+
+    def _rebalancing_forward(self, x: Any, training: Any) -> tuple[Any, dict[str, Any] | None, dict[str, Any] | None]:
+        """The model's output, each modality's features (``modality_features``) and each modality's own logits
+        (``unimodal_logits``, or the shared head on its features), from one forward pass where the specs name
+        layers (a function runs its own)."""
+        tapped: dict[str, Any] = {}
+        if self._tap_model.value is None:
+            y_pred = self.inner_model(x, training=training)
+        else:
+            y_pred, _, tapped = self._tap_model.value(x, training=training)
+
+        def values(spec: Any) -> dict[str, Any] | None:
+            if spec is None:
+                return None
+            if hasattr(spec, "taps"):
+                return dict(spec.logits(self.inner_model, {m: tapped[layer] for m, layer in spec.taps().items()}))
+            return dict(spec(self.inner_model, x, training))
+
+        features = values(self._features_spec.value)
+        unimodal = values(self._unimodal_logits.value)
+        head = self._shared_head.value
+        if head is not None and features is not None:
+            unimodal = {m: head(features[m]) for m in self.modalities}
+        if unimodal is not None:
+            _check_unimodal_logits(unimodal, self.modalities, y_pred)
+        return y_pred, features, unimodal
+
+    def _rebalanced_loss(self, y_pred: Any, fused_loss: Any, features: Any, unimodal: Any, labels: Any) -> Any:
+        """This step's training loss: the policy's loss terms (one host call) combined in ``keras.ops``."""
+        count = len(self.modalities)
+        losses: dict[str, list[Any] | None] = {}
+        if unimodal is not None:
+            losses["unimodal"] = [_rebalancing.cross_entropy(unimodal[m], labels) for m in self.modalities]
+        y = _transforms.class_indices(labels, y_pred, type(self.policy).__name__)
+        inputs = [ops.convert_to_tensor(self.pdmp_step), ops.convert_to_tensor(self.pdmp_epoch), y]
+        if getattr(self.policy, "uses_prototypes", False):
+            prototypes = self.pdmp_prototypes
+            logits = [_rebalancing.prototype_logits(features[m], prototypes[i]) for i, m in enumerate(self.modalities)]
+            losses["prototype"] = [_rebalancing.cross_entropy(v, labels) for v in logits]
+            losses["prototype_entropy"] = [_rebalancing.mean_entropy(v) for v in logits]
+            inputs.append(ops.stop_gradient(ops.stack([ops.cast(v, _WIDE_FLOAT) for v in logits])))
+        (weights,) = _backend_ops.host_call(self._host_terms.value, inputs, [((1 + 3 * count,), _WIDE_FLOAT)])
+        return _rebalancing.combine(weights, count, fused_loss, losses)
+
+    def _pass_weights(self) -> Any:
+        """Each training pass's :meth:`LossTerms.vector` for this step (one host call)."""
+        count = len(self.modalities)
+        (weights,) = _backend_ops.host_call(
+            self._host_passes.value,
+            [ops.convert_to_tensor(self.pdmp_step), ops.convert_to_tensor(self.pdmp_epoch)],
+            [((len(self._passes.value), 1 + 3 * count), _WIDE_FLOAT)],
+        )
+        return weights
+
+    def _pass_loss(self, index: int, weights: Any, features: Mapping[str, Any], labels: Any) -> Any:
+        """Pass ``index``'s loss: its modalities' own losses (the shared head on their features), weighted."""
+        head = self._shared_head.value
+        pass_ = self._passes.value[index]
+        losses = []
+        for m in self.modalities:
+            if m in pass_.modalities:
+                losses.append(_rebalancing.cross_entropy(head(features[m]), labels))
+            else:
+                losses.append(ops.zeros((), features[pass_.modalities[0]].dtype))  # weight 0 (checked on the host)
+        return _rebalancing.combine(weights[index], len(self.modalities), None, {"unimodal": losses})
+
+    def _pass_variables(self, index: int) -> list[Any]:
+        """What pass ``index``'s optimizer step updates: its encoders' trainable weights and the shared head's."""
+        pass_ = self._passes.value[index]
+        encoders = [v for m in pass_.modalities for v in self._groups.value[m] if v.trainable]
+        return encoders + list(self._shared_head.value.trainable_weights)
+
+    def _project_head_gradient(self, index: int, features: Mapping[str, Any], variables: Sequence[Any],
+                               gradients: list[Any]) -> list[Any]:  # fmt: skip
+        """With ``project_shared_head``: the head kernel's gradient ``K`` becomes ``P @ K`` (Keras's kernel is the
+        transpose of the core's ``G``, so this is ``G @ P.T``), ``P`` from ``policy.head_projection``."""
+        pass_ = self._passes.value[index]
+        if not pass_.project_shared_head:
+            return gradients
+        kernel = self._shared_head.value.kernel
+        position = [id(v) for v in variables].index(id(kernel))
+        z = ops.concatenate([ops.cast(ops.stop_gradient(features[m]), _WIDE_FLOAT) for m in pass_.modalities], axis=0)
+        dim = int(kernel.shape[0])
+        matrix, applies = _backend_ops.host_call(
+            self._host_projection.value, [z, ops.convert_to_tensor(self.pdmp_batch)],
+            [((dim, dim), _WIDE_FLOAT), ((), "int32")], stateful=True,
+        )  # fmt: skip
+        gradient = gradients[position]
+        projected = ops.matmul(ops.cast(matrix, gradient.dtype), gradient)
+        result = list(gradients)
+        result[position] = ops.where(ops.greater(applies, 0), projected, gradient)
+        return result
+
+    def _fused_prediction(self, inputs: Any) -> Any:
+        """``uses_fusion_weights``: ``sum_m w[m] * head(z_m)`` with the policy's weights of this batch (or the
+        model's own output where the policy gives none)."""
+        y_pred, _, unimodal = self._rebalancing_forward(inputs, False)
+        assert unimodal is not None  # the shared head is required at construction
+        stacked = ops.stack([ops.cast(unimodal[m], _WIDE_FLOAT) for m in self.modalities])
+        count = len(self.modalities)
+        (weights,) = _backend_ops.host_call(self._host_fusion.value, [stacked], [((count,), _WIDE_FLOAT)])
+        fused = sum(ops.cast(weights[i], unimodal[m].dtype) * unimodal[m] for i, m in enumerate(self.modalities))
+        return ops.where(ops.isnan(weights[0]), ops.cast(y_pred, fused.dtype), fused)
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes (the width of the model's output)."""
+        if self._classes.value is None:
+            raise RuntimeError("the number of classes is read from the first batch the model predicts")
+        return int(self._classes.value)
+
+    def _rebalancing_features(self, inputs: Any) -> dict[str, np.ndarray]:
+        """Each modality's features of a batch, inference mode, as float64 NumPy (epoch-boundary work)."""
+        y_pred, features, _ = self._rebalancing_forward(inputs, False)
+        if self._classes.value is None:
+            self._classes.value = int(y_pred.shape[-1])
+        assert features is not None  # required at construction for the flags that call this
+        return {m: np.asarray(ops.convert_to_numpy(features[m]), dtype=np.float64) for m in self.modalities}
+
+    def _term_losses(self, inputs: Any, labels: np.ndarray) -> dict[str, float]:
+        """Every term's mean loss on a batch, inference mode: the compiled loss of the output and each modality's
+        own loss (G-Blending's checkpoints)."""
+        from pdmp.rebalancing import FUSED
+
+        y_pred, _, unimodal = self._rebalancing_forward(inputs, False)
+        assert unimodal is not None  # required at construction for needs_held_out_losses
+        y = ops.convert_to_tensor(labels)
+        result = {m: float(ops.convert_to_numpy(_rebalancing.cross_entropy(unimodal[m], y))) for m in self.modalities}
+        result[FUSED] = float(ops.convert_to_numpy(self.compute_loss(x=inputs, y=y, y_pred=y_pred, training=False)))
+        return result
+
+    def _write_prototypes(self, prototypes: Mapping[str, np.ndarray]) -> None:
+        self._attach_state()
+        for i, m in enumerate(self.modalities):
+            self.pdmp_prototypes[i].assign(np.asarray(prototypes[m], dtype=np.float64))
+
+    def _apply_parameter_events(self, events: Sequence[ParameterEvent]) -> None:
+        """Assign ``event.apply(current, initial)`` to the trainable weights of each event's encoder (not its
+        batch-norm moving statistics; the optimizer's state is left as it is)."""
+        self._attach_state()
+        for event in events:
+            trainable = [v for v in self._groups.value[event.modality] if v.trainable]
+            for variable, initial in zip(trainable, self._initial.value[event.modality], strict=True):
+                current = ops.convert_to_tensor(variable)
+                variable.assign(ops.cast(event.apply(current, ops.convert_to_tensor(initial)), variable.dtype))
 
     # -- the forward pass and the step ------------------------------------------------------------
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         captured = self._captured.value
         if captured is None:
+            if not training and isinstance(self.policy, RebalancingPolicy) and self.policy.uses_fusion_weights:
+                return self._fused_prediction(inputs)
             return self.inner_model(inputs, training=training)
+        if isinstance(self.policy, RebalancingPolicy):
+            # The JAX step's forward pass: the features and own logits leave through here.
+            y_pred, captured["features"], captured["unimodal"] = self._rebalancing_forward(inputs, training)
+            return y_pred
         # A JAX step runs the forward pass inside Keras's loss function; the logits leave it through here.
         y_pred, captured["logits"], captured["unimodal"] = self._forward_with_logits(inputs, training)
         return y_pred
@@ -619,6 +857,12 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         """``keras.Model.train_on_batch`` on the policy's schedule: it uses the coefficients of the
         current step and counts the step it takes. Call :meth:`set_epoch` at each epoch start."""
         self._warn_if_epoch_never_set("train_on_batch()")
+        if isinstance(self.policy, RebalancingPolicy) and _boundary_flags(self.policy):
+            flags = ", ".join(_boundary_flags(self.policy))
+            raise RuntimeError(
+                f"{type(self.policy).__name__} needs work at epoch boundaries ({flags}) on the training data, "
+                "which ModulatedModel.fit() does (RebalancingCallback); train with fit()"
+            )
         self._sync_clock()
         self.update_coefficients()
         return super().train_on_batch(*args, **kwargs)
@@ -854,6 +1098,8 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         self._sync_clock()  # also brings a running JAX fit()'s values into the variables
         self._clock.epoch = epoch
         self.pdmp_epoch.assign(epoch)
+        if isinstance(self.policy, RebalancingPolicy) and self.policy.uses_training_passes:
+            self.pdmp_batch.assign(0)
         self._take_anchors(epoch)
         optimizer = getattr(self, "optimizer", None)  # None before compile()
         if optimizer is not None:
@@ -918,6 +1164,8 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         writes: restored weights may hold other values than the ones this object last wrote.
         """
         self._attach_state()
+        if isinstance(self.policy, RebalancingPolicy):
+            return  # it scales no gradient: the coefficients stay 1
         if isinstance(self.policy, OGMGE):
             self.pdmp_noise_gate.assign(1.0 if self.policy.active(self._clock.epoch) else 0.0)
             return
@@ -1123,7 +1371,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         warns (once) when ``mode="grad"`` meets an optimizer that normalises gradients away."""
         steps = kwargs.get("steps_per_execution", args[6] if len(args) > 6 else 1)
         _check_steps_per_execution(self.policy, steps)
-        if isinstance(self.policy, GradientPolicy) and _backend_ops.HOST_CALL_BLOCKS_XLA:
+        if isinstance(self.policy, (GradientPolicy, RebalancingPolicy)) and _backend_ops.HOST_CALL_BLOCKS_XLA:
             # The policy's transform runs in Python once per step (tf.numpy_function), which XLA cannot compile.
             kwargs = dict(kwargs)
             for position, name in ((7, "jit_compile"), (8, "auto_scale_loss")):
@@ -1140,6 +1388,20 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
                 )
             kwargs["jit_compile"] = False
         super().compile(*args, **kwargs)
+        passes = isinstance(self.policy, RebalancingPolicy) and self.policy.uses_training_passes
+        if passes and self.optimizer is not None:
+            why = None
+            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+                why = "a LossScaleOptimizer (it may skip one pass's step and not the others')"
+            elif self._accumulation():
+                why = f"gradient_accumulation_steps={self._accumulation()} (each pass must update the weights at once)"
+            if why:
+                raise NotImplementedError(
+                    f"{type(self.policy).__name__} takes one optimizer step per training pass; not supported with "
+                    f"{why}; compile with a plain optimizer"
+                )
+            if not self.optimizer.built:
+                self.optimizer.build(self.trainable_variables)  # each pass applies to a subset of them
         optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         if self.mode == "grad" and not isinstance(self.policy, NoModulation) and _is_adaptive(optimizer):
             warnings.warn(
@@ -1201,20 +1463,50 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         from pdmp.backends.keras.logs import PDMPLogger  # here: logs imports this module
 
         schedule = _ScheduleCallback(self)
+        first: list[Any] = [schedule]
+        held_out = kwargs.pop("held_out", None)
+        if isinstance(self.policy, RebalancingPolicy):
+            first.append(self._rebalancing_callback(args, kwargs, held_out))
+        elif held_out is not None:
+            raise ValueError(f"held_out= is for RebalancingPolicy methods, not {type(self.policy).__name__}; drop it")
 
         def ordered(given: list[Any]) -> list[Any]:
             # The loggers must write into ``logs`` before History, CSVLogger or TensorBoard read them.
             loggers = [callback for callback in given if isinstance(callback, PDMPLogger)]
-            return [schedule, *loggers, *(callback for callback in given if not isinstance(callback, PDMPLogger))]
+            return [*first, *loggers, *(callback for callback in given if not isinstance(callback, PDMPLogger))]
 
         if callbacks is None:
-            callbacks = [schedule]
+            callbacks = list(first)
         elif isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks.callbacks[:] = ordered(list(callbacks.callbacks))
-            schedule.set_model(self)
+            for callback in first:
+                callback.set_model(self)
         else:
             callbacks = ordered(list(callbacks))
         return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def _rebalancing_callback(self, args: Sequence[Any], kwargs: Mapping[str, Any], held_out: Any) -> Any:
+        """The epoch-boundary work of a RebalancingPolicy, on ``fit()``'s training data (unshuffled batches of
+        ``batch_size``) and ``held_out`` (``(x, y)`` or a dataset of ``(x, y)``; default ``validation_data``)."""
+        policy = self.policy
+        assert isinstance(policy, RebalancingPolicy)
+        names = ("x", "y", "batch_size")
+        given = {name: kwargs[name] if name in kwargs else (args[i] if len(args) > i else None)
+                 for i, name in enumerate(names)}  # fmt: skip
+        train = _rebalancing.batches_of(given["x"], given["y"], given["batch_size"])
+        if held_out is None:
+            held_out = kwargs.get("validation_data")
+        if held_out is None and (policy.needs_held_out_losses or policy.uses_parameter_events):
+            what = "each term's held-out loss" if policy.needs_held_out_losses else "held-out encoder features"
+            raise ValueError(
+                f"{type(policy).__name__} measures {what} at epoch boundaries: pass fit(..., held_out=(x_val, y_val)) "
+                "(or validation_data=)"
+            )
+        held = None
+        if held_out is not None:
+            held = _rebalancing.batches_of(*held_out, batch_size=given["batch_size"]) if isinstance(
+                held_out, tuple) else _rebalancing.batches_of(held_out)  # fmt: skip
+        return _rebalancing.RebalancingCallback(self, train, held)
 
     # -- saving -----------------------------------------------------------------------------------------
 
@@ -1232,6 +1524,8 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             "modality_logits": _logits_config(self._logits.value),
             "unimodal_logits": _logits_config(self._unimodal_logits.value),
             "seed": self.seed,
+            "modality_features": _logits_config(self._features_spec.value),
+            "shared_head": None if self._shared_head.value is None else self._shared_head.value.name,
         }
 
     @classmethod
@@ -1240,11 +1534,13 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         model = keras.saving.deserialize_keras_object(options.pop("model"), custom_objects=custom_objects)
         spec = _logits_from_config(options.pop("modality_logits", None), custom_objects)
         unimodal = _logits_from_config(options.pop("unimodal_logits", None), custom_objects)
+        features = _logits_from_config(options.pop("modality_features", None), custom_objects)
         policy = policy_from_config(options.pop("policy"))
         options.pop("dtype", None)
         weights = model.weights
         modalities = {name: [weights[int(i)] for i in indices] for name, indices in options.pop("modalities").items()}
-        return cls(model, modalities, policy, modality_logits=spec, unimodal_logits=unimodal, **options)
+        return cls(model, modalities, policy, modality_logits=spec, unimodal_logits=unimodal,
+                   modality_features=features, **options)  # fmt: skip
 
 
 def _logits_config(spec: Any) -> dict[str, Any] | None:
@@ -1536,6 +1832,93 @@ def _takes_unimodal_logits(policy: CoefficientPolicy) -> bool:
     return isinstance(policy, GradientPolicy) or policy.uses_unimodal_losses
 
 
+def _boundary_flags(policy: RebalancingPolicy) -> list[str]:
+    """The capability flags whose work happens at epoch boundaries or needs the epoch's batch count."""
+    flags = ("needs_held_out_losses", "uses_prototypes", "uses_parameter_events", "uses_training_passes")
+    return [flag for flag in flags if getattr(policy, flag)]
+
+
+def _check_rebalancing_wiring(
+    policy: CoefficientPolicy,
+    model: keras.Model,
+    mode: str,
+    modality_logits: Any,
+    unimodal_logits: Any,
+    modality_features: Any,
+    shared_head: Any,
+) -> Any:
+    """What a RebalancingPolicy's flags need (``modality_features``, ``shared_head``, ``unimodal_logits``);
+    returns the features spec (``SumHeads`` of the feature layers, a function, or None)."""
+    if not isinstance(policy, RebalancingPolicy):
+        if modality_features is not None or shared_head is not None:
+            raise ValueError(
+                f"modality_features= and shared_head= are for RebalancingPolicy methods (GBlending, PMR, "
+                f"DiagnosingRelearning, MLA), not {type(policy).__name__}; drop them"
+            )
+        return None
+    who = type(policy).__name__
+    if mode != "grad":
+        raise ValueError(f"{who} scales no gradient and no learning rate; use mode='grad' (the default)")
+    if modality_logits is not None:
+        raise ValueError(f"{who} does not read modality_logits= (it scales no gradient); drop it")
+    spec: Any = modality_features
+    if isinstance(modality_features, Mapping):
+        spec = SumHeads(heads={str(m): str(layer) for m, layer in modality_features.items()})
+    if spec is not None:
+        spec = _spec_of_known_form(policy, spec, argument="modality_features", where="modality_features ")
+    shared = policy.uses_training_passes or policy.uses_fusion_weights
+    needs_features = shared or policy.uses_prototypes or policy.uses_parameter_events
+    if needs_features and spec is None:
+        flags = [f for f in ("uses_prototypes", "uses_parameter_events", "uses_training_passes", "uses_fusion_weights")
+                 if getattr(policy, f)]  # fmt: skip
+        raise ValueError(
+            f"{who} ({', '.join(flags)}) reads each modality's encoder features: pass modality_features={{modality: "
+            "feature layer name}} (layers of the functional model) or fn(model, x, training) -> {modality: features}"
+        )
+    if shared:
+        if shared_head is None:
+            raise ValueError(
+                f"{who} trains and predicts every modality through one shared head: pass shared_head=<the name of a "
+                "Dense layer of the model whose input size is every encoder's feature size>"
+            )
+        if unimodal_logits is not None:
+            raise ValueError(
+                f"{who}: each modality's own logits are the shared head's on its features; drop unimodal_logits"
+            )
+        try:
+            head = model.get_layer(shared_head)
+        except ValueError as error:
+            raise ValueError(f"shared_head={shared_head!r}: {error}") from None
+        kernel = getattr(head, "kernel", None)
+        if kernel is None or len(kernel.shape) != 2:
+            raise ValueError(f"shared_head={shared_head!r} must be a built Dense-like layer with a 2-D kernel")
+    elif shared_head is not None:
+        raise ValueError(f"shared_head= is for policies with training passes or fusion weights, not {who}; drop it")
+    if policy.needs_held_out_losses and unimodal_logits is None:
+        raise ValueError(
+            f"{who} weighs each modality's own loss (and measures it on held-out data): pass unimodal_logits= with "
+            "each modality's own head's logits: SumHeads(heads={modality: unimodal head layer}) or fn(model, x, "
+            "training) -> {modality: logits}"
+        )
+    return spec
+
+
+def _feature_dims(model: keras.Model, spec: Any, modalities: Sequence[str]) -> dict[str, int]:
+    """Each modality's feature width, from the functional graph (layer names) or a symbolic call of the function."""
+    try:
+        if hasattr(spec, "taps"):
+            shapes = {m: output_in_caller(model.get_layer(layer)).shape for m, layer in spec.taps().items()}
+        else:
+            shapes = {m: v.shape for m, v in spec(model, model.input, False).items()}
+        dims = {m: int(shapes[m][-1]) for m in modalities}
+    except (AttributeError, ValueError, TypeError, KeyError) as error:
+        raise ValueError(
+            f"the width of each modality's features must be known when the model is wrapped ({error}); give "
+            "modality_features as layer names of a functional model"
+        ) from None
+    return dims
+
+
 def _check_unimodal_spec(policy: CoefficientPolicy, spec: Any) -> Any:
     if spec is None:
         if isinstance(policy, GradientPolicy) and policy.uses_unimodal_gradients:
@@ -1555,7 +1938,7 @@ def _check_unimodal_spec(policy: CoefficientPolicy, spec: Any) -> Any:
                 f"unimodal head layer}}) or fn(model, x, training) -> {{modality: logits}}{off}"
             )
         return None
-    if not _takes_unimodal_logits(policy):
+    if not _takes_unimodal_logits(policy) and not isinstance(policy, RebalancingPolicy):
         raise ValueError(
             f"unimodal_logits= adds unimodal losses, which {type(policy).__name__} does not use (it is for "
             "GradientPolicies and AdaptivePDMP(auxiliary=...)); add them to the inner model's losses instead, "

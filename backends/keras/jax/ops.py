@@ -81,7 +81,9 @@ HOST_CALL_BLOCKS_XLA = False
 ACCUMULATES_GRADIENT_POLICY_SUMS = False
 
 
-def host_call(fn: Any, inputs: list[Any], outputs: list[tuple[tuple[int, ...], str]]) -> list[Any]:
+def host_call(
+    fn: Any, inputs: list[Any], outputs: list[tuple[tuple[int, ...], str]], *, stateful: bool = False
+) -> list[Any]:
     """``fn(*inputs)`` run by Python on the host in the middle of the (jitted) step; ``outputs``: each result's
     (shape, dtype). ``jax.pure_callback``: right because ``fn`` is a function of its inputs (a policy's state
     goes in and comes out as an array), so JAX may run it again or drop an unused call without harm.
@@ -89,10 +91,17 @@ def host_call(fn: Any, inputs: list[Any], outputs: list[tuple[tuple[int, ...], s
     Every output must have at least one element: XLA may alias a zero-size result buffer with another one,
     and Keras's jitted step, which donates its state, then fails ("donate the same buffer twice"); the model
     keeps a stateless policy's empty state out of the call for this reason.
+
+    ``stateful``: ``fn`` changes Python state (MLA's head projector advances once per call), so it must run
+    exactly once per step, in order: ``jax.experimental.io_callback(ordered=True)``.
     """
     if any(0 in shape for shape, _ in outputs):
         raise ValueError(f"host_call outputs {outputs}: a zero-size output may be aliased by XLA; leave it out")
     specs = tuple(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in outputs)
+    if stateful:
+        from jax.experimental import io_callback
+
+        return list(io_callback(fn, specs, *inputs, ordered=True))
     return list(jax.pure_callback(fn, specs, *inputs))
 
 

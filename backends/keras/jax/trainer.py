@@ -18,6 +18,7 @@ from keras import ops
 from keras.src.distribution import distribution_lib
 
 from pdmp.backends.keras._keras_private import micro_batch_counter
+from pdmp.rebalancing import RebalancingPolicy
 from pdmp.transforms import GradientPolicy
 
 
@@ -42,6 +43,9 @@ class ModulatedTrainer:
             )
         trainable, non_trainable, optimizer_values, metrics_values = state
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        rebalancing = isinstance(self.policy, RebalancingPolicy)
+        if rebalancing and self.policy.uses_training_passes:
+            return self._passes_step(state, x, y, sample_weight)
         gradient_policy = isinstance(self.policy, GradientPolicy)
         separate = gradient_policy and self.policy.uses_unimodal_gradients
 
@@ -56,6 +60,18 @@ class ModulatedTrainer:
                 )  # fmt: skip
             finally:
                 self._captured.value = None
+            if rebalancing:
+                # The policy's weighted loss terms (the compiled loss is the fused one), scaled like Keras's.
+                unscaled, y_pred, updated = aux[0], aux[1], aux[2]
+                mapping = [
+                    *zip(self.non_trainable_variables, updated, strict=True),
+                    *zip(self.optimizer.variables, optimizer_values, strict=True),
+                ]
+                with keras.StatelessScope(state_mapping=mapping):
+                    total = self._rebalanced_loss(y_pred, unscaled, captured.get("features"),
+                                                  captured.get("unimodal"), y)  # fmt: skip
+                    loss = self.optimizer.scale_loss(total)
+                return loss, (aux, None)
             extra: list[Any] = []
             if self._adds_unimodal_losses and captured.get("unimodal") is not None:
                 # The policy's unimodal losses join the loss that is differentiated (not the logged loss, as
@@ -113,11 +129,13 @@ class ModulatedTrainer:
                     gradients, self.trainable_variables, modality_logits, y, unimodal, finite=finite,
                     completes=completes,
                 )  # fmt: skip
+            elif rebalancing:
+                coefficients = None  # the loss carries the policy's weights; the gradients stay as they are
             elif modality_logits is None:
                 coefficients = ops.convert_to_tensor(self.pdmp_coefficients)
             else:
                 scores, coefficients = self._observe_batch(modality_logits, y, finite=finite)
-            if not gradient_policy:
+            if not gradient_policy and not rebalancing:
                 gradients = self.modulate_gradients(gradients, self.trainable_variables, coefficients=coefficients)
         non_trainable = [scope.get_current_value(v) for v in references]
         # The count of every apply (not the public iterations: under accumulation a tensor, not a variable).
@@ -135,6 +153,64 @@ class ModulatedTrainer:
             metrics_values, unscaled_loss, x, y, y_pred, sample_weight
         )
         return logs, (trainable, non_trainable, new_optimizer_values, metrics_values)
+
+    def _passes_step(self: Any, state: Any, x: Any, y: Any, sample_weight: Any) -> tuple[dict[str, Any], Any]:
+        """A policy with training passes (MLA), statelessly: one forward pass of the encoders (``jax.vjp``), then
+        per pass its loss through the shared head at the head's current values, the gradients of the pass's
+        encoders (one pullback) and of the head, the head kernel's projection, and one optimizer ``apply`` on
+        exactly those variables (the other encoders get no update, not even momentum's)."""
+        trainable, non_trainable, optimizer_values, metrics_values = state
+        variables = list(self.trainable_variables)
+        references = self.non_trainable_variables
+
+        def forward(values: Any) -> tuple[Any, Any]:
+            mapping = [*zip(variables, values, strict=True), *zip(references, non_trainable, strict=True)]
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                y_pred, features, _ = self._rebalancing_forward(x, True)
+            updated = [scope.get_current_value(v) for v in references]
+            return features, (y_pred, [v if u is None else u for v, u in zip(non_trainable, updated, strict=True)])
+
+        features, pullback, (y_pred, non_trainable) = jax.vjp(forward, list(trainable), has_aux=True)
+        values = list(trainable)
+        optimizer_now = list(optimizer_values)
+        position = {id(v): i for i, v in enumerate(variables)}
+        with keras.StatelessScope(state_mapping=list(zip(references, non_trainable, strict=True))):
+            weights = self._pass_weights()
+        total = ops.zeros((), features[self.modalities[0]].dtype)
+        for index, pass_ in enumerate(self._passes.value):
+            updated = self._pass_variables(index)
+            head = list(self._shared_head.value.trainable_weights)
+
+            def pass_loss(head_values: Any, pass_features: Any, index: int = index, head: Any = head) -> Any:
+                with keras.StatelessScope(state_mapping=list(zip(head, head_values, strict=True))):
+                    return self._pass_loss(index, weights, {**features, **pass_features}, y)
+
+            head_values = [values[position[id(v)]] for v in head]
+            mine = {m: features[m] for m in pass_.modalities}
+            loss, (head_gradients, feature_gradients) = jax.value_and_grad(pass_loss, argnums=(0, 1))(head_values, mine)
+            cotangent = {m: feature_gradients[m] if m in mine else ops.zeros_like(v) for m, v in features.items()}
+            (all_gradients,) = pullback(cotangent)
+            by_variable = {id(v): g for v, g in zip(head, head_gradients, strict=True)}
+            gradients = [by_variable.get(id(v), all_gradients[position[id(v)]]) for v in updated]
+            mapping = [
+                *zip(references, non_trainable, strict=True),
+                *zip(self.optimizer.variables, optimizer_now, strict=True),
+                *zip(variables, values, strict=True),
+            ]
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                gradients = self._project_head_gradient(index, features, updated, gradients)
+                self.optimizer.apply(gradients, updated)
+            values = [scope.get_current_value(v) if scope.get_current_value(v) is not None else old
+                      for v, old in zip(variables, values, strict=True)]  # fmt: skip
+            optimizer_now = [scope.get_current_value(v) if scope.get_current_value(v) is not None else old
+                             for v, old in zip(self.optimizer.variables, optimizer_now, strict=True)]  # fmt: skip
+            total = total + ops.cast(loss, total.dtype)
+        with keras.StatelessScope(state_mapping=list(zip(references, non_trainable, strict=True))) as scope:
+            self.pdmp_step.assign_add(1)
+            self.pdmp_batch.assign_add(1)
+        non_trainable = [scope.get_current_value(v) for v in references]
+        logs, metrics_values = self._update_metrics_variables(metrics_values, total, x, y, y_pred, sample_weight)
+        return logs, (values, non_trainable, optimizer_now, metrics_values)
 
     def _attach_state(self: Any) -> None:
         """Put the values of a running ``fit()`` back into the variables, so that Python reads (and writes)

@@ -84,9 +84,12 @@ def replica_count() -> int:
     return 1 if context is None else int(context.num_replicas_in_sync)
 
 
-def host_call(fn: Any, inputs: list[Any], outputs: list[tuple[tuple[int, ...], str]]) -> list[tf.Tensor]:
+def host_call(
+    fn: Any, inputs: list[Any], outputs: list[tuple[tuple[int, ...], str]], *, stateful: bool = False
+) -> list[tf.Tensor]:
     """``fn(*inputs)`` run by Python on the host in the middle of the step; ``outputs``: each result's
-    (shape, dtype). ``tf.numpy_function``, so the train function must not be XLA-compiled."""
+    (shape, dtype). ``tf.numpy_function``, so the train function must not be XLA-compiled; always stateful
+    (run once per step, in order), so ``stateful`` changes nothing here."""
     results = tf.numpy_function(fn, inputs, [tf.as_dtype(dtype) for _, dtype in outputs], stateful=True)
     for result, (shape, _) in zip(results, outputs, strict=True):
         result.set_shape(shape)
