@@ -4,6 +4,9 @@
     python -m benchmarks.baselines --regime audio_dominant --threads 1
     python -m benchmarks.baselines --regime image_dominant --threads 1
     python -m benchmarks.baselines --regime under_optimization --threads 1
+    # the paper's complete comparison, the four rebalancing methods in the same study:
+    python -m benchmarks.baselines --regime audio_dominant --rebalancing --seeds 0 1 2 3 4 --threads 1 \
+        --out benchmarks/reported/baselines-complete/audio_dominant
 
 For one built-in AV-digits regime (torch, CNN encoders, concat, the main benchmark's recipe: SGD lr
 0.05, momentum 0.9, 10 epochs, cosine decay), every method at its reference defaults, untuned, on the
@@ -17,15 +20,14 @@ modulation (``benchmarks.train_torch.reference_clipping``). Nothing is tuned, so
 evaluation seed. Paired differences against PDMP and against joint training, with paired Student-t
 intervals.
 
-``--rebalancing`` also trains the methods that change the loss, the parameters or the step instead of
-scaling gradients (``pdmp.rebalancing``, through ``pdmp.backends.torch.Rebalancer``), into
-``rebalancing.json``, paired with the main study's joint and PDMP runs (same seeds, so the same initial
-encoders and data order): G-Blending (online, MultiBench's weights, a unimodal head per encoder), PMR
-(alpha 1, prototype momentum 0.2, the published code's defaults), Diagnosing & Re-learning (move_lambda
-3, three re-initialisations) and MLA (a shared head, entropy fusion weights, the head projection). Two
-epoch counts are scaled to the 10-epoch budget as ARL's warm-up is: G-Blending re-estimates its weights
-every 2 epochs (MultiBench's 20 would leave the initial equal weights for the whole run) and Diagnosing
-& Re-learning diagnoses every 2 epochs (the reference's 20 would never come).
+``--rebalancing`` adds, to the same study (``evaluation.json``, so every pair is within one study and one
+machine), the methods that change the loss, the parameters or the step instead of scaling gradients
+(``pdmp.rebalancing``, through ``pdmp.backends.torch.Rebalancer``): G-Blending (online, MultiBench's weights,
+a unimodal head per encoder), PMR (alpha 1, prototype momentum 0.2, the published code's defaults), Diagnosing
+& Re-learning (move_lambda 3, three re-initialisations) and MLA (a shared head, entropy fusion weights, the
+head projection). Two epoch counts are scaled to the 10-epoch budget as ARL's warm-up is: G-Blending re-
+estimates its weights every 2 epochs (MultiBench's 20 would leave the initial equal weights for the whole run)
+and Diagnosing & Re-learning diagnoses every 2 epochs (the reference's 20 would never come).
 
 Written under ``--out`` (default ``results/baselines/<regime>``): ``evaluation.json`` (resumable),
 ``summary.md`` and a plot.
@@ -140,24 +142,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rebalancing",
         action="store_true",
-        help="also train G-Blending, PMR, Diagnosing & Re-learning and MLA (rebalancing.json), paired with the "
-        "main study's joint and PDMP runs",
+        help="also train G-Blending, PMR, Diagnosing & Re-learning and MLA, in the same study (evaluation.json); "
+        "start a fresh --out folder for it, so that every pair of runs is within one machine",
     )
     parser.add_argument("--report-only", action="store_true", help="rebuild summary.md from the saved runs")
     args = parser.parse_args(argv)
     regime = prepare(args, "baselines")
-    controls = rebalancing = None
+    controls = None
+    chosen = candidates(regime.ranking) + (rebalancing_candidates(regime.ranking) if args.rebalancing else [])
     if args.report_only:
         study = finished_part(regime.out / "evaluation.json")
         if (regime.out / "controls.json").exists():
             controls = finished_part(regime.out / "controls.json")
-        if (regime.out / "rebalancing.json").exists():
-            rebalancing = finished_part(regime.out / "rebalancing.json")
     else:
         train = make_train(regime.dataset_name, regime.load_data(args.subset))
         study = compare(
             train,
-            candidates(regime.ranking),
+            chosen,
             args.seeds,
             path=regime.out / "evaluation.json",
             train_options={"budget": args.epochs},
@@ -168,14 +169,6 @@ def main(argv: list[str] | None = None) -> int:
                 control_candidates(regime.ranking),
                 args.seeds,
                 path=regime.out / "controls.json",
-                train_options={"budget": args.epochs},
-            )
-        if args.rebalancing:
-            rebalancing = compare(
-                train,
-                rebalancing_candidates(regime.ranking),
-                args.seeds,
-                path=regime.out / "rebalancing.json",
                 train_options={"budget": args.epochs},
             )
     command = " ".join(["python -m benchmarks.baselines", *(argv if argv is not None else sys.argv[1:])])
@@ -195,6 +188,16 @@ def main(argv: list[str] | None = None) -> int:
         "",
         study.to_markdown("test_acc", reference="joint"),
         "",
+        *(
+            [
+                "## Final-epoch test macro-F1, paired against PDMP",
+                "",
+                study.to_markdown("test_f1", reference="pdmp"),
+                "",
+            ]
+            if "test_f1" in study.metrics
+            else []
+        ),
         "## Test accuracy at the best-validation epoch, paired against PDMP",
         "",
         study.to_markdown("test_acc_at_best_val", reference="pdmp"),
@@ -203,8 +206,6 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if controls is not None:
         lines[-1:-1] = [*control_lines(study, controls), ""]
-    if rebalancing is not None:
-        lines[-1:-1] = [*rebalancing_lines(study, rebalancing), ""]
     write_summary(regime.out, lines, study)
     return 0
 
@@ -214,13 +215,6 @@ def control_lines(study: Study, controls: Study) -> list[str]:
     across the two study files (same seeds, so the same initial weights and data order)."""
     title = "## Controls: the unimodal losses alone (controls.json), final-epoch test accuracy"
     return paired_lines(study, controls, title, "control", ("joint", "inforeg", "arl"))
-
-
-def rebalancing_lines(study: Study, rebalancing: Study) -> list[str]:
-    """G-Blending, PMR, Diagnosing & Re-learning and MLA against joint training and PDMP, paired by seed
-    across the two study files."""
-    title = "## Rebalancing methods (rebalancing.json), final-epoch test accuracy"
-    return paired_lines(study, rebalancing, title, "method", ("joint", "pdmp"))
 
 
 def paired_lines(study: Study, extra: Study, title: str, label: str, references: Sequence[str]) -> list[str]:

@@ -95,6 +95,7 @@ def make_train(
             "val_acc": result["final"]["val"]["acc"],
             "test_acc": result["final"]["test"]["acc"],
             "test_acc_at_best_val": result["best_val"]["test"]["acc"],
+            "test_f1": result["final"]["test"]["f1"],
         }
 
     return train

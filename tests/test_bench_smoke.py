@@ -135,19 +135,21 @@ def test_tuning_path_chooses_on_a_seed_that_is_never_evaluated(tmp_path) -> None
 
 
 def test_baselines_benchmark_runs_every_method_and_reports_against_pdmp(tmp_path) -> None:
-    """``benchmarks.baselines`` trains every method on every seed and reports paired against PDMP."""
+    """``benchmarks.baselines --rebalancing`` trains every method, the four rebalancing ones included, on
+    every seed in one study and reports accuracy and macro-F1 paired against PDMP."""
     from benchmarks import baselines
 
     out = tmp_path / "baselines"
     argv = ["--regime", "audio_dominant", "--subset", "0.05", "--epochs", "2", "--seeds", "0", "--out", str(out)]
-    assert baselines.main(argv) == 0
+    assert baselines.main([*argv, "--rebalancing"]) == 0
     stored = json.loads((out / "evaluation.json").read_text())
-    names = ("joint", "pdmp", "ogmge", "agm", "mmpareto", "inforeg", "arl")
+    names = ("joint", "pdmp", "ogmge", "agm", "mmpareto", "inforeg", "arl", "gblending", "pmr", "relearning", "mla")
     assert sorted(run["candidate"] for run in stored["runs"]) == sorted(names)
-    assert all(0.0 <= run["metrics"]["test_acc"] <= 1.0 for run in stored["runs"])
+    assert all(0.0 <= run["metrics"][m] <= 1.0 for run in stored["runs"] for m in ("test_acc", "test_f1"))
+    assert not (out / "rebalancing.json").exists()  # one study: every pair within one file
     summary = (out / "summary.md").read_text()
     assert all(f"| {name} |" in summary for name in names)
-    assert "minus pdmp" in summary and "minus joint" in summary
+    assert "minus pdmp" in summary and "minus joint" in summary and "macro-F1" in summary
 
 
 def test_baseline_wiring_applies_each_transform(tmp_path) -> None:
