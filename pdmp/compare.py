@@ -385,8 +385,9 @@ class Study:
         """(candidate, control) pairs whose difference decides whether a candidate's mechanism pays.
 
         Each candidate's declared :attr:`Candidate.controls`; and, without the user asking, every PDMP
-        candidate against every uniform-scaling and inverse-PDMP candidate in the study (is the gain the
-        prioritisation, or only a larger step / any asymmetry?).
+        candidate against every uniform-scaling and inverse-PDMP candidate in the study trained with the same
+        options (is the gain the prioritisation, or only a larger step / any asymmetry?). A control trained
+        otherwise (e.g. with modality dropout, or another learning rate) would mix two effects.
         """
         pairs: list[tuple[str, str]] = []
         for candidate in self.candidates:
@@ -395,7 +396,9 @@ class Study:
                 controls += [
                     other.name
                     for other in self.candidates
-                    if isinstance(other.policy, UniformScaling | InversePDMP) and other.name not in controls
+                    if isinstance(other.policy, UniformScaling | InversePDMP)
+                    and dict(other.options) == dict(candidate.options)
+                    and other.name not in controls
                 ]
             pairs += [(candidate.name, control) for control in controls if control in self.names]
         return pairs

@@ -122,6 +122,25 @@ def test_pdmp_is_set_against_uniform_scaling_and_inverse_without_asking():
     assert compare(noisy_train(), plain, seeds=[0, 1, 2], progress=False).decisive_pairs() == [("mine", "uni5")]
 
 
+def test_an_automatic_control_is_one_trained_with_the_same_options():
+    # PDMP without dropout is not set against uniform scaling with dropout (two effects mixed), only against
+    # the uniform candidate trained like it; a declared control is kept whatever its options.
+    plain = [
+        Candidate("pdmp", pdmp.PDMP.from_ranking(RANKING, gamma_p=5.0)),
+        Candidate("uniform", pdmp.UniformScaling(RANKING.order, 5.0)),
+        Candidate("pdmp+dropout", pdmp.PDMP.from_ranking(RANKING, gamma_p=5.0), {"lr_scale": 2.0}),
+        Candidate("uniform+dropout", pdmp.UniformScaling(RANKING.order, 5.0), {"lr_scale": 2.0}),
+        Candidate("pdmp_declared", pdmp.PDMP.from_ranking(RANKING, gamma_p=5.0), controls=("uniform+dropout",)),
+    ]
+    pairs = compare(noisy_train(), plain, seeds=[0, 1, 2], progress=False).decisive_pairs()
+    assert pairs == [
+        ("pdmp", "uniform"),
+        ("pdmp+dropout", "uniform+dropout"),
+        ("pdmp_declared", "uniform+dropout"),
+        ("pdmp_declared", "uniform"),
+    ]
+
+
 def test_a_missing_control_is_named_in_the_table():
     study = compare(noisy_train(), default_candidates(RANKING)[:2], seeds=[0, 1, 2], progress=False)
     assert "**pdmp is not set against its control(s) uniform, inverse**" in study.to_markdown("test_acc")
