@@ -720,3 +720,74 @@ def train_keras_rebalancing(
     model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0, callbacks=[Record()],
               held_out=held_out)  # fmt: skip
     return trace
+
+
+def train_torch_rebalancing(
+    spec: Spec,
+    x: Mapping[str, np.ndarray],
+    y: np.ndarray,
+    held_out: tuple[Mapping[str, np.ndarray], np.ndarray],
+    policy: Any,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = MOMENTUM,
+) -> Trace:
+    """The same run as :func:`train_keras_rebalancing` with :class:`pdmp.backends.torch.Rebalancer` (the models
+    of :func:`torch_model`, the same weights; MLA's shared head a ``Linear(WIDTH, CLASSES)``); every step recorded
+    in the Keras layout and naming."""
+    import torch
+    from torch import nn
+
+    from pdmp.backends.torch import Rebalancer
+
+    names = [name for name, _, _ in spec]
+    passes = policy.uses_training_passes
+    weights = shared_head_weights(spec) if passes else {**initial_weights(spec), **unimodal_head_weights(spec)}
+    model = torch_model(spec, {**weights, "head/kernel": initial_weights(spec)["head/kernel"]} if passes else weights)
+    named = torch_parameters(model, spec)
+    head = None
+    if passes:
+        head = nn.Linear(WIDTH, CLASSES).double()
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(weights["head/kernel"].T.copy()))
+            head.bias.copy_(torch.from_numpy(weights["head/bias"].copy()))
+        named["head/kernel"], named["head/bias"] = head.weight, head.bias
+    heads = None
+    if policy.needs_held_out_losses:
+        heads = {}
+        for name in names:
+            layer = nn.Linear(WIDTH, CLASSES).double()
+            with torch.no_grad():
+                layer.weight.copy_(torch.from_numpy(weights[f"{name}_unimodal/kernel"].T.copy()))
+                layer.bias.copy_(torch.from_numpy(weights[f"{name}_unimodal/bias"].copy()))
+            heads[name] = layer
+            named[f"{name}_unimodal/kernel"], named[f"{name}_unimodal/bias"] = layer.weight, layer.bias
+    parameters = list({id(p): p for p in named.values()}.values())
+    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=momentum)
+
+    def encode(inputs: Mapping[str, Any]) -> dict[str, Any]:
+        return {name: model.encoders[name](inputs[name]) for name in names}
+
+    def fuse(features: Mapping[str, Any]) -> Any:
+        return model.head(torch.cat([features[name] for name in names], dim=1))
+
+    rebalancer = Rebalancer(
+        policy, {name: model.encoders[name] for name in names}, num_classes=CLASSES, encode=encode,
+        fuse=None if passes else fuse, head=head, unimodal_heads=heads,
+    )  # fmt: skip
+    labels, held_labels = torch.from_numpy(y), torch.from_numpy(held_out[1])
+    train = [(torch_inputs(spec, x, rows), labels[rows]) for rows in batches(len(y), batch_size)]
+    held = [
+        (torch_inputs(spec, held_out[0], rows), held_labels[rows]) for rows in batches(len(held_labels), batch_size)
+    ]
+    rebalancer.start(train, held_out=held)
+    trace = Trace()
+    for epoch in range(epochs):
+        rebalancer.set_epoch(epoch)
+        for inputs, target in train:
+            rebalancer.step(optimizer, inputs, target)
+            trace.params.append({key: from_torch_layout(key, p.detach().numpy()) for key, p in named.items()})
+        rebalancer.end_epoch(epoch, train, held_out=held)
+    return trace

@@ -278,9 +278,6 @@ def test_rebalancing_policies_on_jax_train_like_tensorflow(case: str, jax_traces
     reference = train_keras_rebalancing(TWO, x, y, held, policy, **settings)
     jax_trace = jax_traces[f"rebalancing-{case}"]
     assert len(reference.params) == 9
-    # G-Blending's fused term is Keras's float32 compiled loss (see test_keras_rebalancing.py): its weight and the
-    # checkpoints' losses carry float32 rounding, which the two backends' float32 arithmetic need not share.
-    tolerance = {"rtol": 1e-6, "atol": 1e-9} if case in ("GBlending", "PMR", "DiagnosingRelearning") else EXACT
-    compare_traces(jax_trace, reference, **tolerance, what=f"{case}: keras-jax vs keras-tensorflow")
+    compare_traces(jax_trace, reference, **EXACT, what=f"{case}: keras-jax vs keras-tensorflow")
     moved = max(np.abs(reference.params[-1][k] - reference.params[0][k]).max() for k in reference.params[0])
     assert moved > 0.01, "the run must actually train for the comparison to mean anything"

@@ -519,6 +519,15 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             _check_unimodal_logits(unimodal, self.modalities, y_pred)
         return y_pred, features, unimodal
 
+    def _fused_term(self, y: Any, y_pred: Any, sample_weight: Any, compiled: Any) -> Any:
+        """The fused term of a RebalancingPolicy's loss: the compiled loss, computed by the ``keras.losses.Loss``
+        given to ``compile()`` in its own dtype where nothing else joins it (Keras 3.15's compiled loss is float32
+        even for a float64 loss, which would round the term's weight, not a power of two, to float32)."""
+        loss = getattr(self, "loss", None)
+        if isinstance(loss, keras.losses.Loss) and not self.losses:
+            return loss(y, y_pred, sample_weight)
+        return compiled
+
     def _rebalanced_loss(self, y_pred: Any, fused_loss: Any, features: Any, unimodal: Any, labels: Any) -> Any:
         """This step's training loss: the policy's loss terms (one host call) combined in ``keras.ops``."""
         count = len(self.modalities)
@@ -620,7 +629,8 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         assert unimodal is not None  # required at construction for needs_held_out_losses
         y = ops.convert_to_tensor(labels)
         result = {m: float(ops.convert_to_numpy(_rebalancing.cross_entropy(unimodal[m], y))) for m in self.modalities}
-        result[FUSED] = float(ops.convert_to_numpy(self.compute_loss(x=inputs, y=y, y_pred=y_pred, training=False)))
+        compiled = self.compute_loss(x=inputs, y=y, y_pred=y_pred, training=False)
+        result[FUSED] = float(ops.convert_to_numpy(self._fused_term(y, y_pred, None, compiled)))
         return result
 
     def _write_prototypes(self, prototypes: Mapping[str, np.ndarray]) -> None:

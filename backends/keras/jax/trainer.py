@@ -68,7 +68,8 @@ class ModulatedTrainer:
                     *zip(self.optimizer.variables, optimizer_values, strict=True),
                 ]
                 with keras.StatelessScope(state_mapping=mapping):
-                    total = self._rebalanced_loss(y_pred, unscaled, captured.get("features"),
+                    fused = self._fused_term(y, y_pred, sample_weight, unscaled)
+                    total = self._rebalanced_loss(y_pred, fused, captured.get("features"),
                                                   captured.get("unimodal"), y)  # fmt: skip
                     loss = self.optimizer.scale_loss(total)
                 return loss, (aux, None)

@@ -89,6 +89,7 @@ class ModulatedTrainer:
         with tf.GradientTape() as tape:
             y_pred, features, unimodal = self._rebalancing_forward(x, True)
             fused = compute_loss_like_keras(self, x, y, y_pred, sample_weight)  # the logged loss
+            fused = self._fused_term(y, y_pred, sample_weight, fused)
             loss = self._rebalanced_loss(y_pred, fused, features, unimodal, y)
             loss = self.optimizer.scale_loss(loss)
         variables = self.trainable_weights
