@@ -122,6 +122,8 @@ class Trace:
     transforms: list[np.ndarray] = field(default_factory=list)
     #: The unimodal-loss weights of every step, where the policy adds unimodal losses.
     unimodal_weights: list[dict[str, float]] = field(default_factory=list)
+    #: Predictions on the training inputs after training (a policy with fusion weights: the fused prediction).
+    predictions: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -719,6 +721,7 @@ def train_keras_rebalancing(
 
     model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0, callbacks=[Record()],
               held_out=held_out)  # fmt: skip
+    trace.predictions.append(np.asarray(model.predict(x, batch_size=batch_size, verbose=0)))
     return trace
 
 

@@ -128,7 +128,7 @@ for name, (config, options) in cases.items():
         trace = train_keras_transform(TWO, weights, x, y, policy_from_config(config), **options)
     else:
         trace = train_keras(TWO, initial_weights(TWO), x, y, policy_from_config(config), **options)
-    traces[name] = (trace.params, trace.coefficients, trace.unimodal_weights, trace.transforms)
+    traces[name] = (trace.params, trace.coefficients, trace.unimodal_weights, trace.transforms, trace.predictions)
 with open(out, "wb") as handle:
     pickle.dump(traces, handle)
 """
@@ -171,8 +171,8 @@ def jax_traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trace]:
     with open(out, "rb") as handle:
         raw = pickle.load(handle)
     return {
-        name: Trace(params, coefficients, transforms=transforms, unimodal_weights=unimodal)
-        for name, (params, coefficients, unimodal, transforms) in raw.items()
+        name: Trace(params, coefficients, transforms=transforms, unimodal_weights=unimodal, predictions=predictions)
+        for name, (params, coefficients, unimodal, transforms, predictions) in raw.items()
     }
 
 
@@ -281,3 +281,5 @@ def test_rebalancing_policies_on_jax_train_like_tensorflow(case: str, jax_traces
     compare_traces(jax_trace, reference, **EXACT, what=f"{case}: keras-jax vs keras-tensorflow")
     moved = max(np.abs(reference.params[-1][k] - reference.params[0][k]).max() for k in reference.params[0])
     assert moved > 0.01, "the run must actually train for the comparison to mean anything"
+    # predict(): for MLA the fusion-weighted sum of the shared head's logits (a host call on both backends)
+    np.testing.assert_allclose(jax_trace.predictions[0], reference.predictions[0], **EXACT, err_msg=f"{case}: predict")
