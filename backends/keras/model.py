@@ -269,9 +269,9 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
     no float64, so coefficients and scores are float32 and the counters int32 (a learning policy's state
     is still kept exactly, as float64 bit patterns in an int32 variable). GradientPolicies train there
     too (float64 parity with TensorFlow under ``jax_enable_x64``: ``tests/test_parity_jax.py``). TensorFlow
-    only: ``tf.distribute`` (on JAX ``keras.distribution`` is refused), the loop of your own above
-    (``tf.GradientTape``), and a GradientPolicy under ``gradient_accumulation_steps`` (its running sums of a
-    step's statistics live outside the state Keras's stateless JAX step carries; refused on JAX).
+    only: ``tf.distribute`` (on JAX ``keras.distribution`` is refused) and the loop of your own above
+    (``tf.GradientTape``). Under ``gradient_accumulation_steps`` a GradientPolicy's running sums of a step's
+    statistics are weights of the model on JAX (``pdmp_step_*``: Keras's stateless step carries nothing else).
     """
 
     def __init__(
@@ -1432,24 +1432,26 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         not accumulate itself (the logit statistics, each encoder variable's ``U``)."""
         if not isinstance(self.policy, GradientPolicy) or self.optimizer is None or not self._accumulation():
             return None
-        if not _backend_ops.ACCUMULATES_GRADIENT_POLICY_SUMS:
-            raise NotImplementedError(
-                f"{type(self.policy).__name__} with gradient_accumulation_steps={self._accumulation()} on Keras's "
-                f"{keras.backend.backend()!r} backend: the step's running sums of the logit statistics and unimodal "
-                "gradients would have to live outside the model's variables, which a stateless JAX step cannot "
-                "update; drop gradient_accumulation_steps (use a larger batch), or use KERAS_BACKEND=tensorflow"
-            )
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)  # the step reads its accumulators
+        if self._step_sums.value is not None:
+            return self._step_sums.value  # compiled again: the same sums
         count = len(self.modalities)
-        sums: dict[str, Any] = {
-            "logits": keras.Variable(np.zeros((count, len(LOGIT_STATISTICS))), dtype=_WIDE_FLOAT, trainable=False)
-        }
+        if not _backend_ops.STEP_SUMS_ARE_WEIGHTS:
+            make = lambda shape, dtype, name: keras.Variable(np.zeros(shape), dtype=dtype, trainable=False)  # noqa: E731
+        else:
+            # JAX: Keras's stateless step carries the model's own variables only, so the sums are weights of the
+            # model (made here, by compile(), which a loaded model runs before its weights are restored).
+            def make(shape: tuple[int, ...], dtype: Any, name: str) -> Any:
+                return self.add_weight(shape=shape, initializer="zeros", dtype=dtype, trainable=False,
+                                       aggregation="only_first_replica", name=name)  # fmt: skip
+
+        sums: dict[str, Any] = {"logits": make((count, len(LOGIT_STATISTICS)), _WIDE_FLOAT, "pdmp_step_logit_sums")}
         if self.policy.uses_unimodal_gradients:
             sums["unimodal"] = {
-                id(v): keras.Variable(np.zeros(tuple(v.shape)), dtype=v.dtype, trainable=False)
-                for group in self._groups.value.values()
-                for v in group
+                id(v): make(tuple(v.shape), v.dtype, f"pdmp_step_unimodal_sum_{p}_{i}")
+                for p, group in enumerate(self._groups.value.values())
+                for i, v in enumerate(group)
             }
         return sums
 

@@ -76,9 +76,9 @@ def update_step_may_be_skipped() -> bool:
 #: ``jax.pure_callback`` (the host call) runs inside a jitted step.
 HOST_CALL_BLOCKS_XLA = False
 #: Under ``gradient_accumulation_steps`` a GradientPolicy sums a step's logit statistics (and ``U``) over its
-#: micro-batches in variables of its own. Keras's stateless JAX step carries only the model's and the
-#: optimizer's variables from step to step, so the sums would be constants of the trace: refused.
-ACCUMULATES_GRADIENT_POLICY_SUMS = False
+#: micro-batches. Keras's stateless JAX step carries only the model's and the optimizer's variables from step
+#: to step, so the sums are weights of the model here (not free variables, which would be trace constants).
+STEP_SUMS_ARE_WEIGHTS = True
 
 
 def host_call(

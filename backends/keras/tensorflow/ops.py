@@ -74,8 +74,9 @@ def update_step_may_be_skipped() -> bool:
 
 #: ``tf.numpy_function`` (the host call of a GradientPolicy's transform) cannot be XLA-compiled.
 HOST_CALL_BLOCKS_XLA = True
-#: A GradientPolicy's running sums of an accumulating step live in variables the step updates in place.
-ACCUMULATES_GRADIENT_POLICY_SUMS = True
+#: A GradientPolicy's running sums of an accumulating step live in free variables the step updates in place
+#: (not the model's weights: a checkpoint does not carry them).
+STEP_SUMS_ARE_WEIGHTS = False
 
 
 def replica_count() -> int:
