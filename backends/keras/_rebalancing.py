@@ -4,8 +4,8 @@ The core decides every number; what happens here is chosen by the policy's capab
 (``pdmp.rebalancing``'s module docstring lists what an adapter does per flag):
 
 * every step: the policy's :class:`~pdmp.rebalancing.LossTerms` come back from one host call as
-  :meth:`LossTerms.vector <pdmp.rebalancing.LossTerms.vector>`, and :func:`combine` builds the loss in
-  ``keras.ops`` (the twin of :meth:`LossTerms.combine <pdmp.rebalancing.LossTerms.combine>`, tested
+  :meth:`pdmp.rebalancing.LossTerms.vector`, and :func:`combine` builds the loss in
+  ``keras.ops`` (the twin of :meth:`pdmp.rebalancing.LossTerms.combine`, tested
   against it), from the losses the model can give: the compiled (fused) loss, each modality's unimodal
   loss, and for ``uses_prototypes`` the prototype cross-entropy and entropy of :func:`prototype_logits`;
 * ``uses_training_passes``: the passes of :meth:`~pdmp.rebalancing.RebalancingPolicy.training_passes`,

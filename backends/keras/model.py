@@ -440,7 +440,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
     # -- a RebalancingPolicy (G-Blending, PMR, D&R, MLA): what its capability flags ask for ------------------
 
     def _set_up_rebalancing(self, groups: Mapping[str, tuple[keras.Variable, ...]]) -> None:
-        """The variables and host calls a RebalancingPolicy's flags need (see :mod:`._rebalancing`)."""
+        """The variables and host calls a RebalancingPolicy's flags need (see ``backends/keras/_rebalancing.py``)."""
         policy = self.policy
         assert isinstance(policy, RebalancingPolicy)
         classes = _output_width(self.inner_model)
@@ -546,7 +546,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
         return _rebalancing.combine(weights, count, fused_loss, losses)
 
     def _pass_weights(self) -> Any:
-        """Each training pass's :meth:`LossTerms.vector` for this step (one host call)."""
+        """Each training pass's :meth:`pdmp.rebalancing.LossTerms.vector` for this step (one host call)."""
         count = len(self.modalities)
         (weights,) = _backend_ops.host_call(
             self._host_passes.value,
