@@ -345,14 +345,17 @@ def main(argv: list[str] | None = None) -> int:
         }
         study = compare(train, chosen, args.seeds, path=path, train_options=options)
     conditions = conditions_for(regime.ranking.order, args.snrs)
-    command = " ".join(["python -m benchmarks.robustness", *(argv if argv is not None else sys.argv[1:])])
+    given = list(argv if argv is not None else sys.argv[1:])
+    # The command that trains the runs; a --report-only rebuild is named beside it.
+    command = " ".join(["python -m benchmarks.robustness", *(a for a in given if a != "--report-only")])
+    rebuilt = f" Tables rebuilt from the run file with `{command} --report-only`." if args.report_only else ""
     total = sum(run["wall_time_s"] for run in study.runs.values()) / 60
     dominant, weak = regime.ranking.order[0], regime.ranking.order[-1]
     lines = [
         f"# Robustness: av_digits {args.regime} (torch, CNN, {args.fusion} fusion, SGD lr {LR}, {args.epochs} epochs)",
         "",
         f"Command: `{command}`. Ranking: `{regime.ranking_file.name}` ({' > '.join(regime.ranking.order)}). "
-        f"Seeds {study.seeds}. Modality dropout: rate {args.dropout_rate} per modality, zeros, never both.",
+        f"Seeds {study.seeds}. Modality dropout: rate {args.dropout_rate} per modality, zeros, never both.{rebuilt}",
         "",
         "## Test accuracy per condition (mean ± sd, points)",
         "",
