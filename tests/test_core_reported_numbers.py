@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REPORTED = ROOT / "benchmarks" / "reported"
 README, BENCH = "README.md", "benchmarks/README.md"
 RESULTS, ADAPTIVE, HELP, PYTORCH = "docs/results.md", "docs/adaptive.md", "docs/does-it-help.md", "docs/pytorch.md"
+ROBUST = "docs/robustness.md"
 
 Values = dict[int, float]
 RECIPE_EVAL = "default-recipe/mfeat/evaluate.json"
@@ -154,6 +155,26 @@ def _wall_ratios(path: str) -> tuple[str, str]:
     ratios = [wall[("recipe", s)] / wall[("joint", s)] for s in seeds]
     total = sum(wall[("recipe", s)] for s in seeds) / sum(wall[("joint", s)] for s in seeds)
     return f"{min(ratios):.2f}x to {max(ratios):.2f}x", f"{total:.2f}x"
+
+
+def _robustness(regime: str) -> dict[tuple[str, int], dict[str, float]]:
+    return _study_runs(f"robustness/{regime}/evaluation.json")
+
+
+def _share(regime: str, candidate: str, modality: str = "audio") -> str:
+    runs = _robustness(regime)
+    return f"{np.mean([m[f'share/{modality}'] for (c, _), m in runs.items() if c == candidate]):.2f}"
+
+
+def _drop_correlation(regime: str, dominant: str = "audio", weak: str = "image") -> str:
+    """Pearson r over a study's concat runs: the dominant modality's share against (drop with it missing
+    minus drop with the weak one missing), as benchmarks.robustness reports it."""
+    pairs = [
+        (m[f"share/{dominant}"], m[f"test:missing[{weak}]/zeros/acc"] - m[f"test:missing[{dominant}]/zeros/acc"])
+        for m in _robustness(regime).values()
+        if f"share/{dominant}" in m
+    ]
+    return f"{len(pairs)} concat runs", f"{np.corrcoef(np.array(pairs).T)[0, 1]:+.2f}"
 
 
 def _range(values: Iterable[str]) -> str:
@@ -533,6 +554,43 @@ CLAIMS: list[tuple[tuple[str, ...], str, Callable[[], str]]] = [
         lambda: (
             "on mfeat it was below ARL on fresh seeds 5-9,\n"
             f"{diff(study(RECIPE_CONFIRM, 'recipe'), study(RECIPE_CONFIRM, 'arl'))}"
+        ),
+    ),
+    # the robustness studies (docs/robustness.md)
+    (
+        (ROBUST,),
+        "audio's dependency share was 0.79 against joint's 0.74\n  (audio-dominant) and 0.28 against 0.29 "
+        "(under-optimization)",
+        lambda: (
+            f"audio's dependency share was {_share('audio_dominant', 'pdmp')} against joint's "
+            f"{_share('audio_dominant', 'joint')}\n  (audio-dominant) and {_share('under_optimization', 'pdmp')} "
+            f"against {_share('under_optimization', 'joint')} (under-optimization)"
+        ),
+    ),
+    (
+        (ROBUST,),
+        "over the 50 concat runs of a regime: +0.98\n  under-optimization, +0.41 audio-dominant",
+        lambda: (
+            f"over the {_drop_correlation('under_optimization')[0]} of a regime: "
+            f"{_drop_correlation('under_optimization')[1]}\n  under-optimization, "
+            f"{_drop_correlation('audio_dominant')[1]} audio-dominant"
+        ),
+    ),
+    (
+        (ROBUST,),
+        "(share 0.79 and 0.77)",
+        lambda: f"(share {_share('under_optimization', 'arl')} and {_share('under_optimization', 'recipe')})",
+    ),
+    (
+        (ROBUST,),
+        "fall to 12-14% with audio missing",
+        lambda: (
+            "fall to "
+            + "-".join(
+                f"{100 * np.mean(list(study('robustness/under_optimization/evaluation.json', c, 'test:missing[audio]/zeros/acc').values())):.0f}"
+                for c in ("arl", "recipe")
+            )
+            + "% with audio missing"
         ),
     ),
     # wall times and the auxiliary losses' cost
