@@ -560,20 +560,22 @@ CLAIMS: list[tuple[tuple[str, ...], str, Callable[[], str]]] = [
     (
         (ROBUST,),
         "audio's dependency share was 0.79 against joint's 0.74\n  (audio-dominant) and 0.28 against 0.29 "
-        "(under-optimization)",
+        "(under-optimization), image's 0.87 against 0.87",
         lambda: (
             f"audio's dependency share was {_share('audio_dominant', 'pdmp')} against joint's "
             f"{_share('audio_dominant', 'joint')}\n  (audio-dominant) and {_share('under_optimization', 'pdmp')} "
-            f"against {_share('under_optimization', 'joint')} (under-optimization)"
+            f"against {_share('under_optimization', 'joint')} (under-optimization), image's "
+            f"{_share('image_dominant', 'pdmp', 'image')} against {_share('image_dominant', 'joint', 'image')}"
         ),
     ),
     (
         (ROBUST,),
-        "over the 50 concat runs of a regime: +0.98\n  under-optimization, +0.41 audio-dominant",
+        "over the 50 concat runs of a regime: +0.98\n  under-optimization, +0.41 audio-dominant, +0.40 image-dominant",
         lambda: (
             f"over the {_drop_correlation('under_optimization')[0]} of a regime: "
             f"{_drop_correlation('under_optimization')[1]}\n  under-optimization, "
-            f"{_drop_correlation('audio_dominant')[1]} audio-dominant"
+            f"{_drop_correlation('audio_dominant')[1]} audio-dominant, "
+            f"{_drop_correlation('image_dominant', 'image', 'audio')[1]} image-dominant"
         ),
     ),
     (
