@@ -484,13 +484,7 @@ def train_torch_transform(
     named = torch_parameters(model, spec)
     heads = {}
     if policy.uses_unimodal_gradients:
-        for name, _, _ in spec:
-            head = nn.Linear(WIDTH, CLASSES).double()
-            with torch.no_grad():
-                head.weight.copy_(torch.from_numpy(weights[f"{name}_unimodal/kernel"].T.copy()))
-                head.bias.copy_(torch.from_numpy(weights[f"{name}_unimodal/bias"].copy()))
-            heads[name] = head
-            named[f"{name}_unimodal/kernel"], named[f"{name}_unimodal/bias"] = head.weight, head.bias
+        heads = torch_unimodal_heads(spec, weights, named)
     parameters = [*model.parameters(), *(p for head in heads.values() for p in head.parameters())]
     opt = torch.optim.SGD(parameters, lr=lr, momentum=momentum)
     ce = nn.functional.cross_entropy
@@ -535,6 +529,38 @@ def _torch_decomposed_logits(head: Any, features: Mapping[str, Any]) -> dict[str
         result[name] = functional.linear(value, head.weight[:, start:stop], head.bias / len(features))
         start = stop
     return result
+
+
+def torch_dense(kernel: np.ndarray, bias: np.ndarray) -> Any:
+    """A float64 ``nn.Linear`` holding a Keras ``Dense``'s ``kernel`` (in x out, transposed here) and ``bias``."""
+    import torch
+    from torch import nn
+
+    layer = nn.Linear(*kernel.shape).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(kernel.T.copy()))
+        layer.bias.copy_(torch.from_numpy(bias.copy()))
+    return layer
+
+
+def torch_unimodal_heads(spec: Spec, weights: Mapping[str, np.ndarray], named: dict[str, Any]) -> dict[str, Any]:
+    """A unimodal head per modality from ``weights["<m>_unimodal/..."]``, its parameters added to ``named``."""
+    heads = {}
+    for name, _, _ in spec:
+        head = heads[name] = torch_dense(weights[f"{name}_unimodal/kernel"], weights[f"{name}_unimodal/bias"])
+        named[f"{name}_unimodal/kernel"], named[f"{name}_unimodal/bias"] = head.weight, head.bias
+    return heads
+
+
+def keras_named_parameters(inner: Any, spec: Spec, *, unimodal_heads: bool) -> dict[str, Any]:
+    """The Keras model's parameters by name (the fused model's where ``inner`` wraps one), with the unimodal
+    heads' of :func:`_with_unimodal_heads` where asked."""
+    named = keras_parameters(getattr(inner, "fused", inner))
+    if unimodal_heads:
+        for name, _, _ in spec:
+            head = inner.unimodal_heads[name]
+            named[f"{name}_unimodal/kernel"], named[f"{name}_unimodal/bias"] = head.kernel, head.bias
+    return named
 
 
 def keras_transform_model(spec: Spec, weights: Mapping[str, np.ndarray], policy: Any, activation: str = "tanh") -> Any:
@@ -614,12 +640,7 @@ def train_keras_transform(
         optimizer=keras.optimizers.SGD(lr, momentum=momentum),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype="float64"),
     )
-    inner = model.inner_model
-    named = keras_parameters(getattr(inner, "fused", inner))
-    if policy.uses_unimodal_gradients:
-        for name, _, _ in spec:
-            head = inner.unimodal_heads[name]
-            named[f"{name}_unimodal/kernel"], named[f"{name}_unimodal/bias"] = head.kernel, head.bias
+    named = keras_named_parameters(model.inner_model, spec, unimodal_heads=policy.uses_unimodal_gradients)
     trace = Trace()
 
     class Record(keras.callbacks.Callback):
@@ -706,12 +727,7 @@ def train_keras_rebalancing(
         optimizer=keras.optimizers.SGD(lr, momentum=momentum),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype="float64"),
     )
-    inner = model.inner_model
-    named = keras_parameters(getattr(inner, "fused", inner))
-    if policy.needs_held_out_losses:
-        for name, _, _ in spec:
-            head = inner.unimodal_heads[name]
-            named[f"{name}_unimodal/kernel"], named[f"{name}_unimodal/bias"] = head.kernel, head.bias
+    named = keras_named_parameters(model.inner_model, spec, unimodal_heads=policy.needs_held_out_losses)
     trace = Trace()
 
     class Record(keras.callbacks.Callback):
@@ -741,7 +757,6 @@ def train_torch_rebalancing(
     of :func:`torch_model`, the same weights; MLA's shared head a ``Linear(WIDTH, CLASSES)``); every step recorded
     in the Keras layout and naming."""
     import torch
-    from torch import nn
 
     from pdmp.backends.torch import Rebalancer
 
@@ -752,21 +767,9 @@ def train_torch_rebalancing(
     named = torch_parameters(model, spec)
     head = None
     if passes:
-        head = nn.Linear(WIDTH, CLASSES).double()
-        with torch.no_grad():
-            head.weight.copy_(torch.from_numpy(weights["head/kernel"].T.copy()))
-            head.bias.copy_(torch.from_numpy(weights["head/bias"].copy()))
+        head = torch_dense(weights["head/kernel"], weights["head/bias"])
         named["head/kernel"], named["head/bias"] = head.weight, head.bias
-    heads = None
-    if policy.needs_held_out_losses:
-        heads = {}
-        for name in names:
-            layer = nn.Linear(WIDTH, CLASSES).double()
-            with torch.no_grad():
-                layer.weight.copy_(torch.from_numpy(weights[f"{name}_unimodal/kernel"].T.copy()))
-                layer.bias.copy_(torch.from_numpy(weights[f"{name}_unimodal/bias"].copy()))
-            heads[name] = layer
-            named[f"{name}_unimodal/kernel"], named[f"{name}_unimodal/bias"] = layer.weight, layer.bias
+    heads = torch_unimodal_heads(spec, weights, named) if policy.needs_held_out_losses else None
     parameters = list({id(p): p for p in named.values()}.values())
     optimizer = torch.optim.SGD(parameters, lr=lr, momentum=momentum)
 
