@@ -393,18 +393,7 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             if policy.uses_anchor:
                 # The encoders at the start of the anchor's epoch (epoch 0: the initial weights), saved with the
                 # model so that a resumed run pulls towards the same point; pdmp_anchor_epoch says which epoch.
-                anchors: dict[str, tuple[keras.Variable, ...]] = {}
-                for position, name in enumerate(self.modalities):
-                    copies = []
-                    for i, variable in enumerate(groups[name]):
-                        anchor = self.add_weight(
-                            shape=tuple(variable.shape), initializer="zeros", dtype=variable.dtype, trainable=False,
-                            aggregation="only_first_replica", name=f"pdmp_anchor_{position}_{i}",
-                        )  # fmt: skip
-                        anchor.assign(_copy_of(variable))
-                        copies.append(anchor)
-                    anchors[name] = tuple(copies)
-                self._anchors = _Hidden(anchors)
+                self._anchors = _Hidden(self._snapshot(groups, "pdmp_anchor"))
                 self.pdmp_anchor_epoch = self.add_weight(
                     shape=(), initializer="zeros", dtype=_WIDE_INT, trainable=False,
                     aggregation="only_first_replica", name="pdmp_anchor_epoch",
@@ -439,6 +428,24 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
 
     # -- a RebalancingPolicy (G-Blending, PMR, D&R, MLA): what its capability flags ask for ------------------
 
+    def _snapshot(
+        self, groups: Mapping[str, Sequence[keras.Variable]], prefix: str
+    ) -> dict[str, tuple[keras.Variable, ...]]:
+        """A non-trainable copy of every variable of each modality's group (``<prefix>_<position>_<i>``), saved
+        with the model: InfoReg's anchors, the encoders' initial values for re-initialisation."""
+        copies: dict[str, tuple[keras.Variable, ...]] = {}
+        for position, name in enumerate(self.modalities):
+            held = []
+            for i, variable in enumerate(groups[name]):
+                copy = self.add_weight(
+                    shape=tuple(variable.shape), initializer="zeros", dtype=variable.dtype, trainable=False,
+                    aggregation="only_first_replica", name=f"{prefix}_{position}_{i}",
+                )  # fmt: skip
+                copy.assign(_copy_of(variable))
+                held.append(copy)
+            copies[name] = tuple(held)
+        return copies
+
     def _set_up_rebalancing(self, groups: Mapping[str, tuple[keras.Variable, ...]]) -> None:
         """The variables and host calls a RebalancingPolicy's flags need (see ``backends/keras/_rebalancing.py``)."""
         policy = self.policy
@@ -465,18 +472,8 @@ class ModulatedModel(_ModulatedTrainer, keras.Model):
             ]  # fmt: skip
         if policy.uses_parameter_events:
             # Each encoder's trainable weights before training (saved with the model): the re-initialisation's target.
-            initial: dict[str, tuple[keras.Variable, ...]] = {}
-            for position, name in enumerate(self.modalities):
-                copies = []
-                for i, variable in enumerate(v for v in groups[name] if v.trainable):
-                    copy = self.add_weight(
-                        shape=tuple(variable.shape), initializer="zeros", dtype=variable.dtype, trainable=False,
-                        aggregation="only_first_replica", name=f"pdmp_initial_{position}_{i}",
-                    )  # fmt: skip
-                    copy.assign(_copy_of(variable))
-                    copies.append(copy)
-                initial[name] = tuple(copies)
-            self._initial = _Hidden(initial)
+            trainable = {name: tuple(v for v in groups[name] if v.trainable) for name in self.modalities}
+            self._initial = _Hidden(self._snapshot(trainable, "pdmp_initial"))
         if policy.uses_training_passes:
             head = self._shared_head.value
             self._passes = _Hidden(tuple(policy.training_passes(step=0, epoch=0)))
