@@ -441,6 +441,24 @@ def flatten(values: Iterable[dict[str, float]], names: Sequence[str]) -> np.ndar
     return np.array([[row[name] for name in names] for row in values], dtype=np.float64)
 
 
+def compare_transforms(got: Trace, reference: Trace, names: Sequence[str], *, what: str) -> np.ndarray:
+    """Assert two GradientPolicy runs applied the same transform (``rtol 1e-9``) and the same coefficients
+    (magnitude * fused) at every step; return the reference's transforms, (steps, modalities, 5)."""
+    want, got_transforms = np.stack(reference.transforms), np.stack(got.transforms)
+    assert got_transforms.shape == want.shape == (len(reference.params), len(names), 5), (
+        got_transforms.shape,
+        want.shape,
+    )
+    np.testing.assert_allclose(
+        got_transforms, want, rtol=1e-9, atol=1e-12, err_msg=f"{what}: the transform of every step"
+    )
+    np.testing.assert_allclose(
+        flatten(got.coefficients, names), flatten(reference.coefficients, names), rtol=1e-9, atol=0,
+        err_msg=f"{what}: coefficients (magnitude * fused) of every step",
+    )  # fmt: skip
+    return want
+
+
 # -- GradientPolicies (the baselines) ---------------------------------------------------------------------------
 #
 # Each is wired as the README's baselines example does: MMPareto gets one unimodal head per encoder (a Dense

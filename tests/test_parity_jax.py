@@ -46,6 +46,7 @@ except RuntimeError:  # already initialised by another test module
 from parity_models import (  # noqa: E402
     Trace,
     compare_traces,
+    compare_transforms,
     flatten,
     initial_weights,
     make_data,
@@ -251,13 +252,7 @@ def test_gradient_policies_on_jax_transform_and_train_like_tensorflow(case: str,
     weights = {**initial_weights(TWO), **unimodal_head_weights(TWO)}
     reference = train_keras_transform(TWO, weights, x, y, policy_from_config(policy.get_config()), **settings)
     jax_trace = jax_traces[f"transform-{case}"]
-    want, got = np.stack(reference.transforms), np.stack(jax_trace.transforms)
-    assert got.shape == want.shape == (len(reference.params), len(NAMES), 5), (got.shape, want.shape)
-    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=f"{case}: the transform of every step")
-    np.testing.assert_allclose(
-        flatten(jax_trace.coefficients, NAMES), flatten(reference.coefficients, NAMES), rtol=1e-9, atol=0,
-        err_msg=f"{case}: coefficients (magnitude * fused) of every step",
-    )  # fmt: skip
+    want = compare_transforms(jax_trace, reference, NAMES, what=case)
     compare_traces(jax_trace, reference, **EXACT, what=f"{case}: keras-jax vs keras-tensorflow")
     # The comparison must exercise what the policy does, not the identity transform.
     column = want[:, :, {"AGM": 0, "MMPareto": 1, "InfoReg": 2, "ARL": 0}[case]]

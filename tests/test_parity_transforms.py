@@ -21,7 +21,7 @@ torch, tf = parity_frameworks()
 from parity_models import (  # noqa: E402
     TWO,
     compare_traces,
-    flatten,
+    compare_transforms,
     initial_weights,
     make_data,
     names_of,
@@ -59,12 +59,7 @@ def test_same_transforms_coefficients_and_weights_every_step(case: str) -> None:
     torch_trace, keras_trace = run_both(case)
     epochs = CASES[case][1]
     assert len(torch_trace.params) == epochs * N // BATCH
-    want, got = np.stack(torch_trace.transforms), np.stack(keras_trace.transforms)
-    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=f"{case}: the transform of every step")
-    np.testing.assert_allclose(
-        flatten(keras_trace.coefficients, NAMES), flatten(torch_trace.coefficients, NAMES), rtol=1e-9, atol=0,
-        err_msg=f"{case}: coefficients (magnitude * fused) of every step",
-    )  # fmt: skip
+    want = compare_transforms(keras_trace, torch_trace, NAMES, what=case)
     compare_traces(torch_trace, keras_trace, **EXACT, what=f"{case}: torch vs keras")
     moved = max(np.abs(torch_trace.params[-1][k] - torch_trace.params[0][k]).max() for k in torch_trace.params[0])
     assert moved > 0.01, "the run must actually train for the comparison to mean anything"
