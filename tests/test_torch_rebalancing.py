@@ -138,6 +138,18 @@ def test_pmr_prototypes_are_eval_mode_class_means_of_the_first_batches():
     assert [e for e in reb.events if e[0] == "prototypes"] == [("prototypes", 0), ("prototypes", 1)]
 
 
+def test_boundary_work_gives_every_submodule_back_its_own_mode():
+    # A batch-norm layer the user froze in eval mode inside a training model stays frozen after the
+    # eval-mode prototype pass (restoring only the top module's mode would switch it back to training).
+    model = Net(norm=True).train()
+    frozen = model.encoders["audio"][1]
+    frozen.eval()
+    reb = rebalancer(model, pdmp.PMR(NAMES))
+    reb.start(batches(0))
+    assert model.training and model.encoders["image"][1].training
+    assert not frozen.training
+
+
 @pytest.mark.parametrize("entropy", [0.0, 0.5])
 def test_pmr_loss_is_the_weighted_sum_of_the_core(entropy):
     model = Net()

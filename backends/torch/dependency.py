@@ -18,6 +18,7 @@ from torch import nn
 from pdmp._validation import check_modality_names, check_positive_int, check_same_modalities
 from pdmp.diagnostics import Dependency, shares, true_class_mass
 
+from ._modes import eval_mode
 from .heads import concat_head_logits, sum_head_logits
 
 Batch = tuple[Mapping[str, Any], Any]
@@ -85,50 +86,43 @@ def dependency_shares(
 
     totals = dict.fromkeys(names, 0.0)
     count = 0
-    training = {module: module.training for root in modules for module in root.modules()}
-    try:
-        for module in training:
-            module.eval()
-        with torch.no_grad():
-            for index, (inputs, labels) in enumerate(_batches(data, batch_size)):
-                where = f"dependency_shares batch {index}"
-                if not isinstance(inputs, Mapping):
-                    raise TypeError(
-                        f"{where}: inputs are {type(inputs).__name__}; yield (inputs, labels) with inputs a dict "
-                        "of tensors keyed by modality"
-                    )
-                check_same_modalities(inputs.keys(), names, where=f"{where} inputs")
-                features = {name: encoders[name](_tensor(inputs[name]).to(run_on)) for name in names}
-                for name, value in features.items():
-                    if not isinstance(value, torch.Tensor) or value.ndim != 2:
-                        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                        raise ValueError(
-                            f"{where}: the encoder of {name!r} returned {shape}; it must return (batch, features) "
-                            "(wrap it as nn.Sequential(encoder, nn.Flatten()) if the model flattens before its head)"
-                        )
-                try:
-                    if isinstance(heads, dict):
-                        logits = sum_head_logits(heads, features)
-                    else:
-                        logits = concat_head_logits(heads, features)
-                except ValueError as error:
-                    raise ValueError(f"{where}: {error}") from None
-                widths = {name: int(value.shape[-1]) if value.ndim else 0 for name, value in logits.items()}
-                if len(set(widths.values())) != 1:
+    with eval_mode(modules), torch.no_grad():
+        for index, (inputs, labels) in enumerate(_batches(data, batch_size)):
+            where = f"dependency_shares batch {index}"
+            if not isinstance(inputs, Mapping):
+                raise TypeError(
+                    f"{where}: inputs are {type(inputs).__name__}; yield (inputs, labels) with inputs a dict "
+                    "of tensors keyed by modality"
+                )
+            check_same_modalities(inputs.keys(), names, where=f"{where} inputs")
+            features = {name: encoders[name](_tensor(inputs[name]).to(run_on)) for name in names}
+            for name, value in features.items():
+                if not isinstance(value, torch.Tensor) or value.ndim != 2:
+                    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                     raise ValueError(
-                        f"{where}: the heads output {widths} logits; summed heads need one logit per class each"
+                        f"{where}: the encoder of {name!r} returned {shape}; it must return (batch, features) "
+                        "(wrap it as nn.Sequential(encoder, nn.Flatten()) if the model flattens before its head)"
                     )
-                y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-                try:
-                    masses = true_class_mass({name: value.double().cpu().numpy() for name, value in logits.items()}, y)
-                except ValueError as error:
-                    raise ValueError(f"{where}: {error}") from None
-                for name, mass in masses.items():
-                    totals[name] += float(mass.sum())
-                count += len(y)
-    finally:
-        for module, mode in training.items():
-            module.train(mode)
+            try:
+                if isinstance(heads, dict):
+                    logits = sum_head_logits(heads, features)
+                else:
+                    logits = concat_head_logits(heads, features)
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
+            widths = {name: int(value.shape[-1]) if value.ndim else 0 for name, value in logits.items()}
+            if len(set(widths.values())) != 1:
+                raise ValueError(
+                    f"{where}: the heads output {widths} logits; summed heads need one logit per class each"
+                )
+            y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+            try:
+                masses = true_class_mass({name: value.double().cpu().numpy() for name, value in logits.items()}, y)
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
+            for name, mass in masses.items():
+                totals[name] += float(mass.sum())
+            count += len(y)
     if count == 0:
         raise ValueError("dependency_shares: the data held no samples; pass at least one batch")
     mean = {name: totals[name] / count for name in names}

@@ -39,7 +39,8 @@ tensor (a ``DataLoader`` or a list). What each method needs from the model:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,7 @@ from pdmp._validation import check_non_negative_int, check_positive_int, check_s
 from pdmp.rebalancing import FUSED, LossTerms, RebalancingPolicy
 
 from ._distributed import is_distributed
+from ._modes import eval_mode
 
 __all__ = ["Rebalancer"]
 
@@ -488,8 +490,11 @@ class Rebalancer:
         owners += list(self.encoders.values()) + list((self.unimodal_heads or {}).values())
         return list({id(m): m for m in owners if isinstance(m, nn.Module)}.values())
 
-    def _evaluating(self) -> _EvalMode:
-        return _EvalMode(self._modules())
+    @contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """Eval mode and no gradient for the epoch-boundary measurements."""
+        with eval_mode(self._modules()), torch.no_grad():
+            yield
 
     def _prototypes(self, train: Batches, epoch: int) -> None:
         """Accumulate the first ``prototype_batches(n)`` training batches' features (eval mode, no
@@ -570,26 +575,6 @@ class Rebalancer:
 
     def __repr__(self) -> str:
         return f"Rebalancer({self.policy!r}, epoch={self.epoch}, steps={self.step_count})"
-
-
-class _EvalMode:
-    """Eval mode and no gradient for the epoch-boundary measurements; restores each module's mode."""
-
-    def __init__(self, modules: list[nn.Module]) -> None:
-        self.modules = modules
-        self.modes: list[bool] = []
-        self.no_grad = torch.no_grad()
-
-    def __enter__(self) -> None:
-        self.modes = [m.training for m in self.modules]
-        for module in self.modules:
-            module.eval()
-        self.no_grad.__enter__()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.no_grad.__exit__(*exc_info)
-        for module, mode in zip(self.modules, self.modes, strict=True):
-            module.train(mode)
 
 
 def _prototype_logits(z: torch.Tensor, prototypes: np.ndarray) -> torch.Tensor:

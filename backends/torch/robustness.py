@@ -19,6 +19,8 @@ from pdmp._validation import check_positive_int
 from pdmp.robustness import Condition, RobustnessTable, predict_in_batches, replacement_value
 from pdmp.robustness import evaluate_robustness as _evaluate
 
+from ._modes import eval_mode
+
 __all__ = ["apply_modality_dropout", "evaluate_robustness"]
 
 
@@ -78,10 +80,7 @@ def evaluate_robustness(
             return predict_in_batches(forward, altered, batch_size)
 
     arrays = {name: _numpy(value) for name, value in inputs.items()}
-    training = {m: m.training for m in module.modules()} if module is not None else {}
-    try:
-        if module is not None:
-            module.eval()
+    with eval_mode([module] if module is not None else []):
         return _evaluate(
             run,
             arrays,
@@ -92,9 +91,6 @@ def evaluate_robustness(
             seed=seed,
             num_classes=num_classes,
         )
-    finally:
-        for m, mode in training.items():
-            m.train(mode)
 
 
 def apply_modality_dropout(

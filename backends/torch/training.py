@@ -40,6 +40,7 @@ from torch import nn
 from pdmp.baselines import AGM, mono_modal_responses
 from pdmp.transforms import GradientPolicy
 
+from ._modes import eval_mode
 from .heads import concat_head_logits
 from .modulator import Modulator
 from .rebalancing import Rebalancer
@@ -175,13 +176,6 @@ def _observe_mono_modal_responses(
     as the reference's masked passes."""
     owners = (getattr(encode, "__self__", None), getattr(fuse, "__self__", None))
     modules = list({id(m): m for m in owners if isinstance(m, nn.Module)}.values())
-    training = [module.training for module in modules]
-    with torch.no_grad():
-        for module in modules:
-            module.eval()
-        try:
-            responses: Any = mono_modal_responses(lambda masked: fuse(encode(masked)), inputs)
-        finally:
-            for module, was_training in zip(modules, training, strict=True):
-                module.train(was_training)
+    with torch.no_grad(), eval_mode(modules):
+        responses: Any = mono_modal_responses(lambda masked: fuse(encode(masked)), inputs)
     modulator.observe(responses, target)
