@@ -26,7 +26,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from pdmp.rebalancing import FUSED, LossTerms, RebalancingPolicy
+from pdmp._boundary import EpochBoundary
+from pdmp.rebalancing import LossTerms, RebalancingPolicy
 
 #: The kinds of :class:`LossTerms`, in :meth:`LossTerms.vector`'s order after the fused weight.
 KINDS = ("unimodal", "prototype", "prototype_entropy")
@@ -248,7 +249,21 @@ class RebalancingCallback(keras.callbacks.Callback):
         super().__init__()
         self._owner = [owner]  # a list: Keras tracks a Layer attribute
         self.train, self.held_out = train, held_out
-        self.events: list[tuple[Any, ...]] = []
+        # The boundary passes and their order are the core's; the model gives it the batch functions.
+        self._boundary = EpochBoundary(
+            owner.policy,
+            num_classes=lambda: owner.num_classes,
+            features=owner._rebalancing_features,
+            labels=_labels,
+            term_losses=lambda inputs, labels: owner._term_losses(inputs, _labels(labels)),
+            write_prototypes=owner._write_prototypes,
+            apply_parameter_events=owner._apply_parameter_events,
+        )
+
+    @property
+    def events(self) -> list[tuple[Any, ...]]:
+        """What the boundary work did, in order (:attr:`pdmp._boundary.EpochBoundary.events`)."""
+        return self._boundary.events
 
     def on_train_begin(self, logs: Any = None) -> None:
         owner = self._owner[0]
@@ -256,82 +271,28 @@ class RebalancingCallback(keras.callbacks.Callback):
         state["n_batches"] = self.train[1]
         owner._attach_state()
         if owner.epoch == 0 and owner.step_count == 0 and not state.get("started"):
-            policy = owner.policy
-            if policy.uses_prototypes:
-                self._prototypes(0)
-            if policy.needs_held_out_losses and policy.checkpoint_due(0):
-                self._checkpoint(0)
+            self._boundary.start(*self._batches())
             state["started"] = True
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         self._owner[0]._attach_state()  # JAX: the running fit()'s values into the variables
-        policy = self._owner[0].policy
-        if policy.uses_prototypes:
-            self._prototypes(epoch)
-        if policy.needs_held_out_losses and policy.checkpoint_due(epoch + 1):
-            self._checkpoint(epoch + 1)
-        if policy.uses_parameter_events and policy.diagnosis_due(epoch):
-            self._parameter_events(epoch)
+        self._boundary.end_epoch(epoch, *self._batches())
 
-    def _prototypes(self, epoch: int) -> None:
-        owner = self._owner[0]
-        policy: Any = owner.policy
-        batches, count = self.train
-        wanted = policy.prototype_batches(count)
-        for index, (inputs, labels) in enumerate(batches()):
-            if index >= wanted:
-                break
-            features = owner._rebalancing_features(inputs)
-            policy.accumulate(features, _labels(labels), num_classes=owner.num_classes)
-        prototypes = policy.close_prototypes(epoch)
-        owner._write_prototypes(prototypes)
-        self.events.append(("prototypes", epoch))
+    def _batches(self) -> tuple[_Replay, _Replay | None]:
+        return _Replay(*self.train), None if self.held_out is None else _Replay(*self.held_out)
 
-    def _checkpoint(self, epochs_done: int) -> None:
-        policy: Any = self._owner[0].policy
-        weights = policy.checkpoint(epochs_done, self._term_losses(self.train[0]), self._term_losses(self._held()))
-        self.events.append(("checkpoint", epochs_done, dict(weights)))
 
-    def _held(self) -> Batches:
-        if self.held_out is None:  # pragma: no cover - fit() refuses this earlier
-            raise ValueError("held-out data missing")
-        return self.held_out[0]
+class _Replay:
+    """:func:`batches_of`'s ``(batches, count)`` as a re-iterable with a length (what EpochBoundary iterates)."""
 
-    def _term_losses(self, batches: Batches) -> dict[str, float]:
-        owner = self._owner[0]
-        sums = dict.fromkeys((*owner.modalities, FUSED), 0.0)
-        count = 0
-        for inputs, labels in batches():
-            y = _labels(labels)
-            losses = owner._term_losses(inputs, y)
-            n = int(y.shape[0])
-            for key, value in losses.items():
-                sums[key] += value * n
-            count += n
-        if count == 0:
-            raise ValueError("the held-out or training batches are empty; a mean loss needs at least one sample")
-        return {k: v / count for k, v in sums.items()}
+    def __init__(self, batches: Batches, count: int) -> None:
+        self.batches, self.count = batches, count
 
-    def _features(self, batches: Batches) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        owner = self._owner[0]
-        parts: dict[str, list[np.ndarray]] = {m: [] for m in owner.modalities}
-        labels: list[np.ndarray] = []
-        for inputs, y in batches():
-            for m, value in owner._rebalancing_features(inputs).items():
-                parts[m].append(value)
-            labels.append(_labels(y))
-        return {m: np.concatenate(v) for m, v in parts.items()}, np.concatenate(labels)
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        return self.batches()
 
-    def _parameter_events(self, epoch: int) -> None:
-        owner = self._owner[0]
-        train_features, train_labels = self._features(self.train[0])
-        held_features, held_labels = self._features(self._held())
-        events = owner.policy.parameter_events(
-            epoch=epoch, train_features=train_features, train_labels=train_labels, held_features=held_features,
-            held_labels=held_labels, num_classes=owner.num_classes,
-        )  # fmt: skip
-        owner._apply_parameter_events(events)
-        self.events.append(("reinit", epoch, {event.modality: event.mix for event in events}))
+    def __len__(self) -> int:
+        return self.count
 
 
 def _labels(labels: Any) -> np.ndarray:

@@ -48,8 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdmp._boundary import EpochBoundary
 from pdmp._validation import check_non_negative_int, check_positive_int, check_same_modalities, check_state_keys
-from pdmp.rebalancing import FUSED, LossTerms, RebalancingPolicy
+from pdmp.rebalancing import FUSED, LossTerms, ParameterEvent, RebalancingPolicy
 
 from ._distributed import is_distributed
 from ._modes import eval_mode
@@ -127,9 +128,23 @@ class Rebalancer:
         #: prediction (MLA; None for the others): what a run records to show what the method did.
         self.last_terms: LossTerms | None = None
         self.last_fusion_weights: dict[str, float] | None = None
-        #: What the epoch-boundary work did, in order: ``("checkpoint", epochs_done, weights)``,
-        #: ``("prototypes", epoch)``, ``("reinit", epoch, {modality: mix})``. For logs and tests.
-        self.events: list[tuple[Any, ...]] = []
+        # The boundary passes and their order are the core's; this class gives it the batch functions.
+        self._boundary = EpochBoundary(
+            policy,
+            num_classes=lambda: self.num_classes,
+            features=self._batch_features,
+            labels=_numpy,
+            term_losses=self._batch_term_losses,
+            apply_parameter_events=self._apply_parameter_events,
+            evaluating=self._evaluating,
+            length=_length,
+        )
+
+    @property
+    def events(self) -> list[tuple[Any, ...]]:
+        """What the epoch-boundary work did, in order: ``("checkpoint", epochs_done, weights)``,
+        ``("prototypes", epoch)``, ``("reinit", epoch, {modality: mix})``. For logs and tests."""
+        return self._boundary.events
 
     # ------------------------------------------------------------------------------ epoch boundaries
 
@@ -150,9 +165,7 @@ class Rebalancer:
             self._initial = {
                 m: [p.detach().clone() for p in encoder.parameters()] for m, encoder in self.encoders.items()
             }
-        if policy.uses_prototypes:
-            self._prototypes(train, 0)
-        self._checkpoint(0, train, held_out)
+        self._boundary.start(train, held_out)
         self._started = True
         self.set_epoch(0)
 
@@ -167,12 +180,7 @@ class Rebalancer:
         epoch = check_non_negative_int(epoch, name="epoch")
         self._require_started("end_epoch")
         self._require_held_out(held_out, "end_epoch")
-        policy = self.policy
-        if policy.uses_prototypes:
-            self._prototypes(train, epoch)
-        self._checkpoint(epoch + 1, train, held_out)
-        if policy.uses_parameter_events:
-            self._parameter_events(epoch, train, held_out)
+        self._boundary.end_epoch(epoch, train, held_out)
 
     # ------------------------------------------------------------------------------------ per step
 
@@ -496,82 +504,27 @@ class Rebalancer:
         with eval_mode(self._modules()), torch.no_grad():
             yield
 
-    def _prototypes(self, train: Batches, epoch: int) -> None:
-        """Accumulate the first ``prototype_batches(n)`` training batches' features (eval mode, no
-        gradient) and close the prototypes of ``epoch``."""
-        policy: Any = self.policy
-        count = policy.prototype_batches(_length(train))
-        with self._evaluating():
-            for index, (inputs, target) in enumerate(train):
-                if index >= count:
-                    break
-                features = self.encode(inputs)
-                policy.accumulate(
-                    {m: _numpy(features[m]) for m in policy.modalities}, _numpy(target), num_classes=self.num_classes
-                )
-        policy.close_prototypes(epoch)
-        self.events.append(("prototypes", epoch))
+    def _batch_features(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        features = self.encode(inputs)
+        return {m: _numpy(features[m]) for m in self.policy.modalities}
 
-    def _checkpoint(self, epochs_done: int, train: Batches, held_out: Batches | None) -> None:
-        policy: Any = self.policy
-        if not (policy.needs_held_out_losses and policy.checkpoint_due(epochs_done)):
-            return
-        assert held_out is not None  # _require_held_out
-        weights = policy.checkpoint(epochs_done, self._term_losses(train), self._term_losses(held_out))
-        self.events.append(("checkpoint", epochs_done, dict(weights)))
-
-    def _term_losses(self, batches: Batches) -> dict[str, float]:
-        """Every term's mean loss over the batches (each modality's unimodal head and the fused prediction)."""
+    def _batch_term_losses(self, inputs: Mapping[str, torch.Tensor], target: torch.Tensor) -> dict[str, float]:
+        """Every term's mean loss on one batch (each modality's unimodal head and the fused prediction)."""
         assert self.fuse is not None and self.unimodal_heads is not None  # checked at construction
-        sums = dict.fromkeys((*self.policy.modalities, FUSED), 0.0)
-        count = 0
-        with self._evaluating():
-            for inputs, target in batches:
-                features = self.encode(inputs)
-                n = int(target.shape[0])
-                sums[FUSED] += float(self.loss_fn(self.fuse(features), target)) * n
-                for m in self.policy.modalities:
-                    sums[m] += float(self.loss_fn(self.unimodal_heads[m](features[m]), target)) * n
-                count += n
-        if count == 0:
-            raise ValueError("the held-out or training batches are empty; a mean loss needs at least one sample")
-        return {k: v / count for k, v in sums.items()}
+        features = self.encode(inputs)
+        losses = {FUSED: float(self.loss_fn(self.fuse(features), target))}
+        for m in self.policy.modalities:
+            losses[m] = float(self.loss_fn(self.unimodal_heads[m](features[m]), target))
+        return losses
 
-    def _features(self, batches: Batches) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        parts: dict[str, list[np.ndarray]] = {m: [] for m in self.policy.modalities}
-        labels: list[np.ndarray] = []
-        with self._evaluating():
-            for inputs, target in batches:
-                features = self.encode(inputs)
-                for m in self.policy.modalities:
-                    parts[m].append(_numpy(features[m]))
-                labels.append(_numpy(target))
-        if not labels:
-            raise ValueError("the held-out or training batches are empty; the diagnosis needs features")
-        return {m: np.concatenate(v) for m, v in parts.items()}, np.concatenate(labels)
-
-    def _parameter_events(self, epoch: int, train: Batches, held_out: Batches | None) -> None:
-        policy: Any = self.policy
-        if not policy.diagnosis_due(epoch):
-            return
-        assert held_out is not None and self._initial is not None
-        train_features, train_labels = self._features(train)
-        held_features, held_labels = self._features(held_out)
-        events = policy.parameter_events(
-            epoch=epoch,
-            train_features=train_features,
-            train_labels=train_labels,
-            held_features=held_features,
-            held_labels=held_labels,
-            num_classes=self.num_classes,
-        )
-        with torch.no_grad():
-            for event in events:
-                params = list(self.encoders[event.modality].parameters())
-                for param, initial in zip(params, self._initial[event.modality], strict=True):
-                    # In place: the optimizer's state (momentum) stays attached to the same tensor.
-                    param.copy_(event.apply(param, initial))
-        self.events.append(("reinit", epoch, {event.modality: event.mix for event in events}))
+    @torch.no_grad()
+    def _apply_parameter_events(self, events: list[ParameterEvent]) -> None:
+        assert self._initial is not None  # kept by start() or load_state_dict()
+        for event in events:
+            params = list(self.encoders[event.modality].parameters())
+            for param, initial in zip(params, self._initial[event.modality], strict=True):
+                # In place: the optimizer's state (momentum) stays attached to the same tensor.
+                param.copy_(event.apply(param, initial))
 
     def __repr__(self) -> str:
         return f"Rebalancer({self.policy!r}, epoch={self.epoch}, steps={self.step_count})"
