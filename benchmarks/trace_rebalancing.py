@@ -1,0 +1,166 @@
+"""Why a rebalancing method trains badly in the baselines benchmark: its per-epoch trace beside controls.
+
+``python -m benchmarks.trace_rebalancing --regime audio_dominant`` trains, on one seed (the tuning seed
+100 by default, not an evaluation seed) and on the baselines benchmark's setting (CNN, concat, SGD lr 0.05,
+momentum 0.9, 10 epochs), each method at the benchmark's configuration together with variants that each
+change one thing, so the trace separates the method from the setting and from the port:
+
+- G-Blending as benchmarked (weights re-estimated every 2 epochs), and with its first-super-epoch equal
+  weights kept for the whole run (no estimation): if both are low, the loss composition (the fused term at
+  weight 1/3) is the cause, not the weight estimates;
+- MLA as benchmarked, without the head projection (the published code's behaviour, where it never fires),
+  with fixed equal fusion weights instead of the entropy weights, and at the reference's learning rate
+  1e-3 (lr x 0.02);
+- joint training at lr 0.05 and at lr 1e-3, as the references of the same seed.
+
+Every epoch records the training loss, the fused validation accuracy, each modality's accuracy from its own
+logits (``decomposed_acc``), the loss-term weights, MLA's fusion weights and the epoch-boundary events.
+Written under ``--out`` (default ``results/trace-rebalancing/<regime>``): ``trace.json`` (a finished variant
+is not trained again) and ``trace.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pdmp
+from benchmarks.baselines import GBLENDING_SUPER_EPOCH
+from benchmarks.gamma_search import make_train
+from benchmarks.study_cli import LR, REGIMES, prepare, run_timed
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    what: str
+    make: Callable[[Sequence[str]], pdmp.CoefficientPolicy | None]
+    lr_scale: float = 1.0
+
+
+def variants(epochs: int) -> list[Variant]:
+    return [
+        Variant("joint", "joint training", lambda m: None),
+        Variant("joint_lr1e-3", "joint training at lr 1e-3", lambda m: None, 0.001 / LR),
+        Variant(
+            "gblending",
+            f"as benchmarked (weights every {GBLENDING_SUPER_EPOCH} epochs)",
+            lambda m: pdmp.GBlending(m, super_epoch=GBLENDING_SUPER_EPOCH),
+        ),
+        Variant(
+            "gblending_equal",
+            "equal weights kept (no estimation)",
+            lambda m: pdmp.GBlending(m, super_epoch=epochs + 1),
+        ),
+        Variant("mla", "as benchmarked (projection 'code', entropy fusion)", lambda m: pdmp.MLA(m)),
+        Variant("mla_no_projection", "projection off (the published code)", lambda m: pdmp.MLA(m, projection="off")),
+        Variant("mla_fixed_fusion", "equal fixed fusion weights", lambda m: pdmp.MLA(m, fusion="fixed")),
+        Variant("mla_lr1e-3", "as benchmarked at lr 1e-3 (the reference's)", lambda m: pdmp.MLA(m), 0.001 / LR),
+    ]
+
+
+def epoch_row(record: dict[str, Any]) -> dict[str, Any]:
+    """The part of a history record the trace keeps."""
+    rebalancing = record.get("rebalancing") or {}
+    return {
+        "epoch": record["epoch"],
+        "train_loss": record["train_loss"],
+        "train_acc": record["train_acc"],
+        "val_acc": record["val"]["acc"],
+        "val_decomposed_acc": record["val"].get("decomposed_acc"),
+        "val_dependency": record["val"].get("dependency"),
+        "loss_weights": rebalancing.get("loss_weights"),
+        "fusion_weights": rebalancing.get("fusion_weights"),
+        "events": rebalancing.get("events"),
+    }
+
+
+def _fmt(mapping: dict[str, float] | None) -> str:
+    if not mapping:
+        return ""
+    return ", ".join(f"{key} {value:.2f}" for key, value in mapping.items())
+
+
+def markdown(trace: dict[str, Any], command: str) -> str:
+    lines = [
+        f"# Rebalancing trace: av_digits {trace['regime']}, seed {trace['seed']} (CNN, concat, SGD lr {LR}, "
+        f"{trace['epochs']} epochs)",
+        "",
+        f"Command: `{command}`. One seed (a tuning seed, not an evaluation seed): a diagnosis, not a result.",
+        "",
+        "| variant | what | final val acc | final test acc |",
+        "|---|---|---|---|",
+    ]
+    for name, run in trace["variants"].items():
+        lines.append(f"| {name} | {run['what']} | {run['val_acc']:.3f} | {run['test_acc']:.3f} |")
+    for name, run in trace["variants"].items():
+        lines += [
+            "",
+            f"## {name}: {run['what']}",
+            "",
+            "| epoch | train loss | train acc | val acc | val acc per modality | loss weights | fusion weights |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in run["epochs"]:
+            lines.append(
+                f"| {row['epoch']} | {row['train_loss']:.3f} | {row['train_acc']:.3f} | {row['val_acc']:.3f} | "
+                f"{_fmt(row['val_decomposed_acc'])} | {_fmt(row['loss_weights'])} | {_fmt(row['fusion_weights'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--regime", required=True, choices=list(REGIMES))
+    parser.add_argument("--seed", type=int, default=100, help="default: the tuning seed 100")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--only", nargs="+", default=None, help="variant names to train (default: all)")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--subset", type=float, default=None, help="fraction of each split (quick checks only)")
+    args = parser.parse_args(argv)
+    args.ranking = None
+    from pathlib import Path
+
+    args.out = Path(args.out) if args.out else None
+    regime = prepare(args, "trace-rebalancing")
+    path = regime.out / "trace.json"
+    trace: dict[str, Any] = {"regime": args.regime, "seed": args.seed, "epochs": args.epochs, "variants": {}}
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if (stored["regime"], stored["seed"], stored["epochs"]) != (args.regime, args.seed, args.epochs):
+            raise SystemExit(
+                f"{path} holds a trace of regime {stored['regime']}, seed {stored['seed']}, {stored['epochs']} "
+                "epochs; pass another --out for these options"
+            )
+        trace = stored
+    captured: dict[str, Any] = {}
+    data = regime.load_data(args.subset)
+    train = make_train(regime.dataset_name, data, on_result=lambda policy, seed, result: captured.update(result))
+    modalities = tuple(data.modalities)
+    chosen = [v for v in variants(args.epochs) if args.only is None or v.name in args.only]
+    for index, variant in enumerate(chosen, 1):
+        if variant.name in trace["variants"]:
+            continue
+        metrics = train(variant.make(modalities), args.seed, budget=args.epochs, lr_scale=variant.lr_scale)
+        trace["variants"][variant.name] = {
+            "what": variant.what,
+            "lr_scale": variant.lr_scale,
+            **metrics,
+            "epochs": [epoch_row(record) for record in captured["history"]],
+        }
+        path.write_text(json.dumps(trace, indent=1))
+        print(f"[{index}/{len(chosen)}] {variant.name}: val {metrics['val_acc']:.3f}, test {metrics['test_acc']:.3f}")
+    command = " ".join(["python -m benchmarks.trace_rebalancing", *(argv if argv is not None else sys.argv[1:])])
+    text = markdown(trace, command)
+    (regime.out / "trace.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_timed(main))
