@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,24 @@ import pdmp
 from benchmarks.baselines import GBLENDING_SUPER_EPOCH
 from benchmarks.gamma_search import make_train
 from benchmarks.study_cli import LR, REGIMES, prepare, run_timed
+
+
+class RecordingGBlending(pdmp.GBlending):
+    """G-Blending that also keeps every checkpoint's inputs (each term's mean training and held-out loss),
+    so the trace shows the generalisation gain and overfitting growth behind each new set of weights."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.recorded: list[dict[str, Any]] = []
+
+    def checkpoint(
+        self, epochs_done: int, train: Mapping[str, float], held_out: Mapping[str, float]
+    ) -> dict[str, float]:
+        weights = super().checkpoint(epochs_done, train, held_out)
+        self.recorded.append(
+            {"epochs_done": epochs_done, "train": dict(train), "held_out": dict(held_out), "weights": weights}
+        )
+        return weights
 
 
 @dataclass(frozen=True)
@@ -49,12 +67,12 @@ def variants(epochs: int) -> list[Variant]:
         Variant(
             "gblending",
             f"as benchmarked (weights every {GBLENDING_SUPER_EPOCH} epochs)",
-            lambda m: pdmp.GBlending(m, super_epoch=GBLENDING_SUPER_EPOCH),
+            lambda m: RecordingGBlending(m, super_epoch=GBLENDING_SUPER_EPOCH),
         ),
         Variant(
             "gblending_equal",
             "equal weights kept (no estimation)",
-            lambda m: pdmp.GBlending(m, super_epoch=epochs + 1),
+            lambda m: RecordingGBlending(m, super_epoch=epochs + 1),
         ),
         Variant("mla", "as benchmarked (projection 'code', entropy fusion)", lambda m: pdmp.MLA(m)),
         Variant("mla_no_projection", "projection off (the published code)", lambda m: pdmp.MLA(m, projection="off")),
@@ -85,12 +103,42 @@ def _fmt(mapping: dict[str, float] | None) -> str:
     return ", ".join(f"{key} {value:.2f}" for key, value in mapping.items())
 
 
+def checkpoint_table(checkpoints: Sequence[Mapping[str, Any]]) -> list[str]:
+    """G-Blending's checkpoints: each term's held-out gain ``dG`` and overfitting growth ``dO`` since the
+    previous checkpoint (``O`` = held-out minus training loss) and the weights they gave."""
+    lines = [
+        "G-Blending's checkpoints (mean losses over the training and held-out splits):",
+        "",
+        "| after epoch | term | train loss | held-out loss | dG | dO | weight |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    previous = None
+    for point in checkpoints:
+        for term, train_loss in point["train"].items():
+            held = point["held_out"][term]
+            if previous is None:
+                gain = growth = ""
+            else:
+                gain = f"{previous['held_out'][term] - held:+.4f}"
+                before = previous["held_out"][term] - previous["train"][term]
+                growth = f"{(held - train_loss) - before:+.4f}"
+            lines.append(
+                f"| {point['epochs_done']} | {term} | {train_loss:.4f} | {held:.4f} | {gain} | {growth} | "
+                f"{point['weights'][term]:.3g} |"
+            )
+        previous = point
+    return lines
+
+
 def markdown(trace: dict[str, Any], command: str) -> str:
     lines = [
         f"# Rebalancing trace: av_digits {trace['regime']}, seed {trace['seed']} (CNN, concat, SGD lr {LR}, "
         f"{trace['epochs']} epochs)",
         "",
         f"Command: `{command}`. One seed (a tuning seed, not an evaluation seed): a diagnosis, not a result.",
+        "Accuracies are fractions. For MLA the loss-weight column shows each step's last pass (every pass "
+        "trains one modality through the shared head); its fusion weights are the training batches' entropy "
+        "weights.",
         "",
         "| variant | what | final val acc | final test acc |",
         "|---|---|---|---|",
@@ -110,6 +158,8 @@ def markdown(trace: dict[str, Any], command: str) -> str:
                 f"| {row['epoch']} | {row['train_loss']:.3f} | {row['train_acc']:.3f} | {row['val_acc']:.3f} | "
                 f"{_fmt(row['val_decomposed_acc'])} | {_fmt(row['loss_weights'])} | {_fmt(row['fusion_weights'])} |"
             )
+        if run.get("checkpoints"):
+            lines += ["", *checkpoint_table(run["checkpoints"])]
     return "\n".join(lines) + "\n"
 
 
@@ -146,12 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     for index, variant in enumerate(chosen, 1):
         if variant.name in trace["variants"]:
             continue
-        metrics = train(variant.make(modalities), args.seed, budget=args.epochs, lr_scale=variant.lr_scale)
+        policy = variant.make(modalities)
+        metrics = train(policy, args.seed, budget=args.epochs, lr_scale=variant.lr_scale)
         trace["variants"][variant.name] = {
             "what": variant.what,
             "lr_scale": variant.lr_scale,
             **metrics,
             "epochs": [epoch_row(record) for record in captured["history"]],
+            "checkpoints": getattr(policy, "recorded", None),
         }
         path.write_text(json.dumps(trace, indent=1))
         print(f"[{index}/{len(chosen)}] {variant.name}: val {metrics['val_acc']:.3f}, test {metrics['test_acc']:.3f}")

@@ -33,6 +33,10 @@ def test_trace_records_each_epoch_and_resumes(tmp_path) -> None:
     # G-Blending's super-epoch is 2: its first checkpoint comes after the second epoch.
     assert blended["epochs"][1]["events"][0][:2] == ["checkpoint", 2]
     assert trace["variants"]["joint"]["epochs"][0]["loss_weights"] is None
+    (first_point, second_point) = blended["checkpoints"]  # before training and after epoch 2
+    assert (first_point["epochs_done"], second_point["epochs_done"]) == (0, 2)
+    assert second_point["weights"] == pytest.approx(blended["epochs"][1]["events"][0][2])
+    assert "| 2 | fused |" in (out / "trace.md").read_text()
     markdown = (out / "trace.md").read_text()
     assert "## gblending" in markdown and "| 1 |" in markdown
 
