@@ -81,9 +81,10 @@ def run_passes(rng, n_epochs, n_batches, dim, classes, reference_name, projectio
 class TestMLAAgainstReference:
     """Departures (also in MLA's docstring): the reference's filter ``n == "module.weight"`` matches no
     parameter of the ``nn.Linear`` head it is given, so its projection never fires (``projection="off"``
-    reproduces that); the core fires it with the reference's arithmetic (``projection="code"``, the
-    default; checked here against the plugin with the name fixed) or with the scalar recursive-least-squares
-    denominator (``projection="rls"``); float64 where the reference's ``Pl`` is float32."""
+    reproduces that, and is the default); the core fires it with the reference's arithmetic
+    (``projection="code"``, checked here against the plugin with the name fixed) or with the scalar
+    recursive-least-squares denominator (``projection="rls"``); float64 where the reference's ``Pl`` is
+    float32."""
 
     def test_owm_alpha_is_the_plugin_schedule(self):
         for batch_index, n in [(0, 1), (0, 10), (3, 10), (9, 10), (41, 42)]:
@@ -163,16 +164,30 @@ class TestMLAAgainstReference:
 
 class TestMLAPolicy:
     def test_each_pass_trains_one_modality_through_the_shared_head(self):
-        passes = MLA(["a", "b", "c"]).training_passes(step=3, epoch=1)
+        passes = MLA(["a", "b", "c"], projection="code").training_passes(step=3, epoch=1)
         assert [p.modalities for p in passes] == [("a",), ("b",), ("c",)]
         assert all(p.project_shared_head for p in passes)
         assert passes[1].terms == LossTerms(fused=0.0, unimodal={"b": 1.0})
         assert passes[1].terms.combine(unimodal={"b": 0.7}) == 0.7
         assert not any(p.project_shared_head for p in MLA(["a", "b"], projection="off").training_passes())
 
+    def test_the_default_projection_is_off_as_in_the_published_code(self):
+        """The reference's projection never fires (its name filter matches no parameter), so by default no
+        pass projects the shared head and ``head_projection`` leaves every gradient alone."""
+        policy = MLA(["a", "b"])
+        assert policy.projection == "off" and policy.get_config()["projection"] == "off"
+        for step in range(3):
+            passes = policy.training_passes(step=step, epoch=0)
+            assert [p.modalities for p in passes] == [("a",), ("b",)]
+            assert not any(p.project_shared_head for p in passes)
+        features = np.random.default_rng(5).normal(size=(4, 3))
+        assert all(policy.head_projection(features, batch_index=i, n_batches=3) is None for i in range(3))
+        restored = policy_from_config(policy.get_config())
+        assert restored == policy and restored.projection == "off"
+
     def test_state_round_trips_mid_run(self):
         rng = np.random.default_rng(4)
-        policy = MLA(MODALITIES)
+        policy = MLA(MODALITIES, projection="code")
         for i in range(3):
             policy.head_projection(rng.normal(size=(4, 3)), batch_index=i, n_batches=5)
         restored = policy_from_config(policy.get_config())
@@ -191,7 +206,7 @@ class TestMLAPolicy:
             MLA(MODALITIES, fusion="mean")
         with pytest.raises(ValueError, match="weights"):
             MLA(MODALITIES, weights={"audio": 1.0})
-        policy = MLA(MODALITIES)
+        policy = MLA(MODALITIES, projection="code")
         policy.head_projection(np.zeros((2, 3)), batch_index=0, n_batches=1)
         with pytest.raises(ValueError, match="dim 4"):
             policy.head_projection(np.zeros((2, 4)), batch_index=0, n_batches=1)

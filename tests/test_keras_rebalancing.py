@@ -223,12 +223,12 @@ def test_mla_takes_one_step_per_modality_through_the_projected_shared_head() -> 
     the head's updated weights with the head kernel's gradient K -> P @ K (the core's G @ P.T), P from the core's
     projector; with momentum, the encoder a pass does not train does not move at all."""
     x, y = make_data(SPEC, 16)
-    model = compiled(keras_rebalancing_model(SPEC, pdmp.MLA(NAMES)))
-    hand = compiled(keras_rebalancing_model(SPEC, pdmp.MLA(NAMES)))
+    model = compiled(keras_rebalancing_model(SPEC, pdmp.MLA(NAMES, projection="code")))
+    hand = compiled(keras_rebalancing_model(SPEC, pdmp.MLA(NAMES, projection="code")))
     inner = hand.inner_model
     head = inner.get_layer("head")
     extract = keras.Model(inner.inputs, {m: inner.get_layer(f"{m}_fc2").output for m in NAMES})
-    reference = pdmp.MLA(NAMES)
+    reference = pdmp.MLA(NAMES, projection="code")
     z = extract(x, training=True)
     for m in NAMES:
         variables = [v for layer in (f"{m}_fc1", f"{m}_fc2", "head") for v in inner.get_layer(layer).trainable_weights]
@@ -246,7 +246,7 @@ def test_mla_takes_one_step_per_modality_through_the_projected_shared_head() -> 
     assert_params(params(model), want, EXACT, "MLA step")
     assert model.step_count == 1 and int(model.optimizer.iterations.numpy()) == 2
 
-    momentum = compiled(keras_rebalancing_model(SPEC, pdmp.MLA(NAMES)), 0.9)
+    momentum = compiled(keras_rebalancing_model(SPEC, pdmp.MLA(NAMES, projection="code")), 0.9)
     before = params(momentum)
     momentum.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     assert all(not np.array_equal(params(momentum)[k], before[k]) for k in before)
@@ -310,7 +310,7 @@ def test_prototype_logits_have_a_finite_gradient_where_a_sample_is_its_prototype
 
 def test_a_saved_mla_model_loads_with_its_wiring_and_predicts_the_same(tmp_path: Any) -> None:
     x, y = make_data(SPEC, 16)
-    model = compiled(keras_rebalancing_model(SPEC, pdmp.MLA(NAMES)))
+    model = compiled(keras_rebalancing_model(SPEC, pdmp.MLA(NAMES, projection="code")))
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     path = str(tmp_path / "mla.keras")
     model.save(path)

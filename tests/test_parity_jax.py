@@ -105,7 +105,7 @@ REBALANCING_CASES: dict[str, Any] = {
     "GBlending": GBlending(NAMES, super_epoch=1),
     "PMR": PMR(NAMES, alpha=2.0, prototype_fraction=2),
     "DiagnosingRelearning": DiagnosingRelearning(NAMES, every=1, count=1),
-    "MLA": MLA(NAMES),
+    "MLA": MLA(NAMES, projection="code"),  # the projection on: the full arithmetic
 }
 
 # Runs in the subprocess: trains every case on Keras-on-JAX and pickles the traces.

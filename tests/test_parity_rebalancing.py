@@ -40,7 +40,7 @@ CASES: dict[str, tuple[Any, dict[str, float]]] = {
     "GBlending": (lambda: GBlending(NAMES, super_epoch=1), EXACT),
     "PMR": (lambda: PMR(NAMES, alpha=2.0, prototype_fraction=2), EXACT),
     "DiagnosingRelearning": (lambda: DiagnosingRelearning(NAMES, every=1, count=1), EXACT),
-    "MLA": (lambda: MLA(NAMES), EXACT),
+    "MLA": (lambda: MLA(NAMES, projection="code"), EXACT),  # the projection on: the full arithmetic
 }
 
 

@@ -509,7 +509,7 @@ def _rebalancing_policy(name: str) -> Any:
         return pdmp.GBlending(MODALITIES, super_epoch=1)
     if name == "dr":
         return pdmp.DiagnosingRelearning(MODALITIES, every=1, count=1)
-    return pdmp.MLA(MODALITIES)
+    return pdmp.MLA(MODALITIES, projection="code")  # the projection on: the full arithmetic
 
 
 @pytest.mark.parametrize("name", ["pmr", "gblending", "dr", "mla"])

@@ -388,7 +388,7 @@ def test_mla_pass_moves_only_its_encoder_and_the_head():
     data = batches(8)
     model = Net()
     opt = sgd(model)  # momentum and weight decay: a zero gradient would still move a parameter
-    policy = pdmp.MLA(NAMES)
+    policy = pdmp.MLA(NAMES, projection="code")  # the projected head, too, leaves the other encoder alone
     reb = rebalancer(model, policy)
     reb.start(data)
     snapshots = []
@@ -529,7 +529,7 @@ def test_a_resumed_run_continues_exactly(name):
         "pmr": lambda: pdmp.PMR(NAMES, alpha=2.0, prototype_fraction=2),
         "gblending": lambda: pdmp.GBlending(NAMES, super_epoch=1),
         "dr": lambda: pdmp.DiagnosingRelearning(NAMES, every=1, count=1),
-        "mla": lambda: pdmp.MLA(NAMES),
+        "mla": lambda: pdmp.MLA(NAMES, projection="code"),  # the projector's state is resumed
     }[name]
     data, held = batches(11), batches(12, noise_labels=True)
 
