@@ -24,10 +24,14 @@ intervals.
 machine), the methods that change the loss, the parameters or the step instead of scaling gradients
 (``pdmp.rebalancing``, through ``pdmp.backends.torch.Rebalancer``): G-Blending (online, MultiBench's weights,
 a unimodal head per encoder), PMR (alpha 1, prototype momentum 0.2, the published code's defaults), Diagnosing
-& Re-learning (move_lambda 3, three re-initialisations) and MLA (a shared head, entropy fusion weights, the
-head projection). Two epoch counts are scaled to the 10-epoch budget as ARL's warm-up is: G-Blending re-
-estimates its weights every 2 epochs (MultiBench's 20 would leave the initial equal weights for the whole run)
-and Diagnosing & Re-learning diagnoses every 2 epochs (the reference's 20 would never come).
+& Re-learning (move_lambda 3, three re-initialisations) and MLA (a shared head, entropy fusion weights; as the
+published code runs, without the head projection), with MLA's head projection firing beside it as
+``mla_projected`` (the paper's gradient modification, the reference's arithmetic). MLA's shared head needs
+one feature size: where the encoders differ (under-optimization: a 512-wide image MLP, a 32-wide audio CNN),
+the wider ones get a linear map to the narrowest (``benchmarks.models_torch.WidthAdapter``). Two epoch counts
+are scaled to the 10-epoch budget as ARL's warm-up is: G-Blending re-estimates its weights every 2 epochs
+(MultiBench's 20 would leave the initial equal weights for the whole run) and Diagnosing & Re-learning
+diagnoses every 2 epochs (the reference's 20 would never come).
 
 Written under ``--out`` (default ``results/baselines/<regime>``): ``evaluation.json`` (resumable),
 ``summary.md`` and a plot.
@@ -120,13 +124,15 @@ RELEARNING_EVERY = 2
 
 def rebalancing_candidates(ranking: pdmp.Ranking) -> list[Candidate]:
     """G-Blending, PMR, Diagnosing & Re-learning and MLA at their reference defaults (two epoch counts
-    scaled to the budget, module docstring)."""
+    scaled to the budget, module docstring), and MLA with its head projection firing."""
     names = ranking.order
     return [
         Candidate("gblending", pdmp.GBlending(names, super_epoch=GBLENDING_SUPER_EPOCH)),
         Candidate("pmr", pdmp.PMR(names)),
         Candidate("relearning", pdmp.DiagnosingRelearning(names, every=RELEARNING_EVERY)),
-        Candidate("mla", pdmp.MLA(names)),
+        Candidate("mla", pdmp.MLA(names, projection="off")),  # the published code: its projection never fires
+        # The head projection, which never fires in the published code: the reference's arithmetic as written.
+        Candidate("mla_projected", pdmp.MLA(names, projection="code")),
     ]
 
 

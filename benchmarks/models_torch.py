@@ -194,6 +194,22 @@ class FusionNet(nn.Module):
         return self.fuse(features), self.per_modality_logits(features)
 
 
+class WidthAdapter(nn.Module):
+    """An encoder followed by a linear map of its features to ``width``. MLA's shared head needs every
+    modality's features in one size; where the encoders differ (the under-optimization regime's image MLP
+    is 512 wide, the audio CNN 32), :func:`benchmarks.train_torch.build_model` maps the wider ones to the
+    narrowest width, and the map trains with its encoder (it is part of that modality's parameters)."""
+
+    def __init__(self, encoder: nn.Module, width: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.project = nn.Linear(int(encoder.width), width)  # type: ignore[arg-type]
+        self.width = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.encoder(x))
+
+
 class SharedHeadNet(FusionNet):
     """The same encoders with one head shared by every modality, ``Linear(width, classes)`` (MLA's model)."""
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.models_torch import FusionNet, SharedHeadNet, UnimodalNet, make_encoder
+from benchmarks.models_torch import FusionNet, SharedHeadNet, UnimodalNet, WidthAdapter, make_encoder
 from benchmarks.protocol import TrainConfig, is_new_best, modulation_mode, split_metrics, summarise
 from pdmp import AGM, ARL, CoefficientPolicy, GradientPolicy
 from pdmp.backends.torch import Modulator, Rebalancer, training_step
@@ -76,7 +76,8 @@ def build_model(
     dataset: Any, modalities: Sequence[str], config: TrainConfig, seed: int, *, shared_head: bool = False
 ) -> FusionNet | UnimodalNet:
     """Same seed, same initial weights: every method of a seed starts from one initialisation (the
-    encoders; ``shared_head``: :class:`SharedHeadNet`, the same encoders with MLA's shared head)."""
+    encoders; ``shared_head``: :class:`SharedHeadNet`, the same encoders with MLA's shared head, wider
+    encoders followed by a :class:`WidthAdapter` to the narrowest width)."""
     torch.manual_seed(seed)
     classes = len(dataset.class_names)
     encoders = {
@@ -86,6 +87,12 @@ def build_model(
     if len(modalities) == 1:
         return UnimodalNet(encoders[modalities[0]], classes).to(config.device)
     if shared_head:
+        # One head for every modality: features of other sizes are mapped to the narrowest (WidthAdapter).
+        narrowest = min(int(encoder.width) for encoder in encoders.values())  # type: ignore[arg-type]
+        encoders = {
+            name: encoder if int(encoder.width) == narrowest else WidthAdapter(encoder, narrowest)  # type: ignore[arg-type]
+            for name, encoder in encoders.items()
+        }
         return SharedHeadNet(encoders, classes).to(config.device)
     return FusionNet(encoders, classes, config.fusion).to(config.device)
 

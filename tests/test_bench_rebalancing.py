@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 import pdmp  # noqa: E402
 from benchmarks import baselines, train_torch  # noqa: E402
-from benchmarks.models_torch import SharedHeadNet, make_encoder  # noqa: E402
+from benchmarks.models_torch import FusionNet, SharedHeadNet, WidthAdapter, make_encoder  # noqa: E402
 from benchmarks.protocol import TrainConfig  # noqa: E402
 from benchmarks.run import load_dataset  # noqa: E402
 
@@ -86,8 +86,28 @@ def test_shared_head_model_refuses_unequal_widths() -> None:
 def test_the_study_candidates_are_the_four_methods() -> None:
     ranking = pdmp.Ranking(("audio", "image"), {"audio": 0.9, "image": 0.5})
     candidates = baselines.rebalancing_candidates(ranking)
-    assert [c.name for c in candidates] == ["gblending", "pmr", "relearning", "mla"]
+    assert [c.name for c in candidates] == ["gblending", "pmr", "relearning", "mla", "mla_projected"]
     kinds = [type(c.policy) for c in candidates]
-    assert kinds == [pdmp.GBlending, pdmp.PMR, pdmp.DiagnosingRelearning, pdmp.MLA]
+    assert kinds == [pdmp.GBlending, pdmp.PMR, pdmp.DiagnosingRelearning, pdmp.MLA, pdmp.MLA]
+    # MLA as the published code runs (its projection never fires), and with the projection firing
+    assert [c.policy.projection for c in candidates[3:]] == ["off", "code"]
     assert candidates[0].policy.super_epoch == baselines.GBLENDING_SUPER_EPOCH == 2
     assert candidates[2].policy.every == baselines.RELEARNING_EVERY == 2
+
+
+def test_shared_head_model_maps_wider_encoders_to_the_narrowest_width() -> None:
+    """Under-optimization: a 512-wide image MLP and a 32-wide audio CNN; MLA's shared head takes 32."""
+    data = load_dataset("av_digits:under_optimization", 0, 0.05)
+    names = tuple(data.modalities)
+    config = TrainConfig(epochs=1, encoder_overrides={"image": "wide_mlp"})
+    model = train_torch.build_model(data, names, config, 0, shared_head=True)
+    assert isinstance(model, SharedHeadNet)
+    image, audio = model.encoders["image"], model.encoders["audio"]
+    assert isinstance(image, WidthAdapter) and image.encoder.width == 512 and image.width == 32
+    assert not isinstance(audio, WidthAdapter) and audio.width == 32
+    assert model.head.in_features == 32
+    batch = {m: torch.as_tensor(data.train.inputs[m][:4]) for m in names}
+    assert model.encode(batch)["image"].shape == (4, 32)
+    # The map is part of the image encoder's parameters, so MLA's image pass trains it.
+    assert any(p is image.project.weight for p in model.encoders["image"].parameters())
+    assert isinstance(train_torch.build_model(data, names, config, 0), FusionNet)
