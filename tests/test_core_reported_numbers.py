@@ -177,6 +177,12 @@ def _drop_correlation(regime: str, dominant: str = "audio", weak: str = "image")
     return f"{len(pairs)} concat runs", f"{np.corrcoef(np.array(pairs).T)[0, 1]:+.2f}"
 
 
+def _minutes_range(paths: Iterable[str]) -> str:
+    """The range of whole studies' wall times (the sum of their runs'), in minutes, as "lo-hi"."""
+    minutes = [sum(run["wall_time_s"] for run in json.loads((REPORTED / p).read_text())["runs"]) / 60 for p in paths]
+    return f"{min(minutes):.0f}-{max(minutes):.0f}"
+
+
 def _range(values: Iterable[str]) -> str:
     numbers = sorted(float(v) for v in values)
     return f"{numbers[0]:.1f}-{numbers[-1]:.1f}"
@@ -633,6 +639,29 @@ CLAIMS: list[tuple[tuple[str, ...], str, Callable[[], str]]] = [
         )
     ),
     (
+        (BENCH,),
+        "(69-85 min per concat regime and 37-42 min per attention regime,",
+        lambda: "({} min per concat regime and {} min per attention regime,".format(
+            *(
+                _minutes_range(f"{kind}/{r}/evaluation.json" for r in regimes)
+                for kind, regimes in (
+                    ("robustness", REGIMES.values()),
+                    ("robustness-attention", ("audio_dominant", "under_optimization")),
+                )
+            )
+        ),
+    ),
+    (
+        (ROBUST,),
+        "(with it missing, their accuracy fell by 0.3, 0.2 and 2.5 points on average)",
+        lambda: "(with it missing, their accuracy fell by {}, {} and {} points on average)".format(
+            *(
+                f"{100 * np.mean([m['test:full/acc'] - m['test:missing[image]/zeros/acc'] for (c, _), m in _study_runs('robustness-attention/under_optimization/evaluation.json').items() if c == candidate]):.1f}"
+                for candidate in ("joint", "pdmp", "uniform")
+            )
+        ),
+    ),
+    (
         (PYTORCH,),
         "The fused multiply alone takes 0.4% of a plain step",
         lambda: (
@@ -691,8 +720,9 @@ _CONDITION = re.compile(r"test:.+/acc")
 
 def _groups() -> list[dict[str, Values]]:
     """Every set of runs whose candidates are paired by seed: each study file (final-epoch and
-    best-validation-epoch test accuracy), each setting of a benchmarks.run folder, and the two
-    documented cross-file pairings (adaptive rules with the gamma search; baselines with their controls)."""
+    best-validation-epoch test accuracy, final-epoch macro-F1), each setting of a benchmarks.run folder, and
+    the two documented cross-file pairings (adaptive rules with the gamma search; baselines with their
+    controls)."""
     groups: list[dict[str, Values]] = []
     studies = [p for p in REPORTED.rglob("*.json") if "/runs/" not in str(p) and "/curves/" not in str(p)]
     for path in studies:
@@ -703,7 +733,7 @@ def _groups() -> list[dict[str, Values]]:
             continue
         # Robustness studies: the accuracy under every test condition, and the drop from full accuracy.
         conditions = sorted({k for run in data["runs"] for k in run["metrics"] if _CONDITION.fullmatch(k)})
-        for metric in ("test_acc", "test_acc_at_best_val", *conditions):
+        for metric in ("test_acc", "test_acc_at_best_val", "test_f1", *conditions):
             group: dict[str, Values] = {}
             drops: dict[str, Values] = {}
             for run in data["runs"]:
