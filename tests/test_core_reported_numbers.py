@@ -26,6 +26,8 @@ REPORTED = ROOT / "benchmarks" / "reported"
 README, BENCH = "README.md", "benchmarks/README.md"
 RESULTS, ADAPTIVE, HELP, PYTORCH = "docs/results.md", "docs/adaptive.md", "docs/does-it-help.md", "docs/pytorch.md"
 ROBUST = "docs/robustness.md"
+BASELINES_DOC = "docs/baselines.md"
+COMPLETE = "baselines-complete/{}/evaluation.json"
 
 Values = dict[int, float]
 RECIPE_EVAL = "default-recipe/mfeat/evaluate.json"
@@ -181,6 +183,50 @@ def _minutes_range(paths: Iterable[str]) -> str:
     """The range of whole studies' wall times (the sum of their runs'), in minutes, as "lo-hi"."""
     minutes = [sum(run["wall_time_s"] for run in json.loads((REPORTED / p).read_text())["runs"]) / 60 for p in paths]
     return f"{min(minutes):.0f}-{max(minutes):.0f}"
+
+
+@functools.cache
+def _trace() -> dict:
+    """The rebalancing trace (benchmarks.trace_rebalancing, audio-dominant, tuning seed 100)."""
+    return json.loads((REPORTED / "baselines-complete" / "trace-audio_dominant" / "trace.json").read_text())["variants"]
+
+
+def _traced(variant: str, key: str = "test_acc") -> str:
+    return f"{100 * _trace()[variant][key]:.1f}%"
+
+
+def _trace_losses(variant: str) -> str:
+    epochs = _trace()[variant]["epochs"]
+    return f"{epochs[0]['train_loss']:.2f} to {epochs[-1]['train_loss']:.2f}"
+
+
+def _cost_ratios() -> dict[str, list[float]]:
+    """Each method's mean wall time per run over joint's, per regime of the complete comparison."""
+    ratios: dict[str, list[float]] = {}
+    for regime in REGIMES.values():
+        times: dict[str, list[float]] = {}
+        for run in json.loads((REPORTED / COMPLETE.format(regime)).read_text())["runs"]:
+            times.setdefault(run["candidate"], []).append(run["wall_time_s"])
+        joint = np.mean(times["joint"])
+        for candidate, values in times.items():
+            if candidate != "joint":
+                ratios.setdefault(candidate, []).append(float(np.mean(values) / joint))
+    return ratios
+
+
+def _cost_line() -> str:
+    ratios = _cost_ratios()
+    others = [r for c, values in ratios.items() if c not in ("agm", "mmpareto") for r in values]
+    span = lambda values: f"{min(values):.1f}-{max(values):.1f}x"  # noqa: E731
+    return f"AGM {span(ratios['agm'])}, MMPareto {span(ratios['mmpareto'])}, the others {span(others)}"
+
+
+def _study_minutes(regimes: Iterable[str]) -> str:
+    minutes = [
+        sum(run["wall_time_s"] for run in json.loads((REPORTED / COMPLETE.format(r)).read_text())["runs"]) / 60
+        for r in regimes
+    ]
+    return f"{minutes[0]:.1f}, {minutes[1]:.1f} and {minutes[2]:.1f} minutes"
 
 
 def _range(values: Iterable[str]) -> str:
@@ -659,6 +705,62 @@ CLAIMS: list[tuple[tuple[str, ...], str, Callable[[], str]]] = [
                 f"{100 * np.mean([m['test:full/acc'] - m['test:missing[image]/zeros/acc'] for (c, _), m in _study_runs('robustness-attention/under_optimization/evaluation.json').items() if c == candidate]):.1f}"
                 for candidate in ("joint", "pdmp", "uniform")
             )
+        ),
+    ),
+    (
+        (BASELINES_DOC,),
+        "MLA reached 39.6% test accuracy that way against 82.3% without it (joint training: 81.9%;",
+        lambda: (
+            f"MLA reached {_traced('mla_projected')} test accuracy that way against {_traced('mla')} without it "
+            f"(joint training: {_traced('joint')};"
+        ),
+    ),
+    (
+        (BENCH,),
+        "from 2.24 to 1.87 in 10 epochs, against 2.20 to 0.30 without the projection",
+        lambda: (
+            f"from {_trace_losses('mla_projected')} in 10 epochs, against {_trace_losses('mla')} without the projection"
+        ),
+    ),
+    (
+        (BENCH,),
+        "the collapse lasted to the end: 29.7% test accuracy, against 74.6% with the first super-epoch's equal weights",
+        lambda: (
+            f"the collapse lasted to the end: {_traced('gblending')} test accuracy, against {_traced('gblending_equal')} "
+            "with the first super-epoch's equal weights"
+        ),
+    ),
+    (
+        (BENCH,),
+        "gave the image head a weight of 1.0 and the fused and audio terms 4e-6",
+        lambda: (
+            lambda point: (
+                f"gave the image head a weight of {point['weights']['image']:.1f} and the fused and audio terms "
+                + "{:.0e}".format(max(point["weights"]["fused"], point["weights"]["audio"])).replace("e-0", "e-")
+            )
+        )(next(p for p in _trace()["gblending"]["checkpoints"] if p["epochs_done"] == 6)),
+    ),
+    (
+        (BENCH,),
+        "Fixed fusion weights instead of the entropy weights did not help (39.4%), and the reference's learning rate 1e-3 leaves both MLA and joint training near chance in this budget (16.8%, 17.9%)",
+        lambda: (
+            f"Fixed fusion weights instead of the entropy weights did not help ({_traced('mla_projected_fixed_fusion')}), "
+            "and the reference's learning rate 1e-3 leaves both MLA and joint training near chance in this budget "
+            f"({_traced('mla_projected_lr1e-3')}, {_traced('joint_lr1e-3')})"
+        ),
+    ),
+    ((BENCH,), "AGM 1.7-2.0x, MMPareto 1.5-1.9x, the others 0.6-1.5x", _cost_line),
+    (
+        (BENCH,),
+        "The three studies took 65.9, 96.8 and 55.9 minutes in all.",
+        lambda: f"The three studies took {_study_minutes(REGIMES.values())} in all.",
+    ),
+    (
+        (BENCH,),
+        "(73.5% against 50.9% for Diagnosing & Re-learning",
+        lambda: (
+            f"({mean(study(COMPLETE.format('under_optimization'), 'arl'))}% against "
+            f"{mean(study(COMPLETE.format('under_optimization'), 'relearning'))}% for Diagnosing & Re-learning"
         ),
     ),
     (
