@@ -11,10 +11,13 @@ change one thing, so the trace separates the method from the setting and from th
 - MLA with its head projection firing (the reference's arithmetic as written), without it (the published
   code's behaviour, where it never fires; the library's default), and, projection firing, with fixed equal
   fusion weights instead of the entropy weights and at the reference's learning rate 1e-3 (lr x 0.02);
+- AGM (which failed in most runs of the baselines benchmark) as benchmarked, with its coefficients held at
+  1 (alpha 1e-6: only its masked passes and the reference's gradient clipping remain), and at lr 1e-3;
 - joint training at lr 0.05 and at lr 1e-3, as the references of the same seed.
 
 Every epoch records the training loss, the fused validation accuracy, each modality's accuracy from its own
-logits (``decomposed_acc``), the loss-term weights, MLA's fusion weights and the epoch-boundary events.
+logits (``decomposed_acc``), the loss-term weights, MLA's fusion weights, the epoch-boundary events and a
+gradient policy's mean coefficients.
 Written under ``--out`` (default ``results/trace-rebalancing/<regime>``): ``trace.json`` (a finished variant
 is not trained again) and ``trace.md``.
 """
@@ -91,6 +94,15 @@ def variants(epochs: int) -> list[Variant]:
             lambda m: pdmp.MLA(m, projection="code"),
             0.001 / LR,
         ),
+        Variant("agm", "AGM as benchmarked (alpha 1, the reference's clipping)", lambda m: pdmp.AGM(m)),
+        Variant(
+            "agm_alpha1e-6",
+            "AGM with alpha 1e-6: coefficients 1, the masked passes and the reference's clipping kept",
+            lambda m: pdmp.AGM(m, alpha=1e-6),
+        ),
+        Variant(
+            "agm_lr1e-3", "AGM as benchmarked at lr 1e-3 (the reference's range)", lambda m: pdmp.AGM(m), 0.001 / LR
+        ),
     ]
 
 
@@ -106,6 +118,7 @@ def epoch_row(record: dict[str, Any]) -> dict[str, Any]:
         "val_dependency": record["val"].get("dependency"),
         "loss_weights": rebalancing.get("loss_weights"),
         "fusion_weights": rebalancing.get("fusion_weights"),
+        "coefficients": record.get("coefficients"),
         "events": rebalancing.get("events"),
     }
 
@@ -163,13 +176,15 @@ def markdown(trace: dict[str, Any], command: str) -> str:
             "",
             f"## {name}: {run['what']}",
             "",
-            "| epoch | train loss | train acc | val acc | val acc per modality | loss weights | fusion weights |",
-            "|---|---|---|---|---|---|---|",
+            "| epoch | train loss | train acc | val acc | val acc per modality | loss weights | fusion weights | "
+            "coefficients |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for row in run["epochs"]:
             lines.append(
                 f"| {row['epoch']} | {row['train_loss']:.3f} | {row['train_acc']:.3f} | {row['val_acc']:.3f} | "
-                f"{_fmt(row['val_decomposed_acc'])} | {_fmt(row['loss_weights'])} | {_fmt(row['fusion_weights'])} |"
+                f"{_fmt(row['val_decomposed_acc'])} | {_fmt(row['loss_weights'])} | {_fmt(row['fusion_weights'])} | "
+                f"{_fmt(row.get('coefficients'))} |"
             )
         if run.get("checkpoints"):
             lines += ["", *checkpoint_table(run["checkpoints"])]

@@ -1,6 +1,6 @@
 """benchmarks.trace_rebalancing: the per-epoch trace that says why a rebalancing method trains badly.
 
-Two variants on 5% of the audio-dominant data for two epochs: the trace keeps every epoch's losses,
+Three variants on 5% of the audio-dominant data for two epochs: the trace keeps every epoch's losses,
 accuracies (fused and per modality) and the method's loss weights and events, a finished variant is not
 trained again, and a trace of other options is refused instead of being mixed in.
 """
@@ -22,9 +22,12 @@ ARGS = ["--regime", "audio_dominant", "--subset", "0.05", "--epochs", "2", "--th
 
 def test_trace_records_each_epoch_and_resumes(tmp_path) -> None:
     out = tmp_path / "trace"
-    assert trace_rebalancing.main([*ARGS, "--only", "joint", "gblending", "--out", str(out)]) == 0
+    assert trace_rebalancing.main([*ARGS, "--only", "joint", "gblending", "agm", "--out", str(out)]) == 0
     trace = json.loads((out / "trace.json").read_text())
-    assert list(trace["variants"]) == ["joint", "gblending"]
+    assert list(trace["variants"]) == ["joint", "gblending", "agm"]
+    # A gradient policy's mean coefficients per epoch (AGM's), none for the others.
+    assert set(trace["variants"]["agm"]["epochs"][0]["coefficients"]) == {"audio", "image"}
+    assert trace["variants"]["gblending"]["epochs"][0]["coefficients"] is None
     blended = trace["variants"]["gblending"]
     assert [row["epoch"] for row in blended["epochs"]] == [0, 1]
     first = blended["epochs"][0]
