@@ -54,3 +54,10 @@ def test_trace_of_other_options_is_refused(tmp_path) -> None:
     (out / "trace.json").write_text(json.dumps({"regime": "audio_dominant", "seed": 100, "epochs": 10, "variants": {}}))
     with pytest.raises(SystemExit, match="--out"):
         trace_rebalancing.main([*ARGS, "--only", "joint", "--out", str(out)])
+
+
+def test_trace_page_says_whether_the_seed_was_a_tuning_or_an_evaluation_seed() -> None:
+    trace = {"regime": "audio_dominant", "seed": 100, "epochs": 1, "variants": {}}
+    assert "a tuning seed, not an evaluation seed" in trace_rebalancing.markdown(trace, "cmd")
+    page = trace_rebalancing.markdown({**trace, "seed": 0}, "cmd")
+    assert "Seed 0, an evaluation seed" in page and "tuning seed" not in page
