@@ -143,7 +143,8 @@ def test_baselines_benchmark_runs_every_method_and_reports_against_pdmp(tmp_path
     argv = ["--regime", "audio_dominant", "--subset", "0.05", "--epochs", "2", "--seeds", "0", "--out", str(out)]
     assert baselines.main([*argv, "--rebalancing"]) == 0
     stored = json.loads((out / "evaluation.json").read_text())
-    names = ("joint", "pdmp", "ogmge", "agm", "mmpareto", "inforeg", "arl", "gblending", "pmr", "relearning", "mla")
+    names = ("joint", "pdmp", "ogmge", "agm", "mmpareto", "inforeg", "arl", "gblending", "pmr", "relearning", "mla",
+             "mla_projected")  # fmt: skip
     assert sorted(run["candidate"] for run in stored["runs"]) == sorted(names)
     assert all(0.0 <= run["metrics"][m] <= 1.0 for run in stored["runs"] for m in ("test_acc", "test_f1"))
     assert not (out / "rebalancing.json").exists()  # one study: every pair within one file
