@@ -29,6 +29,7 @@ import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pdmp
@@ -205,15 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regime", required=True, choices=list(REGIMES))
     parser.add_argument("--seed", type=int, default=TUNING_SEED, help="default: the tuning seed 100")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--only", nargs="+", default=None, help="variant names to train (default: all)")
-    parser.add_argument("--out", default=None)
+    names = [v.name for v in variants(1)]  # the names do not depend on the budget
+    parser.add_argument("--only", nargs="+", default=None, choices=names, help="variant names to train (default: all)")
+    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--subset", type=float, default=None, help="fraction of each split (quick checks only)")
+    parser.set_defaults(ranking=None)  # prepare() loads the setting's own ranking
     args = parser.parse_args(argv)
-    args.ranking = None
-    from pathlib import Path
-
-    args.out = Path(args.out) if args.out else None
     regime = prepare(args, "trace-rebalancing")
     path = regime.out / "trace.json"
     trace: dict[str, Any] = {"regime": args.regime, "seed": args.seed, "epochs": args.epochs, "variants": {}}

@@ -61,3 +61,10 @@ def test_trace_page_says_whether_the_seed_was_a_tuning_or_an_evaluation_seed() -
     assert "a tuning seed, not an evaluation seed" in trace_rebalancing.markdown(trace, "cmd")
     page = trace_rebalancing.markdown({**trace, "seed": 0}, "cmd")
     assert "Seed 0, an evaluation seed" in page and "tuning seed" not in page
+
+
+def test_an_unknown_variant_is_refused_with_the_known_names(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        trace_rebalancing.main([*ARGS, "--only", "mla_typo", "--out", str(tmp_path / "trace")])
+    assert "invalid choice: 'mla_typo'" in capsys.readouterr().err
+    assert not (tmp_path / "trace" / "trace.json").exists()
