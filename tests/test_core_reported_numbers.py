@@ -223,6 +223,14 @@ def _agm_failure() -> str:
     )
 
 
+def _overfitting_growth(term: str, before: int, after: int) -> float:
+    """G-Blending's dO of a term between its checkpoints after ``before`` and ``after`` epochs (tuning-seed trace):
+    the growth of held-out minus training loss."""
+    points = {p["epochs_done"]: p for p in _trace()["gblending"]["checkpoints"]}
+    gap = {e: points[e]["held_out"][term] - points[e]["train"][term] for e in (before, after)}
+    return gap[after] - gap[before]
+
+
 def _trace_losses(variant: str) -> str:
     epochs = _trace()[variant]["epochs"]
     return f"{epochs[0]['train_loss']:.2f} to {epochs[-1]['train_loss']:.2f}"
@@ -843,6 +851,44 @@ CLAIMS: list[tuple[tuple[str, ...], str, Callable[[], str]]] = [
         "it was 3.2 and 15.1 points below ARL's mean",
         lambda: (
             f"it was {_points_below_arl('audio_dominant')} and {_points_below_arl('under_optimization')} points below ARL's mean"
+        ),
+    ),
+    (
+        (BENCH,),
+        "G-Blending fails in the audio-dominant regime (56.3%, -18.0 against joint training)",
+        lambda: (
+            lambda b: (
+                f"G-Blending fails in the audio-dominant regime ({mean(study(b, 'gblending'))}%, "
+                f"{diff(study(b, 'gblending'), study(b, 'joint')).split()[0]} against joint training)"
+            )
+        )(COMPLETE.format("audio_dominant")),
+    ),
+    (
+        (BENCH,),
+        "(ΔO = 0.0000, floored at 1e-4) while the fused and audio terms' had (+0.05)",
+        lambda: (
+            f"(ΔO = {_overfitting_growth('image', 4, 6):.4f}, floored at 1e-4) while the fused and audio terms' had "
+            f"({_overfitting_growth('fused', 4, 6):+.2f})"
+            + (
+                ""
+                if f"{_overfitting_growth('audio', 4, 6):+.2f}" == f"{_overfitting_growth('fused', 4, 6):+.2f}"
+                else "!"
+            )
+        ),
+    ),
+    (
+        (BENCH,),
+        "MLA with the head projection firing fails (33.4% in the audio-dominant regime)",
+        lambda: (
+            "MLA with the head projection firing fails "
+            f"({mean(study(COMPLETE.format('audio_dominant'), 'mla_projected'))}% in the audio-dominant regime)"
+        ),
+    ),
+    (
+        (BENCH,),
+        "AGM fails as in the section above (15.7%, 23.8%, 29.9%)",
+        lambda: "AGM fails as in the section above ({}%, {}%, {}%)".format(
+            *(mean(study(COMPLETE.format(r), "agm")) for r in REGIMES.values())
         ),
     ),
     ((BENCH,), "AGM 1.7-2.0x, MMPareto 1.5-1.9x, the others 0.6-1.5x", _cost_line),
